@@ -1,0 +1,1 @@
+"""Cython bindings that drive the DPDK runtime (built against libdpdk)."""
