@@ -40,6 +40,18 @@ def lab_prefix() -> str:
 
 
 @pytest.fixture
+def dpdk_prefix(request):
+    """A DPDK ``--file-prefix`` unique to this test; its runtime files are removed after."""
+    prefix = f"{lab_prefix()}{request.node.name[-12:]}".replace("[", "").replace("]", "")
+    try:
+        yield prefix
+    finally:
+        shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
+        for f in Path("/dev/hugepages").glob(f"{prefix}map_*"):
+            f.unlink(missing_ok=True)
+
+
+@pytest.fixture
 def root_required():
     if os.geteuid() != 0:
         pytest.skip("needs root: network namespaces, veth and Open vSwitch")
