@@ -56,7 +56,7 @@ def run(cfg: RuntimeConfig, log=sys.stderr) -> dict:
     args = eal_args(cfg, huge)
     print(f"quadrant-nf {cfg.name}: EAL {' '.join(args[1:])}", file=log, flush=True)
     eal.init(args)
-    ports, pool, block, rt = [], None, None, None
+    ports, pool, block, rt, nf = [], None, None, None, None
     try:
         pool = ethdev.Mempool(f"qd_{cfg.name}"[:24], cfg.mempool_size, cfg.mempool_cache)
         rx = ethdev.Port(cfg.rx.name)
@@ -113,7 +113,8 @@ def run(cfg: RuntimeConfig, log=sys.stderr) -> dict:
             raise RuntimeError(f"NF {cfg.nf.type} failed:\n{detail}")
         return summary
     finally:
-        rt = None
+        # Drop the loop and the NF (its rte_lpm/rte_acl tables) while the EAL is up.
+        rt = nf = None
         for p in ports:
             try:
                 p.close()
