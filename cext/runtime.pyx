@@ -45,7 +45,7 @@ from cext.dpdk cimport (
     rte_prefetch0,
     rte_rdtsc,
 )
-from cext.nf cimport QD_DROP, QD_FORWARD, QD_HOLD, NativeNF, qd_batch, qd_pkt
+from cext.nf cimport QD_FORWARD, QD_HOLD, NativeNF, qd_batch, qd_pkt
 
 STATS_SIZE = sizeof(qd_stats)
 STATS_MAGIC = QD_STATS_MAGIC

@@ -47,8 +47,9 @@ def run(cfg: RuntimeConfig, log=sys.stderr) -> dict:
     Raises NFConfigError (bad NF config), cext.eal.EalError (DPDK), or
     RuntimeError (the NF failed).
     """
-    from cext import eal, ethdev
     from cext.runtime import Runtime
+
+    from cext import eal, ethdev
     from worker.nf_registry import build_nf
 
     os.sched_setaffinity(0, {cfg.core})
@@ -72,8 +73,12 @@ def run(cfg: RuntimeConfig, log=sys.stderr) -> dict:
         rt = Runtime(nf, rx.port_id, tx.port_id, block.map, burst=cfg.batch, core=cfg.core)
         stop = _Stop()
         old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-        print(f"quadrant-nf {cfg.name}: running {cfg.nf.type} on core {cfg.core}, "
-              f"stats {cfg.stats_path}", file=log, flush=True)
+        print(
+            f"quadrant-nf {cfg.name}: running {cfg.nf.type} on core {cfg.core}, "
+            f"stats {cfg.stats_path}",
+            file=log,
+            flush=True,
+        )
         started = time.monotonic()
         reason = "signal"
         try:

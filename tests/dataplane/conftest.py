@@ -51,9 +51,19 @@ def run_config(tmp: Path, cfg: dict, timeout: float = 60) -> NFRun:
     path.write_text(yaml.safe_dump(cfg))
     summary_path = tmp / f"{cfg['name']}.summary.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "worker.nf_runtime", "--config", str(path),
-         "--summary", str(summary_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        [
+            sys.executable,
+            "-m",
+            "worker.nf_runtime",
+            "--config",
+            str(path),
+            "--summary",
+            str(summary_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     return NFRun(proc.returncode, proc.stdout, proc.stderr, summary, [])
@@ -68,8 +78,13 @@ def run_nf(tmp_path):
         inp, out = tmp_path / f"{tag}-in.pcap", tmp_path / f"{tag}-out.pcap"
         wrpcap(str(inp), [p if isinstance(p, Packet) else _rawpkt(p) for p in packets], linktype=1)
         cfg = nf_config(
-            tmp_path, tag, nf, f"net_pcap{tag},rx_pcap={inp}", f"net_pcapo{tag},tx_pcap={out}",
-            max_packets=len(packets), **run_opts,
+            tmp_path,
+            tag,
+            nf,
+            f"net_pcap{tag},rx_pcap={inp}",
+            f"net_pcapo{tag},tx_pcap={out}",
+            max_packets=len(packets),
+            **run_opts,
         )
         result = run_config(tmp_path, cfg)
         assert result.returncode == 0, result.stderr

@@ -36,7 +36,7 @@ def malformed() -> dict[str, bytes]:
     return {
         "runt": good[:10],
         "eth_only": good[:14],
-        "truncated_ip": good[:14 + 12],
+        "truncated_ip": good[: 14 + 12],
         "bad_ihl": bytes(bad_ihl),
         "ihl_past_end": bytes(long_ihl)[: 14 + 40],
         "bad_version": bytes(bad_version),

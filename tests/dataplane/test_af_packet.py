@@ -81,9 +81,23 @@ def test_af_packet_veth_roundtrip(tmp_path, veth_ns):
     }
     (tmp_path / "nf.yaml").write_text(yaml.safe_dump(cfg))
     rt = subprocess.Popen(
-        ["ip", "netns", "exec", ns, sys.executable, "-m", "worker.nf_runtime",
-         "--config", str(tmp_path / "nf.yaml"), "--summary", str(tmp_path / "sum.json")],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            sys.executable,
+            "-m",
+            "worker.nf_runtime",
+            "--config",
+            str(tmp_path / "nf.yaml"),
+            "--summary",
+            str(tmp_path / "sum.json"),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 20
@@ -102,7 +116,11 @@ def test_af_packet_veth_roundtrip(tmp_path, veth_ns):
         helper.write_text(SENDER)
         sent = subprocess.run(
             ["ip", "netns", "exec", ns, sys.executable, str(helper), b, "20"],
-            cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         )
         frames = json.loads(sent.stdout)
         live = nf_stats.read(stats)

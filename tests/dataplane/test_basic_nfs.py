@@ -32,7 +32,8 @@ def tagged(frame: bytes, vlan: int, pcp: int = 0) -> bytes:
     pkt = Ether(frame)
     inner = pkt.payload
     return raw(
-        Ether(src=pkt.src, dst=pkt.dst, type=0x8100) / Dot1Q(vlan=vlan, prio=pcp, type=pkt.type)
+        Ether(src=pkt.src, dst=pkt.dst, type=0x8100)
+        / Dot1Q(vlan=vlan, prio=pcp, type=pkt.type)
         / inner
     )
 

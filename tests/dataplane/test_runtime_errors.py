@@ -17,8 +17,9 @@ def config_for(tmp_path):
         tag = uuid.uuid4().hex[:8]
         inp = tmp_path / f"{tag}.pcap"
         wrpcap(str(inp), [udp()] * 3)
-        return nf_config(tmp_path, tag, nf, f"net_pcap{tag},rx_pcap={inp}",
-                         f"net_null{tag}", max_packets=3)
+        return nf_config(
+            tmp_path, tag, nf, f"net_pcap{tag},rx_pcap={inp}", f"net_null{tag}", max_packets=3
+        )
 
     return make
 
@@ -27,21 +28,40 @@ def config_for(tmp_path):
     ("nf", "message"),
     [
         ({"type": "firewall9000"}, "nf.type: unknown NF type 'firewall9000'"),
-        ({"type": "ipforward", "config": {"route_file": "nope.txt"}},
-         "config.route_file: no such file"),
-        ({"type": "ipforward", "config": {"routes": [{"prefix": "10.0.0.0/33",
-                                                        "next_hop_mac": "02:00:00:00:00:01"}]}},
-         "config.routes[0].prefix: not an IPv4 prefix"),
-        ({"type": "acl", "config": {"rules": [{"action": "maybe"}]}},
-         "config.rules[0].action: action must be 'allow' or 'deny'"),
-        ({"type": "acl", "config": {"rules": [{"action": "deny", "proto": "icmp",
-                                                "dport": 80}]}},
-         "config.rules[0].proto: port ranges need proto tcp, udp or sctp"),
+        (
+            {"type": "ipforward", "config": {"route_file": "nope.txt"}},
+            "config.route_file: no such file",
+        ),
+        (
+            {
+                "type": "ipforward",
+                "config": {
+                    "routes": [{"prefix": "10.0.0.0/33", "next_hop_mac": "02:00:00:00:00:01"}]
+                },
+            },
+            "config.routes[0].prefix: not an IPv4 prefix",
+        ),
+        (
+            {"type": "acl", "config": {"rules": [{"action": "maybe"}]}},
+            "config.rules[0].action: action must be 'allow' or 'deny'",
+        ),
+        (
+            {
+                "type": "acl",
+                "config": {"rules": [{"action": "deny", "proto": "icmp", "dport": 80}]},
+            },
+            "config.rules[0].proto: port ranges need proto tcp, udp or sctp",
+        ),
         ({"type": "tunnel", "config": {"vlan": 5000}}, "config.vlan: must be 1..4094"),
         ({"type": "empty", "config": {"speed": "fast"}}, "config: EmptyNF takes no options"),
-        ({"type": "native", "class": "worker.nf_tables:AclRule"},
-         "nf.class: 'worker.nf_tables:AclRule' is not a cext.nf.NativeNF subclass"),
-        ({"type": "python", "class": "no.such.module:NF"}, "nf.class: cannot import 'no.such.module'"),
+        (
+            {"type": "native", "class": "worker.nf_tables:AclRule"},
+            "nf.class: 'worker.nf_tables:AclRule' is not a cext.nf.NativeNF subclass",
+        ),
+        (
+            {"type": "python", "class": "no.such.module:NF"},
+            "nf.class: cannot import 'no.such.module'",
+        ),
     ],
 )
 def test_bad_nf_config_is_refused(tmp_path, config_for, nf, message):

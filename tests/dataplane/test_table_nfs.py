@@ -23,7 +23,7 @@ def routed(frame: bytes, next_hop: str, src: str | None = None) -> bytes:
 def test_ipforward_lpm_ttl_checksum(run_nf, tmp_path):
     # thousands of routes from a file, plus inline ones that must win by length
     routes = nf_tables.generate_routes(3000, seed=7)
-    routes = [r for r in routes if not (r[0] >> 24 in (10, 192))]
+    routes = [r for r in routes if r[0] >> 24 not in (10, 192)]
     (tmp_path / "routes.txt").write_text(nf_tables.format_routes(routes))
     config = {
         "route_file": "routes.txt",
@@ -73,8 +73,13 @@ def test_acl_first_match_wins_default_deny(run_nf, tmp_path):
     config = {
         "rules": [
             {"action": "deny", "src": "10.1.0.66/32", "proto": "tcp"},
-            {"action": "allow", "src": "10.1.0.0/16", "dst": "10.2.0.0/16", "proto": "tcp",
-             "dport": "80-8080"},
+            {
+                "action": "allow",
+                "src": "10.1.0.0/16",
+                "dst": "10.2.0.0/16",
+                "proto": "tcp",
+                "dport": "80-8080",
+            },
             {"action": "allow", "dst": "10.2.0.0/16", "proto": "udp", "sport": "53"},
             {"action": "allow", "dst": "10.3.0.0/16", "proto": "icmp"},
         ],
