@@ -21,16 +21,6 @@ cdef class LpmTable:
     def __init__(self, str prefix, routes):
         global _serial
         cdef rte_lpm_config cfg
-        routes = list(routes)
-        long_prefixes = sum(1 for _, depth, _ in routes if depth > 24)
-        cfg.max_rules = max(1024, len(routes))
-        cfg.number_tbl8s = max(256, long_prefixes + 16)
-        cfg.flags = 0
-        _serial += 1
-        self.name = f"{prefix[:16]}_{_serial}"
-        self.lpm = rte_lpm_create(self.name.encode(), SOCKET_ID_ANY, &cfg)
-        if self.lpm == NULL:
-            raise EalError(f"rte_lpm_create({self.name!r}, {len(routes)} routes)", rte_errno)
         # rte_lpm takes depths 1..32: a default route (/0) becomes 0/1 + 128/1, added
         # first so that an explicit /1 still overrides its half.
         expanded = []
@@ -39,6 +29,15 @@ cdef class LpmTable:
                 expanded[:0] = [(0, 1, hop), (0x80000000, 1, hop)]
             else:
                 expanded.append((net, depth, hop))
+        long_prefixes = sum(1 for _, depth, _ in expanded if depth > 24)
+        cfg.max_rules = max(1024, len(expanded))
+        cfg.number_tbl8s = max(256, long_prefixes + 16)
+        cfg.flags = 0
+        _serial += 1
+        self.name = f"{prefix[:16]}_{_serial}"
+        self.lpm = rte_lpm_create(self.name.encode(), SOCKET_ID_ANY, &cfg)
+        if self.lpm == NULL:
+            raise EalError(f"rte_lpm_create({self.name!r}, {len(expanded)} routes)", rte_errno)
         for net, depth, hop in expanded:
             ret = rte_lpm_add(self.lpm, <uint32_t>net, depth, <uint32_t>hop)
             if ret < 0:

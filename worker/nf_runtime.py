@@ -47,7 +47,7 @@ def run(cfg: RuntimeConfig, log=sys.stderr) -> dict:
     Raises NFConfigError (bad NF config), cext.eal.EalError (DPDK), or
     RuntimeError (the NF failed).
     """
-    from cext.runtime import Runtime
+    from cext.runtime import Runtime, tsc_hz
 
     from cext import eal, ethdev
     from worker.nf_registry import build_nf
@@ -108,6 +108,7 @@ def run(cfg: RuntimeConfig, log=sys.stderr) -> dict:
             "hugepages": huge,
             "reason": reason,
             "elapsed_s": elapsed,
+            "tsc_hz": tsc_hz(),
             "counters": rt.counters(),
             "nf_stats": nf.stats(),
             "ports": {p.name: p.stats() for p in ports},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from scapy.all import IP, Ether, raw
 
 from tests.dataplane.packets import icmp, malformed, non_ip, tcp, udp
@@ -115,14 +116,15 @@ def test_acl_default_allow(run_nf):
     assert result.output == frames[1:]
 
 
-def test_bpf_lpm_forwards_parsed_ipv4(run_nf):
-    good = [raw(udp(sport=s)) for s in range(20)] + [raw(icmp())]
+@pytest.mark.parametrize("keys", ["tuple", "spread"])
+def test_bpf_lpm_forwards_parsed_ipv4(run_nf, keys):
+    good = [raw(udp(sport=s, dst=f"10.{s}.0.1")) for s in range(20)] + [raw(icmp())]
     bad = list(malformed().values()) + list(non_ip().values())
-    config = {"lookups": 50, "table_size": 2000, "seed": 5}
+    config = {"lookups": 50, "table_size": 2000, "seed": 5, "keys": keys}
     result = run_nf({"type": "bpf_lpm", "config": config}, good + bad)
     assert result.output == good
     s = result.summary["nf_stats"]
-    assert s["routes"] == 2000
+    assert s["routes"] == 2000 and s["keys"] == keys
     assert s["hits"] + s["misses"] == 50 * len(good)
     assert s["hits"] > 0 and s["misses"] > 0
     assert s["malformed"] == len(bad)

@@ -96,3 +96,14 @@ def test_bpf_lpm():
     assert c.lookups == 5 and len(c.routes) == 1
     with pytest.raises(NFConfigError, match="config.lookups: must be 1..100000"):
         t.parse_bpf_lpm({"lookups": 0})
+
+
+def test_generator_tool_writes_loadable_files(tmp_path, capsys):
+    from tools import gen_nf_tables
+
+    gen_nf_tables.main(["acl", "--count", "20", "--seed", "4"])
+    (tmp_path / "a.txt").write_text(capsys.readouterr().out)
+    assert len(t.parse_acl({"rule_file": "a.txt"}, tmp_path).rules) == 20
+    gen_nf_tables.main(["routes", "--count", "30"])
+    (tmp_path / "r.txt").write_text(capsys.readouterr().out)
+    assert len(t.parse_ipforward({"route_file": "r.txt"}, tmp_path).routes) == 30
