@@ -59,7 +59,7 @@ cdef class BpfLpmNF(NativeNF):
 
     cdef void process(self, qd_batch *batch) noexcept nogil:
         cdef uint16_t i
-        cdef unsigned j, k, done
+        cdef unsigned j, k
         cdef qd_flow f
         cdef uint32_t hop[4]
         cdef uint32_t key[4]
@@ -71,9 +71,8 @@ cdef class BpfLpmNF(NativeNF):
                 self.malformed += 1
                 batch.verdicts[i] = QD_DROP
                 continue
-            done = 0
-            j = 0
-            while done < self.lookups:
+            # full rounds of four, then the remainder (whose extra results are ignored)
+            for j in range((self.lookups + 3) // 4):
                 salt = j << 12
                 key[0] = f.src ^ salt
                 key[1] = f.dst ^ salt
@@ -84,11 +83,12 @@ cdef class BpfLpmNF(NativeNF):
                         key[k] = mix32(key[k] + j)
                 rte_lpm_lookupx4(self.table.lpm,
                                  _mm_set_epi32(key[3], key[2], key[1], key[0]), hop, MISS)
-                for k in range(4):
-                    if done + k < self.lookups and hop[k] != MISS:
-                        hits += 1
-                done += 4
-                j += 1
+                if 4 * j + 4 <= self.lookups:
+                    hits += (hop[0] != MISS) + (hop[1] != MISS) + (hop[2] != MISS) \
+                        + (hop[3] != MISS)
+                else:
+                    for k in range(self.lookups - 4 * j):
+                        hits += hop[k] != MISS
             n += self.lookups
         self.hits += hits
         self.misses += n - hits
