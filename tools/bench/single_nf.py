@@ -168,7 +168,8 @@ def run_nf(
             "tx": {"vdev": "net_null0,no-rx=1"},
         },
         "nf": {"type": nf, "config": config},
-        "stats": {"path": str(workdir / f"{tag}.stats")},
+        # the default place, /dev/shm (tmpfs: no writeback faults on the data core)
+        "stats": {"path": f"/dev/shm/quadrant-nf-qd-bench-{tag}.stats"},
         "run": {"duration_s": seconds},
     }
     path = workdir / f"{tag}.yaml"
