@@ -27,11 +27,12 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import uuid
 from pathlib import Path
 
 import yaml
+
+from worker import nf_stats
 
 REPO = Path(__file__).resolve().parents[2]
 NFS = ("empty", "tunnel", "ipforward", "acl", "bpf_lpm")
@@ -126,19 +127,28 @@ def run_testpmd(pcap: Path, core: int, main_core: int, seconds: float, huge: boo
     )
     lines: list[str] = []
     started = threading.Event()
+    enough = threading.Event()
+    periods = max(1, round(seconds))  # full one-second periods to measure
+    blocks = 0
 
     def reader():
+        nonlocal blocks
         for line in proc.stdout:
             lines.append(line)
             if "packet forwarding - ports=" in line:  # printed as forwarding starts
                 started.set()
+            elif "NIC statistics for port 1" in line:
+                blocks += 1
+                if blocks >= periods + 2:  # the first is partial; +1 to end the last
+                    enough.set()
 
     t = threading.Thread(target=reader, daemon=True)
     t.start()
     try:
         if not started.wait(30):
             raise RuntimeError("testpmd did not start forwarding:\n" + "".join(lines[-30:]))
-        time.sleep(seconds + 1.2)  # >= `seconds` of full one-second stats periods
+        if not enough.wait(seconds + 30):
+            raise RuntimeError("testpmd printed too few statistics:\n" + "".join(lines[-30:]))
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
@@ -148,7 +158,7 @@ def run_testpmd(pcap: Path, core: int, main_core: int, seconds: float, huge: boo
     # period after start-up is partial, so it is left out
     out = "".join(lines)
     rates = [int(r) for r in re.findall(r"statistics for port 1 .*?Tx-pps:\s+(\d+)", out, re.S)]
-    rates = rates[1:]
+    rates = [r for r in rates[1:] if r > 0]
     if not rates:
         raise RuntimeError(f"testpmd printed no rate:\n{out[-2000:]}")
     return statistics.median(rates) / 1e6
@@ -169,7 +179,7 @@ def run_nf(
         },
         "nf": {"type": nf, "config": config},
         # the default place, /dev/shm (tmpfs: no writeback faults on the data core)
-        "stats": {"path": f"/dev/shm/quadrant-nf-qd-bench-{tag}.stats"},
+        "stats": {"path": f"/dev/shm/quadrant-nf-qd-bench-{tag}.stats", "keep": True},
         "run": {"duration_s": seconds},
     }
     path = workdir / f"{tag}.yaml"
@@ -181,8 +191,13 @@ def run_nf(
         text=True,
         timeout=seconds + 60,
     )
-    if proc.returncode != 0:
-        raise RuntimeError(f"quadrant-nf {nf} failed:\n{proc.stderr[-2000:]}")
+    stats = Path(cfg["stats"]["path"])
+    try:
+        if proc.returncode != 0:
+            raise RuntimeError(f"quadrant-nf {nf} failed:\n{proc.stderr[-2000:]}")
+        snap = nf_stats.read(stats)  # the block the monitor reads, after the run
+    finally:
+        stats.unlink(missing_ok=True)
     s = json.loads(proc.stdout)
     c = s["counters"]
     pps = c["rx_packets"] / s["elapsed_s"]
@@ -190,6 +205,7 @@ def run_nf(
         "mpps": pps / 1e6,
         "cycles_per_pkt": s["tsc_hz"] / pps,
         "busy_cycles_per_pkt": c["busy_cycles"] / max(1, c["rx_packets"]),
+        "p99_batch_cycles": snap.percentile_cycles(0.99),
         "tsc_hz": s["tsc_hz"],
     }
 
@@ -258,6 +274,10 @@ def main(argv=None) -> int:
                 # per round against the testpmd run of the same round, then the median
                 "vs_testpmd": statistics.median(r / t for r, t in zip(rates, tps, strict=True)),
                 "vs_testpmd_best": best / tp,
+                # histogram upper bound of the 99th percentile batch (32 packets), median round
+                "p99_batch_cycles": statistics.median(
+                    r["p99_batch_cycles"] for r in results[size][nf]
+                ),
                 "rounds": rates,
             }
     first = str(sizes[0])
@@ -272,7 +292,10 @@ def main(argv=None) -> int:
         f"TSC {hz / 1e9:.2f} GHz"
     )
     print("best of the rounds; 'vs testpmd' = median over rounds of NF / same-round testpmd")
-    print(f"{'NF':<16}{'size':>6}{'Mpps':>9}{'median':>9}{'cyc/pkt':>9}{'vs testpmd':>12}")
+    print(
+        f"{'NF':<16}{'size':>6}{'Mpps':>9}{'median':>9}{'cyc/pkt':>9}{'vs testpmd':>12}"
+        f"{'p99 batch cyc':>15}"
+    )
     for size in sizes:
         tp = out["testpmd_macswap_by_size"][str(size)]
         print(
@@ -285,7 +308,7 @@ def main(argv=None) -> int:
             print(
                 f"{nf:<16}{size:>6}{e['mpps']:>9.2f}{e['mpps_median']:>9.2f}"
                 f"{e['cycles_per_pkt']:>9.0f}"
-                f"{e['vs_testpmd']:>12.2f}"
+                f"{e['vs_testpmd']:>12.2f}{e['p99_batch_cycles']:>15.0f}"
             )
     if "paper_bpf_lpm_cycles_per_pkt" in out:
         print(
