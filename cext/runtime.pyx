@@ -1,0 +1,239 @@
+# cython: language_level=3
+"""The NF runtime's burst loop: RX -> NF(batch) -> TX, nogil, one core.
+
+One iteration of :meth:`Runtime.loop`:
+
+1. **RX** ``rte_eth_rx_burst`` into a preallocated mbuf array;
+2. **describe** each mbuf as a :c:type:`qd_pkt` (data, len, head/tailroom),
+   prefetching the frame's first cache line, and preset verdicts to forward;
+3. **NF** ``nf.process(&batch)``: one call per batch, no GIL (a Python NF
+   takes the GIL once per batch inside its own ``process``);
+4. **sync** forwarded descriptors back into their mbufs (data_off, lengths),
+   free dropped and held ones;
+5. **emit** the forwarded mbufs: :meth:`Runtime.emit`.  THIS IS THE SEAM.
+   For a single-NF chain (this module) ``emit`` is ``rte_eth_tx_burst`` on the
+   TX port and frees what the queue did not take.  A chain's first NF
+   replaces it (subclass ``Runtime`` in Cython and override ``emit``; it is
+   declared in ``cext/runtime.pxd``) with "copy these frames into the chain
+   packet buffer and enqueue their slot offsets on the SPSC ring to NF2",
+   returning how many it took; the loop, counters and NF call stay as they
+   are.  Later NFs of a chain reuse steps 2-4 over chain-buffer slots, as the
+   descriptors carry no DPDK type;
+6. **count** once per batch into the shared counter block (``qd_stats``,
+   layout in ``cext/src/qd_stats.h`` and docs/dataplane.rst), inside a
+   sequence lock, with the batch's TSC cycle count in the histogram and the
+   sample ring.
+
+:meth:`Runtime.run` runs the loop for a slice of time (or until a packet
+count is reached, or the NF sets ``halt``) and returns to Python, which
+checks signals and control between slices: Python runs per slice, never per
+packet.
+"""
+
+import os
+
+from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memset
+
+from cext.dpdk cimport (
+    rte_eth_rx_burst,
+    rte_eth_tx_burst,
+    rte_get_tsc_hz,
+    rte_mbuf,
+    rte_pktmbuf_free_bulk,
+    rte_prefetch0,
+    rte_rdtsc,
+)
+from cext.nf cimport QD_DROP, QD_FORWARD, QD_HOLD, NativeNF, qd_batch, qd_pkt
+
+STATS_SIZE = sizeof(qd_stats)
+STATS_MAGIC = QD_STATS_MAGIC
+STATS_VERSION = QD_STATS_VERSION
+MAX_BURST = QD_MAX_BURST
+
+
+def hist_bucket(uint64_t cycles):
+    """The histogram bucket the data core files ``cycles`` under."""
+    return qd_hist_bucket(cycles)
+
+
+def tsc_hz():
+    return rte_get_tsc_hz()
+
+
+cdef class Runtime:
+    """Runs ``nf`` between ``rx_port`` and ``tx_port`` (queue 0 each)."""
+
+    def __init__(self, NativeNF nf, int rx_port, int tx_port, stats_buffer, int burst=32,
+                 int core=0, int rx_queue=0, int tx_queue=0):
+        cdef Py_buffer view
+        if not 1 <= burst <= QD_MAX_BURST:
+            raise ValueError(f"burst: must be 1..{QD_MAX_BURST}, got {burst}")
+        PyObject_GetBuffer(stats_buffer, &view, PyBUF_WRITABLE)
+        try:
+            if view.len < <Py_ssize_t>sizeof(qd_stats):
+                raise ValueError(f"stats buffer: {view.len} bytes, need {sizeof(qd_stats)}")
+            self.st = <qd_stats *>view.buf
+        finally:
+            # The caller keeps the mapping alive (we hold a reference to it).
+            PyBuffer_Release(&view)
+        self.stats_buffer = stats_buffer
+        self.nf = nf
+        self.rx_port = rx_port
+        self.tx_port = tx_port
+        self.rx_queue = rx_queue
+        self.tx_queue = tx_queue
+        self.burst = burst
+        self.pending_empty = 0
+        memset(self.st, 0, sizeof(qd_stats))
+        self.st.version = QD_STATS_VERSION
+        self.st.size = sizeof(qd_stats)
+        self.st.tsc_hz = rte_get_tsc_hz()
+        self.st.start_tsc = rte_rdtsc()
+        self.st.pid = os.getpid()
+        self.st.core = core
+        self.st.hist_buckets = QD_STATS_HIST_BUCKETS
+        self.st.sample_slots = QD_STATS_SAMPLES
+        self.st.state = QD_STATE_INIT
+        # magic last: a reader that sees it sees a complete header
+        self.st.magic = QD_STATS_MAGIC
+
+    def run(self, double seconds, uint64_t max_rx_packets=0):
+        """Run the loop for ``seconds`` (a slice), or until ``max_rx_packets``
+        packets were received in total (0: no limit), or the NF halts.
+
+        Returns ``"slice"``, ``"max_packets"`` or ``"halt"``.
+        """
+        cdef uint64_t deadline = rte_rdtsc() + <uint64_t>(seconds * rte_get_tsc_hz())
+        cdef int why
+        self.st.state = QD_STATE_RUNNING
+        with nogil:
+            why = self.loop(deadline, max_rx_packets)
+        return ("slice", "max_packets", "halt")[why]
+
+    def stop(self):
+        self.st.state = QD_STATE_STOPPED
+
+    def counters(self):
+        """This process's own view of the counters (the monitor uses the block)."""
+        s = self.st
+        return {
+            "rx_packets": s.rx_packets, "rx_bytes": s.rx_bytes,
+            "tx_packets": s.tx_packets, "tx_bytes": s.tx_bytes,
+            "drops_nf": s.drops_nf, "drops_tx": s.drops_tx, "held": s.held,
+            "batches": s.batches, "empty_polls": s.empty_polls,
+            "busy_cycles": s.busy_cycles, "max_batch_cycles": s.max_batch_cycles,
+        }
+
+    cdef uint16_t emit(self, rte_mbuf **mbufs, uint16_t n) noexcept nogil:
+        """Hand ``n`` forwarded mbufs on; returns how many were taken (the
+        loop frees the rest and counts them in ``drops_tx``).  The seam a
+        chain's first NF overrides."""
+        if n == 0:
+            return 0
+        return rte_eth_tx_burst(self.tx_port, self.tx_queue, mbufs, n)
+
+    cdef int loop(self, uint64_t deadline, uint64_t max_rx) noexcept nogil:
+        cdef qd_stats *st = self.st
+
+        cdef qd_batch batch
+        cdef rte_mbuf *m
+        cdef qd_pkt *p
+        cdef uint8_t *base
+        cdef uint16_t n, i, nout, ndrop, sent
+        cdef uint64_t t0, t1, cyc, rx_bytes, tx_bytes, drops_nf, held, empty = 0
+        cdef uint32_t slot
+        cdef uint8_t v
+        batch.pkts = self.pkts
+        batch.verdicts = self.verdicts
+        while True:
+            t0 = rte_rdtsc()
+            if t0 >= deadline:
+                break
+            n = rte_eth_rx_burst(self.rx_port, self.rx_queue, self.rx_mbufs, self.burst)
+            if n == 0:
+                empty += 1
+                continue
+            rx_bytes = 0
+            for i in range(n):
+                m = self.rx_mbufs[i]
+                base = <uint8_t *>m.buf_addr
+                rte_prefetch0(base + m.data_off)
+                p = &self.pkts[i]
+                p.data = base + m.data_off
+                p.len = m.data_len
+                p.headroom = m.data_off
+                p.tailroom = m.buf_len - m.data_off - m.data_len
+                p.port = m.port
+                rx_bytes += m.pkt_len
+            memset(self.verdicts, QD_FORWARD, n)
+            batch.count = n
+            batch.tsc = t0
+            self.nf.process(&batch)
+            nout = 0
+            ndrop = 0
+            drops_nf = 0
+            held = 0
+            tx_bytes = 0
+            for i in range(n):
+                m = self.rx_mbufs[i]
+                p = &self.pkts[i]
+                v = self.verdicts[i]
+                base = <uint8_t *>m.buf_addr
+                if v == QD_FORWARD and p.data >= base and p.len > 0 \
+                        and p.data + p.len <= base + m.buf_len:
+                    m.pkt_len = m.pkt_len - m.data_len + p.len
+                    m.data_len = p.len
+                    m.data_off = <uint16_t>(p.data - base)
+                    tx_bytes += m.pkt_len
+                    self.out_mbufs[nout] = m
+                    nout += 1
+                else:
+                    if v == QD_HOLD:
+                        held += 1
+                    else:
+                        drops_nf += 1
+                    self.drop_mbufs[ndrop] = m
+                    ndrop += 1
+            sent = self.emit(self.out_mbufs, nout)
+            if sent < nout:
+                for i in range(sent, nout):
+                    tx_bytes -= self.out_mbufs[i].pkt_len
+                rte_pktmbuf_free_bulk(self.out_mbufs + sent, nout - sent)
+            if ndrop:
+                rte_pktmbuf_free_bulk(self.drop_mbufs, ndrop)
+            t1 = rte_rdtsc()
+            cyc = t1 - t0
+            qd_stats_begin(st)
+            st.rx_packets += n
+            st.rx_bytes += rx_bytes
+            st.tx_packets += sent
+            st.tx_bytes += tx_bytes
+            st.drops_nf += drops_nf
+            st.drops_tx += nout - sent
+            st.held += held
+            st.batches += 1
+            st.empty_polls += empty
+            st.busy_cycles += cyc
+            st.last_tsc = t1
+            if cyc > st.max_batch_cycles:
+                st.max_batch_cycles = cyc
+            st.hist[qd_hist_bucket(cyc)] += 1
+            slot = st.sample_head & (QD_STATS_SAMPLES - 1)
+            st.samples[slot].tsc = t1
+            st.samples[slot].cycles = <uint32_t>(cyc if cyc < 0xffffffffULL else 0xffffffffULL)
+            st.samples[slot].pkts = n
+            st.sample_head += 1
+            qd_stats_end(st)
+            empty = 0
+            if self.nf.halt:
+                return 2
+            if max_rx and st.rx_packets >= max_rx:
+                return 1
+        if empty:
+            qd_stats_begin(st)
+            st.empty_polls += empty
+            st.last_tsc = rte_rdtsc()
+            qd_stats_end(st)
+        return 0

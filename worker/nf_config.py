@@ -1,0 +1,264 @@
+"""The NF runtime's config file (``quadrant-nf --config nf.yaml``): load, validate, EAL args.
+
+Pure: no DPDK.  The format is documented in docs/dataplane.rst; every error is
+an :class:`~worker.nf_errors.NFConfigError` naming the field and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from worker.nf_errors import NFConfigError
+from worker.nf_registry import NF_TYPES
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
+PCI_RE = re.compile(r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
+VDEV_DRIVERS = ("net_af_packet", "net_pcap", "net_memif", "net_null", "net_ring", "net_tap")
+HUGEPAGE_MOUNT = "/dev/hugepages"
+
+TOP_KEYS = {"name", "core", "batch", "eal", "ports", "mempool", "nf", "stats", "run"}
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    kind: str  # "vdev" | "pci"
+    devargs: str  # the full --vdev / -a argument
+    name: str  # the ethdev name DPDK gives the port
+
+
+@dataclass(frozen=True)
+class NFSpec:
+    type: str
+    config: dict
+    cls: str | None  # "module:Class" for native/python NFs
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    name: str
+    core: int
+    batch: int
+    file_prefix: str
+    hugepages: str  # "auto" | "yes" | "no"
+    memory_mb: int
+    eal_args: list[str]
+    rx: PortSpec
+    tx: PortSpec
+    mempool_size: int
+    mempool_cache: int
+    nf: NFSpec
+    stats_path: Path
+    stats_keep: bool
+    duration_s: float | None
+    max_packets: int | None
+    slice_s: float
+    base_dir: Path | None = field(default=None, compare=False)
+
+    @property
+    def same_port(self) -> bool:
+        return self.rx.name == self.tx.name
+
+
+def _mapping(value, fieldname: str) -> Mapping:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise NFConfigError(fieldname, f"must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _keys(m: Mapping, allowed: set[str], prefix: str) -> None:
+    unknown = sorted(set(m) - allowed)
+    if unknown:
+        name = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        raise NFConfigError(name, f"unknown option (known: {', '.join(sorted(allowed))})")
+
+
+def _int(value, fieldname: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise NFConfigError(fieldname, f"must be an integer {lo}..{hi}, got {value!r}")
+    if not lo <= value <= hi:
+        raise NFConfigError(fieldname, f"must be {lo}..{hi}, got {value}")
+    return value
+
+
+def _number(value, fieldname: str, lo: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= lo:
+        raise NFConfigError(fieldname, f"must be a number > {lo}, got {value!r}")
+    return float(value)
+
+
+def parse_port(value, fieldname: str) -> PortSpec:
+    m = _mapping(value, fieldname)
+    _keys(m, {"vdev", "pci"}, fieldname)
+    if len(m) != 1:
+        raise NFConfigError(fieldname, "give exactly one of 'vdev' or 'pci'")
+    if "pci" in m:
+        addr = m["pci"]
+        if not isinstance(addr, str) or not PCI_RE.match(addr):
+            raise NFConfigError(f"{fieldname}.pci", f"not a PCI address (0000:03:00.1): {addr!r}")
+        if addr.count(":") == 1:
+            addr = "0000:" + addr
+        return PortSpec("pci", addr, addr.lower())
+    devargs = m["vdev"]
+    if not isinstance(devargs, str) or not devargs:
+        raise NFConfigError(f"{fieldname}.vdev", f"must be a vdev string, got {devargs!r}")
+    name = devargs.split(",", 1)[0]
+    if not any(name.startswith(d) for d in VDEV_DRIVERS):
+        raise NFConfigError(
+            f"{fieldname}.vdev",
+            f"{name!r} is not a known vdev (names start with one of {', '.join(VDEV_DRIVERS)})",
+        )
+    return PortSpec("vdev", devargs, name)
+
+
+def parse_config(raw, base_dir: Path | None = None) -> RuntimeConfig:
+    """Validate a loaded YAML document into a :class:`RuntimeConfig`."""
+    top = _mapping(raw, "config")
+    _keys(top, TOP_KEYS, "")
+    if "name" not in top:
+        raise NFConfigError("name", "missing")
+    name = top["name"]
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise NFConfigError("name", f"must match {NAME_RE.pattern}, got {name!r}")
+    allowed = sorted(os.sched_getaffinity(0))
+    core = _int(top.get("core", allowed[0]), "core", 0, 1023)
+    batch = _int(top.get("batch", 32), "batch", 1, 256)
+
+    eal = _mapping(top.get("eal"), "eal")
+    _keys(eal, {"file_prefix", "hugepages", "memory_mb", "args"}, "eal")
+    prefix = eal.get("file_prefix", f"quadrant-{name}")
+    if not isinstance(prefix, str) or not NAME_RE.match(prefix):
+        raise NFConfigError("eal.file_prefix", f"must match {NAME_RE.pattern}, got {prefix!r}")
+    huge = eal.get("hugepages", "auto")
+    huge = {True: "yes", False: "no"}.get(huge, huge)
+    if huge not in ("auto", "yes", "no"):
+        raise NFConfigError("eal.hugepages", f"must be auto, true or false, got {huge!r}")
+    memory = _int(eal.get("memory_mb", 256), "eal.memory_mb", 16, 1 << 20)
+    extra = eal.get("args", [])
+    if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
+        raise NFConfigError("eal.args", "must be a list of strings")
+
+    ports = _mapping(top.get("ports"), "ports")
+    _keys(ports, {"rx", "tx"}, "ports")
+    if "rx" not in ports:
+        raise NFConfigError("ports.rx", "missing")
+    rx = parse_port(ports["rx"], "ports.rx")
+    tx_raw = ports.get("tx", "rx")
+    tx = rx if tx_raw == "rx" else parse_port(tx_raw, "ports.tx")
+    if tx is not rx and tx.name == rx.name and tx.devargs != rx.devargs:
+        raise NFConfigError("ports.tx", f"names port {tx.name!r} as rx does, with other devargs")
+
+    pool = _mapping(top.get("mempool"), "mempool")
+    _keys(pool, {"size", "cache"}, "mempool")
+    pool_size = _int(pool.get("size", 8191), "mempool.size", 1024, 1 << 24)
+    pool_cache = _int(pool.get("cache", 256), "mempool.cache", 0, 512)
+
+    nf = _mapping(top.get("nf"), "nf")
+    _keys(nf, {"type", "config", "class"}, "nf")
+    if "type" not in nf:
+        raise NFConfigError("nf.type", "missing")
+    nf_type = nf["type"]
+    if nf_type not in NF_TYPES:
+        raise NFConfigError("nf.type", f"unknown NF type {nf_type!r} (known: {', '.join(NF_TYPES)})")
+    cls = nf.get("class")
+    if nf_type in ("native", "python"):
+        if not isinstance(cls, str) or ":" not in cls:
+            raise NFConfigError("nf.class", f"type {nf_type} needs class: 'package.module:Class'")
+    elif cls is not None:
+        raise NFConfigError("nf.class", f"only for type native or python, not {nf_type}")
+    nf_config = nf.get("config") or {}
+    if not isinstance(nf_config, Mapping):
+        raise NFConfigError("nf.config", f"must be a mapping, got {type(nf_config).__name__}")
+
+    stats = _mapping(top.get("stats"), "stats")
+    _keys(stats, {"path", "keep"}, "stats")
+    stats_path = Path(stats.get("path", f"/dev/shm/quadrant-nf-{name}.stats"))
+    keep = stats.get("keep", False)
+    if not isinstance(keep, bool):
+        raise NFConfigError("stats.keep", f"must be true or false, got {keep!r}")
+
+    run = _mapping(top.get("run"), "run")
+    _keys(run, {"duration_s", "max_packets", "slice_ms"}, "run")
+    duration = run.get("duration_s")
+    duration = None if duration is None else _number(duration, "run.duration_s", 0)
+    max_packets = run.get("max_packets")
+    if max_packets is not None:
+        max_packets = _int(max_packets, "run.max_packets", 1, 1 << 62)
+    slice_s = _int(run.get("slice_ms", 100), "run.slice_ms", 1, 10_000) / 1000
+
+    return RuntimeConfig(
+        name=name,
+        core=core,
+        batch=batch,
+        file_prefix=prefix,
+        hugepages=huge,
+        memory_mb=memory,
+        eal_args=list(extra),
+        rx=rx,
+        tx=tx,
+        mempool_size=pool_size,
+        mempool_cache=pool_cache,
+        nf=NFSpec(nf_type, dict(nf_config), cls),
+        stats_path=stats_path,
+        stats_keep=keep,
+        duration_s=duration,
+        max_packets=max_packets,
+        slice_s=slice_s,
+        base_dir=base_dir,
+    )
+
+
+def load_config(path: str | os.PathLike) -> RuntimeConfig:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise NFConfigError("--config", f"cannot read {p}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise NFConfigError(str(p), f"not valid YAML: {exc}") from None
+    return parse_config(raw, p.resolve().parent)
+
+
+def hugepages_free_mb(meminfo: str = "/proc/meminfo", mounts: str = "/proc/mounts") -> int:
+    """Free hugepage memory in MB if hugetlbfs is mounted at /dev/hugepages, else 0."""
+    try:
+        with open(mounts) as f:
+            if not any(line.split()[1:3] == [HUGEPAGE_MOUNT, "hugetlbfs"] for line in f):
+                return 0
+        info = {}
+        with open(meminfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                info[key] = value.split()
+        return int(info["HugePages_Free"][0]) * int(info["Hugepagesize"][0]) // 1024
+    except (OSError, KeyError, ValueError, IndexError):
+        return 0
+
+
+def use_hugepages(cfg: RuntimeConfig, free_mb: int) -> bool:
+    if cfg.hugepages == "auto":
+        return free_mb >= cfg.memory_mb
+    return cfg.hugepages == "yes"
+
+
+def eal_args(cfg: RuntimeConfig, hugepages: bool) -> list[str]:
+    """The ``rte_eal_init`` argument vector for this runtime."""
+    args = ["quadrant-nf", "-l", str(cfg.core), "--file-prefix", cfg.file_prefix]
+    args += ["-m", str(cfg.memory_mb)]
+    if not hugepages:
+        args.append("--no-huge")
+    ports = [cfg.rx] if cfg.same_port else [cfg.rx, cfg.tx]
+    if not any(p.kind == "pci" for p in ports):
+        args.append("--no-pci")
+    for p in ports:
+        args += ["--vdev", p.devargs] if p.kind == "vdev" else ["-a", p.devargs]
+    return args + cfg.eal_args
