@@ -14,8 +14,7 @@ first NF's process and of NF2..NFn (``cext/src/qs_chainrt.h``).
 
 import os
 
-from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
-from cpython.ref cimport PyObject
+from cext.nf cimport NativeNF, qd_batch, qd_pkt
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, uintptr_t
 from libc.string cimport memset
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
@@ -119,6 +118,8 @@ cdef extern from "src/qs_chainrt.h" nogil:
         uint32_t out_ring
         int copy
         qs_nf nf
+
+    rte_mempool *rte_mempool_lookup(const char *name)
 
     uint64_t qs_region_size(uint32_t n_slots, uint32_t n_rings, uint64_t *ro,
                             uint64_t *st, uint64_t *so)
@@ -424,69 +425,40 @@ def _on_hugetlbfs(path):
 
 # --- NFs -------------------------------------------------------------------
 
-cdef void _py_nf(void *ctx, qs_batch *b) noexcept nogil:
-    with gil:
-        _call_py_nf(<object><PyObject *>ctx, b)
+cdef void _native_nf(void *ctx, qs_batch *b) noexcept nogil:
+    # qs_batch and issue 4's qd_batch are the same layout (checked at import)
+    (<NativeNF>ctx).process(<qd_batch *>b)
 
 
-cdef int _call_py_nf(object fn, qs_batch *b) except -1:
-    cdef uint32_t i
-    cdef qs_pkt *p
-    pkts = []
-    for i in range(b.count):
-        p = &b.pkts[i]
-        pkts.append(<uint8_t[:p.len]>p.data if p.len else memoryview(bytearray()))
-    try:
-        res = fn(pkts)
-    except BaseException as exc:  # an NF's exception drops its batch, never kills the loop
-        print(f"NF raised {exc!r}; dropping its batch", flush=True)
-        for i in range(b.count):
-            b.verdicts[i] = QS_DROP
-        return 0
-    if res is not None:
-        for i, v in enumerate(res):
-            if i >= b.count:
-                break
-            b.verdicts[i] = QS_FORWARD if v else QS_DROP
-    return 0
+if (sizeof(qs_batch) != sizeof(qd_batch) or sizeof(qs_pkt) != sizeof(qd_pkt)
+        or sizeof(qs_nf) != 2 * sizeof(void *)):
+    raise ImportError("chainbuf: qs_batch/qs_pkt and cext.nf's qd_batch/qd_pkt differ")
 
 
 cdef class NF:
-    """An NF as the burst loops call it: a native ``qs_nf_batch_fn`` or a Python callable.
+    """An NF as the burst loops call it: a configured :class:`cext.nf.NativeNF`.
 
-    Native: ``NF(capsule, ctx_capsule)`` where the capsule named
-    ``"quadrant.nf_batch"`` holds the function and the context capsule
-    ``"quadrant.nf_ctx"`` its state; the function takes ``(ctx, qs_batch *)``,
-    the same layout as issue 4's ``qd_batch``.  Python: ``NF(fn)``; ``fn(pkts)`` gets a
-    list of writable memoryviews over the packets (zero-copy) and returns
-    ``None`` (forward all) or one truth value per packet (False drops it).
+    Native NFs run as they are; Python NFs through issue 4's
+    :class:`cext.nf.PythonNF` (which takes the GIL once per batch).
     """
 
     cdef qs_nf c
-    cdef object keep
+    cdef readonly object nf
 
-    def __init__(self, fn, ctx=None):
-        if PyCapsule_IsValid(fn, b"quadrant.nf_batch"):
-            self.c.fn = <qs_nf_batch_fn>PyCapsule_GetPointer(fn, b"quadrant.nf_batch")
-            self.c.ctx = NULL
-            if ctx is not None:
-                self.c.ctx = PyCapsule_GetPointer(ctx, b"quadrant.nf_ctx")
-            self.keep = (fn, ctx)
-        elif callable(fn):
-            self.c.fn = _py_nf
-            self.c.ctx = <void *>fn
-            self.keep = fn
-        else:
-            raise TypeError("NF: expected a quadrant.nf_batch capsule or a callable")
+    def __init__(self, NativeNF nf):
+        self.c.fn = _native_nf
+        self.c.ctx = <void *>nf
+        self.nf = nf
 
 
 # --- the burst loops -------------------------------------------------------
 
-def run_first(ChainBuffer ctl, list nfs, int port_in, int port_out, uintptr_t pool,
+def run_first(ChainBuffer ctl, list nfs, int port_in, int port_out, str pool,
               ChainBuffer out=None, int out_ring=1, ChainBuffer ret=None, int ret_ring=0,
               int max_in_flight=0):
     """The first NF's loop until the control word says STOP.
 
+    ``pool`` is the name of the mempool TX mbufs come from (the port's).
     ``nfs`` run in this thread in order (one NF normally; every NF of the
     chain for the single_thread baseline).  ``out`` None: transmit directly
     (a single-NF chain).  Otherwise copy each processed batch into ``out``'s
@@ -498,14 +470,15 @@ def run_first(ChainBuffer ctl, list nfs, int port_in, int port_out, uintptr_t po
     cdef NF nf
     if not 1 <= len(nfs) <= QS_MAX_NFS:
         raise ChainBufferError(f"nfs: {len(nfs)} NFs, expected 1..{QS_MAX_NFS}")
-    if pool == 0:
-        raise ChainBufferError("pool: no mempool")
+    cdef rte_mempool *mp = rte_mempool_lookup(pool.encode())
+    if mp == NULL:
+        raise ChainBufferError(f"pool: no mempool named {pool!r}")
     for i, nf in enumerate(nfs):
         arr[i] = nf.c
     memset(&c, 0, sizeof(c))
     c.port_in = port_in
     c.port_out = port_out
-    c.pool = <rte_mempool *>pool
+    c.pool = mp
     c.nfs = arr
     c.n_nfs = len(nfs)
     c.ctl = ctl._view()

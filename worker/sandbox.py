@@ -27,11 +27,15 @@ import resource
 from cext import sandbox as _c
 
 
+def lock_memory() -> None:
+    """Step 1, while still root (CAP_IPC_LOCK): call once everything is mapped."""
+    _c.lock_memory()
+
+
 def confine(uid: int, gid: int) -> None:
-    """Apply steps 1-5 to this process; raises OSError naming the failing step."""
+    """Steps 2-5 on this process; raises OSError naming the failing step."""
     if uid <= 0 or gid <= 0:
         raise ValueError(f"uid/gid: {uid}/{gid}: an NF never runs as root")
-    _c.lock_memory()
     resource.setrlimit(resource.RLIMIT_RTPRIO, (0, 0))
     resource.setrlimit(resource.RLIMIT_NICE, (0, 0))
     os.setgroups([gid])
