@@ -15,7 +15,10 @@ initialise the EAL and open its port.  Then, before any NF code runs:
    everyone without ``CAP_SYS_PTRACE``;
 5. a seccomp filter on every thread that fails ``sched_setscheduler``,
    ``sched_setparam``, ``sched_setattr``, ``sched_setaffinity``,
-   ``setpriority``, ``ptrace`` and ``process_vm_readv/writev`` with EPERM
+   ``setpriority``, ``ptrace``, ``process_vm_readv/writev`` and every call
+   that makes a new task (``clone``, ``clone3``, ``fork``, ``vfork``,
+   ``execve``, ``execveat``: a thread or child would run outside the chain's
+   scheduling group) with EPERM
    (``no_new_privs`` is set first, so no setuid binary can give root back).
 """
 

@@ -375,11 +375,14 @@ static int qs_run_stage(struct qs_stage_cfg *c)
     me->tid = (int32_t)syscall(SYS_gettid);
     qs_set_state(me, QS_NF_RUNNING);
     for (;;) {
-        uint32_t ctl = qs_load(&h->ctl), nl = 0, k = 0;
+        uint32_t ctl = qs_load(&h->ctl), nl = 0, k = 0, b;
         int32_t n;
         if (ctl == QS_CTL_STOP)
             break;
-        n = qs_ring_dequeue(c->in, c->in_ring, offs, QS_MAX_BATCH);
+        b = qs_load(&h->batch); /* a batch is the chain's batch size at every hop */
+        if (b == 0 || b > QS_MAX_BATCH)
+            b = QS_MAX_BATCH;
+        n = qs_ring_dequeue(c->in, c->in_ring, offs, b);
         if (n < 0) {
             me->bad++;
             n = 0;

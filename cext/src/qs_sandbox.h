@@ -9,7 +9,9 @@
  *                  that makes the calls an NF could use to escape the
  *                  cooperative scheduler or reach another process fail with
  *                  EPERM: sched_setscheduler/setparam/setattr/setaffinity,
- *                  setpriority, ptrace, process_vm_readv/writev.  x32 and
+ *                  setpriority, ptrace, process_vm_readv/writev, and the
+ *                  calls that make new tasks (clone, clone3, fork, vfork,
+ *                  execve, execveat).  x32 and
  *                  foreign-arch system calls kill the process.
  */
 #ifndef QS_SANDBOX_H
@@ -30,6 +32,10 @@ static inline int qs_lock_memory(void) { return mlockall(MCL_CURRENT); }
 static const int qs_denied_syscalls[] = {
     __NR_sched_setscheduler, __NR_sched_setparam, __NR_sched_setattr, __NR_sched_setaffinity,
     __NR_setpriority,        __NR_ptrace,         __NR_process_vm_readv, __NR_process_vm_writev,
+    /* no new tasks: a thread or child of an NF would be scheduled outside its
+     * chain's group (e.g. in an RT-throttling window, while its predecessor
+     * holds a half-processed batch) */
+    __NR_clone, __NR_clone3, __NR_fork, __NR_vfork, __NR_execve, __NR_execveat,
 };
 
 #define QS_N_DENIED (sizeof(qs_denied_syscalls) / sizeof(qs_denied_syscalls[0]))
