@@ -552,3 +552,19 @@ def copy_cycles(ChainBuffer src, ChainBuffer dst, uint32_t size, uint32_t batch=
 
 def rdtsc():
     return qs_rdtsc()
+
+
+cdef extern from "sched.h" nogil:
+    int sched_yield()
+
+
+def yield_cycles(uint32_t n):
+    """TSC cycles ``n`` back-to-back ``sched_yield`` calls take (context-switch probe)."""
+    cdef uint64_t t0, t1
+    cdef uint32_t i
+    with nogil:
+        t0 = qs_rdtsc()
+        for i in range(n):
+            sched_yield()
+        t1 = qs_rdtsc()
+    return t1 - t0
