@@ -16,22 +16,29 @@ _serial = 0
 
 
 cdef class LpmTable:
-    """``routes`` is a sequence of ``(network:int, depth:int, next_hop:int)``."""
+    """``routes`` is a sequence of ``(network:int, depth:int 0..32, next_hop:int)``."""
 
     def __init__(self, str prefix, routes):
         global _serial
         cdef rte_lpm_config cfg
-        routes = list(routes)
-        long_prefixes = sum(1 for _, depth, _ in routes if depth > 24)
-        cfg.max_rules = max(1024, len(routes))
+        # rte_lpm takes depths 1..32: a default route (/0) becomes 0/1 + 128/1, added
+        # first so that an explicit /1 still overrides its half.
+        expanded = []
+        for net, depth, hop in routes:
+            if depth == 0:
+                expanded[:0] = [(0, 1, hop), (0x80000000, 1, hop)]
+            else:
+                expanded.append((net, depth, hop))
+        long_prefixes = sum(1 for _, depth, _ in expanded if depth > 24)
+        cfg.max_rules = max(1024, len(expanded))
         cfg.number_tbl8s = max(256, long_prefixes + 16)
         cfg.flags = 0
         _serial += 1
         self.name = f"{prefix[:16]}_{_serial}"
         self.lpm = rte_lpm_create(self.name.encode(), SOCKET_ID_ANY, &cfg)
         if self.lpm == NULL:
-            raise EalError(f"rte_lpm_create({self.name!r}, {len(routes)} routes)", rte_errno)
-        for net, depth, hop in routes:
+            raise EalError(f"rte_lpm_create({self.name!r}, {len(expanded)} routes)", rte_errno)
+        for net, depth, hop in expanded:
             ret = rte_lpm_add(self.lpm, <uint32_t>net, depth, <uint32_t>hop)
             if ret < 0:
                 raise EalError(f"rte_lpm_add({net:#010x}/{depth})", -ret)

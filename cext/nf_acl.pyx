@@ -13,7 +13,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 from cext.dpdk cimport rte_acl_classify, rte_acl_ctx, rte_acl_free
-from cext.nf cimport QD_DROP, QD_FORWARD, NativeNF, qd_batch
+from cext.nf cimport QD_DROP, NativeNF, qd_batch
 from cext.pkt cimport QD_PARSE_BAD, QD_PARSE_OK, qd_flow, qd_parse
 from cext.runtime cimport QD_MAX_BURST
 

@@ -45,7 +45,7 @@ from cext.dpdk cimport (
     rte_prefetch0,
     rte_rdtsc,
 )
-from cext.nf cimport QD_DROP, QD_FORWARD, QD_HOLD, NativeNF, qd_batch, qd_pkt
+from cext.nf cimport QD_FORWARD, QD_HOLD, NativeNF, qd_batch, qd_pkt
 
 STATS_SIZE = sizeof(qd_stats)
 STATS_MAGIC = QD_STATS_MAGIC
@@ -181,11 +181,17 @@ cdef class Runtime:
                 p = &self.pkts[i]
                 v = self.verdicts[i]
                 base = <uint8_t *>m.buf_addr
-                if v == QD_FORWARD and p.data >= base and p.len > 0 \
-                        and p.data + p.len <= base + m.buf_len:
-                    m.pkt_len = m.pkt_len - m.data_len + p.len
-                    m.data_len = p.len
-                    m.data_off = <uint16_t>(p.data - base)
+                if v == QD_FORWARD:
+                    if p.data != base + m.data_off or p.len != m.data_len:
+                        # the NF pushed/popped or trimmed: move the mbuf's window
+                        if p.data < base or p.len == 0 or p.data + p.len > base + m.buf_len:
+                            drops_nf += 1  # outside the buffer: refuse to send it
+                            self.drop_mbufs[ndrop] = m
+                            ndrop += 1
+                            continue
+                        m.pkt_len = m.pkt_len - m.data_len + p.len
+                        m.data_len = p.len
+                        m.data_off = <uint16_t>(p.data - base)
                     tx_bytes += m.pkt_len
                     self.out_mbufs[nout] = m
                     nout += 1

@@ -166,7 +166,9 @@ def parse_config(raw, base_dir: Path | None = None) -> RuntimeConfig:
         raise NFConfigError("nf.type", "missing")
     nf_type = nf["type"]
     if nf_type not in NF_TYPES:
-        raise NFConfigError("nf.type", f"unknown NF type {nf_type!r} (known: {', '.join(NF_TYPES)})")
+        raise NFConfigError(
+            "nf.type", f"unknown NF type {nf_type!r} (known: {', '.join(NF_TYPES)})"
+        )
     cls = nf.get("class")
     if nf_type in ("native", "python"):
         if not isinstance(cls, str) or ":" not in cls:

@@ -47,8 +47,9 @@ def run(cfg: RuntimeConfig, log=sys.stderr) -> dict:
     Raises NFConfigError (bad NF config), cext.eal.EalError (DPDK), or
     RuntimeError (the NF failed).
     """
+    from cext.runtime import Runtime, tsc_hz
+
     from cext import eal, ethdev
-    from cext.runtime import Runtime
     from worker.nf_registry import build_nf
 
     os.sched_setaffinity(0, {cfg.core})
@@ -56,7 +57,7 @@ def run(cfg: RuntimeConfig, log=sys.stderr) -> dict:
     args = eal_args(cfg, huge)
     print(f"quadrant-nf {cfg.name}: EAL {' '.join(args[1:])}", file=log, flush=True)
     eal.init(args)
-    ports, pool, block, rt = [], None, None, None
+    ports, pool, block, rt, nf = [], None, None, None, None
     try:
         pool = ethdev.Mempool(f"qd_{cfg.name}"[:24], cfg.mempool_size, cfg.mempool_cache)
         rx = ethdev.Port(cfg.rx.name)
@@ -72,8 +73,12 @@ def run(cfg: RuntimeConfig, log=sys.stderr) -> dict:
         rt = Runtime(nf, rx.port_id, tx.port_id, block.map, burst=cfg.batch, core=cfg.core)
         stop = _Stop()
         old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-        print(f"quadrant-nf {cfg.name}: running {cfg.nf.type} on core {cfg.core}, "
-              f"stats {cfg.stats_path}", file=log, flush=True)
+        print(
+            f"quadrant-nf {cfg.name}: running {cfg.nf.type} on core {cfg.core}, "
+            f"stats {cfg.stats_path}",
+            file=log,
+            flush=True,
+        )
         started = time.monotonic()
         reason = "signal"
         try:
@@ -103,6 +108,7 @@ def run(cfg: RuntimeConfig, log=sys.stderr) -> dict:
             "hugepages": huge,
             "reason": reason,
             "elapsed_s": elapsed,
+            "tsc_hz": tsc_hz(),
             "counters": rt.counters(),
             "nf_stats": nf.stats(),
             "ports": {p.name: p.stats() for p in ports},
@@ -113,7 +119,8 @@ def run(cfg: RuntimeConfig, log=sys.stderr) -> dict:
             raise RuntimeError(f"NF {cfg.nf.type} failed:\n{detail}")
         return summary
     finally:
-        rt = None
+        # Drop the loop and the NF (its rte_lpm/rte_acl tables) while the EAL is up.
+        rt = nf = None
         for p in ports:
             try:
                 p.close()

@@ -1,0 +1,263 @@
+"""Single-NF throughput: each basic NF on one pinned core vs dpdk-testpmd macswap.
+
+    .venv/bin/python -m tools.bench.single_nf [--quick] [--json PATH] [--core N]
+
+Source: ``net_pcap`` with ``infinite_rx=1`` over a pcap of UDP frames across
+many flows (one pcap per frame size, 64 and 1024 bytes); sink: ``net_null``
+with ``no-rx=1``.  For every frame size, ``dpdk-testpmd --forward-mode=macswap``
+runs on the same vdevs and the same data core (forwarding lcore = --core,
+its main lcore on another one), then ``quadrant-nf`` once per NF type, and
+the pair is repeated ``--rounds`` times, interleaved, so both see the same
+machine noise.  Reported: median Mpps over the rounds, cycles per packet
+(TSC Hz / pps: every cycle of the data core, polls included) and the ratio to
+testpmd.  Nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+NFS = ("empty", "tunnel", "ipforward", "acl", "bpf_lpm")
+SIZES = (64, 1024)
+PAPER_BPF_LPM_MPPS, PAPER_GHZ = 4.7, 2.4  # SoCC '22, 2.4 GHz Haswell
+MEMORY_MB = 512
+MBUFS = 16383
+
+
+def make_pcap(path: Path, size: int, flows: int) -> None:
+    from scapy.all import IP, UDP, Ether, Raw, wrpcap
+
+    pkts = []
+    for i in range(flows):
+        hdr = (
+            Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+            / IP(
+                src=f"10.1.{i >> 8 & 255}.{i & 255}",
+                dst=f"10.{2 + (i % 7)}.{i * 7 & 255}.{i & 255}",
+            )
+            / UDP(sport=1024 + i, dport=80 + i % 1000)
+        )
+        pkts.append(hdr / Raw(b"\x00" * (size - len(hdr))))
+    wrpcap(str(path), pkts)
+
+
+def nf_configs(workdir: Path) -> dict[str, dict]:
+    from worker import nf_tables
+
+    routes = workdir / "routes.txt"
+    routes.write_text(
+        "0.0.0.0/0 02:00:00:00:00:99\n"
+        + nf_tables.format_routes(nf_tables.generate_routes(10_000, seed=1))
+    )
+    rules = workdir / "acl.txt"
+    rules.write_text("\n".join(nf_tables.generate_acl_rules(1500, seed=1)) + "\n")
+    return {
+        "empty": {},
+        "tunnel": {"vlan": 100},
+        "ipforward": {"route_file": str(routes)},
+        "acl": {"rule_file": str(rules), "default": "allow"},
+        "bpf_lpm": {"lookups": 200, "table_size": 1024},
+    }
+
+
+def hugepages_ok() -> bool:
+    from worker.nf_config import hugepages_free_mb
+
+    return hugepages_free_mb() >= 2 * MEMORY_MB  # the runs come one after another
+
+
+def run_testpmd(pcap: Path, core: int, main_core: int, seconds: float, huge: bool) -> float:
+    prefix = f"qd-bench-tp-{uuid.uuid4().hex[:6]}"
+    cmd = [
+        "dpdk-testpmd",
+        "-l",
+        f"{main_core},{core}",
+        "--main-lcore",
+        str(main_core),
+        "--file-prefix",
+        prefix,
+        "-m",
+        str(MEMORY_MB),
+        "--no-pci",
+        "--vdev",
+        f"net_pcap0,rx_pcap={pcap},infinite_rx=1",
+        "--vdev",
+        "net_null0,no-rx=1",
+    ]
+    if not huge:
+        cmd.append("--no-huge")
+    cmd += [
+        "--",
+        "--forward-mode=macswap",
+        "--nb-cores=1",
+        f"--total-num-mbufs={MBUFS}",
+        "--stats-period",
+        "1",
+        "--burst=32",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True
+    )
+    try:
+        time.sleep(seconds + 1.5)  # start-up, then >= seconds of one-second stats
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    # per-second "Tx-pps" of port 1 (the net_null sink) in each stats block
+    rates = [int(m) for m in re.findall(r"statistics for port 1 .*?Tx-pps:\s+(\d+)", out, re.S)]
+    rates = [r for r in rates[1:] if r > 0]  # the first period includes start-up
+    if not rates:
+        raise RuntimeError(f"testpmd gave no rate:\n{out[-2000:]}")
+    return statistics.median(rates) / 1e6
+
+
+def run_nf(
+    nf: str, config: dict, pcap: Path, core: int, seconds: float, huge: bool, workdir: Path
+) -> dict:
+    tag = uuid.uuid4().hex[:6]
+    cfg = {
+        "name": f"qd-bench-{tag}",
+        "core": core,
+        "eal": {"file_prefix": f"qd-bench-{tag}", "hugepages": huge, "memory_mb": MEMORY_MB},
+        "mempool": {"size": MBUFS},
+        "ports": {
+            "rx": {"vdev": f"net_pcap0,rx_pcap={pcap},infinite_rx=1"},
+            "tx": {"vdev": "net_null0,no-rx=1"},
+        },
+        "nf": {"type": nf, "config": config},
+        "stats": {"path": str(workdir / f"{tag}.stats")},
+        "run": {"duration_s": seconds},
+    }
+    path = workdir / f"{tag}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker.nf_runtime", "--config", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"quadrant-nf {nf} failed:\n{proc.stderr[-2000:]}")
+    s = json.loads(proc.stdout)
+    c = s["counters"]
+    pps = c["rx_packets"] / s["elapsed_s"]
+    return {
+        "mpps": pps / 1e6,
+        "cycles_per_pkt": s["tsc_hz"] / pps,
+        "busy_cycles_per_pkt": c["busy_cycles"] / max(1, c["rx_packets"]),
+        "tsc_hz": s["tsc_hz"],
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short runs (< 60 s in all)")
+    ap.add_argument("--json", help="write the results as JSON here")
+    ap.add_argument("--core", type=int, help="data core (default: the last allowed CPU)")
+    ap.add_argument("--seconds", type=float, help="measurement per run")
+    ap.add_argument("--rounds", type=int, help="interleaved repetitions")
+    ap.add_argument("--nfs", default=",".join(NFS), help="comma-separated NF types")
+    opts = ap.parse_args(argv)
+    if shutil.which("dpdk-testpmd") is None:
+        sys.exit("dpdk-testpmd not found (Debian package dpdk; tools/setup-host installs it)")
+    cpus = sorted(os.sched_getaffinity(0))
+    core = opts.core if opts.core is not None else cpus[-1]
+    main_core = next((c for c in cpus if c != core), core)
+    seconds = opts.seconds or (1.5 if opts.quick else 4.0)
+    rounds = opts.rounds or (1 if opts.quick else 3)
+    sizes = (64,) if opts.quick else SIZES
+    nfs = [n for n in opts.nfs.split(",") if n]
+    huge = hugepages_ok()
+
+    results: dict[int, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="qd-bench-") as tmp:
+        workdir = Path(tmp)
+        configs = nf_configs(workdir)
+        for size in sizes:
+            pcap = workdir / f"udp{size}.pcap"
+            make_pcap(pcap, size, flows=1024)
+            runs = {"testpmd": [], **{nf: [] for nf in nfs}}
+            for _ in range(rounds):
+                runs["testpmd"].append(run_testpmd(pcap, core, main_core, seconds, huge))
+                for nf in nfs:
+                    runs[nf].append(run_nf(nf, configs[nf], pcap, core, seconds, huge, workdir))
+            results[size] = runs
+
+    hz = next(iter(results[sizes[0]][nfs[0]]))["tsc_hz"] if nfs else 0
+    out = {
+        "core": core,
+        "hugepages": huge,
+        "seconds": seconds,
+        "rounds": rounds,
+        "tsc_hz": hz,
+        "nf": {},
+        "testpmd_macswap_by_size": {},
+    }
+    for size in sizes:
+        tp = statistics.median(results[size]["testpmd"])
+        out["testpmd_macswap_by_size"][str(size)] = {
+            "mpps": tp,
+            "cycles_per_pkt": hz / (tp * 1e6) if hz else None,
+            "rounds": results[size]["testpmd"],
+        }
+        for nf in nfs:
+            mpps = statistics.median(r["mpps"] for r in results[size][nf])
+            entry = out["nf"].setdefault(nf, {"by_size": {}})
+            entry["by_size"][str(size)] = {
+                "mpps": mpps,
+                "cycles_per_pkt": hz / (mpps * 1e6),
+                "vs_testpmd": mpps / tp,
+                "rounds": [r["mpps"] for r in results[size][nf]],
+            }
+    first = str(sizes[0])
+    out["testpmd_macswap_mpps"] = out["testpmd_macswap_by_size"][first]["mpps"]
+    for entry in out["nf"].values():
+        entry.update({k: entry["by_size"][first][k] for k in ("mpps", "cycles_per_pkt")})
+    if "bpf_lpm" in out["nf"]:
+        out["paper_bpf_lpm_cycles_per_pkt"] = PAPER_GHZ * 1e9 / (PAPER_BPF_LPM_MPPS * 1e6)
+
+    print(
+        f"single_nf: core {core}, hugepages {huge}, {rounds} round(s) x {seconds:g} s, "
+        f"TSC {hz / 1e9:.2f} GHz"
+    )
+    print(f"{'NF':<16}{'size':>6}{'Mpps':>9}{'cyc/pkt':>9}{'vs testpmd':>12}")
+    for size in sizes:
+        tp = out["testpmd_macswap_by_size"][str(size)]
+        print(
+            f"{'testpmd macswap':<16}{size:>6}{tp['mpps']:>9.2f}{tp['cycles_per_pkt']:>9.0f}"
+            f"{'1.00':>12}"
+        )
+        for nf in nfs:
+            e = out["nf"][nf]["by_size"][str(size)]
+            print(
+                f"{nf:<16}{size:>6}{e['mpps']:>9.2f}{e['cycles_per_pkt']:>9.0f}"
+                f"{e['vs_testpmd']:>12.2f}"
+            )
+    if "paper_bpf_lpm_cycles_per_pkt" in out:
+        print(
+            f"paper bpf_lpm: {PAPER_BPF_LPM_MPPS} Mpps at {PAPER_GHZ} GHz = "
+            f"{out['paper_bpf_lpm_cycles_per_pkt']:.0f} cycles/pkt"
+        )
+    if opts.json:
+        Path(opts.json).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
