@@ -101,8 +101,8 @@ class ChainInstance:
         n_slots: int = 2048,
         batch: int = 32,
         buffer_root: str | None = None,
-        memory_mb: int = 64,
-        first_memory_mb: int = 128,
+        memory_mb: int = 160,
+        first_memory_mb: int | None = None,
         log_dir: str | None = None,
     ):
         if not nfs:
@@ -129,7 +129,9 @@ class ChainInstance:
         self.batch = batch
         self.buffer_root = buffer_root
         self.memory_mb = memory_mb
-        self.first_memory_mb = first_memory_mb
+        # an rte_lpm table takes 64 MB (tbl24); the first process also holds the mempool
+        n_first = len(nfs) if self.mode == "single_thread" else 1
+        self.first_memory_mb = first_memory_mb or 96 + 96 * n_first
         self.log_dir = log_dir
         self.buffers: dict[str, chainbuf.ChainBuffer] = {}
         self.procs: list[subprocess.Popen] = []

@@ -25,6 +25,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <sched.h>
+#include <stdlib.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -107,6 +108,49 @@ static inline uint32_t qs_load(volatile uint32_t *p) { return __atomic_load_n(p,
 static inline void qs_set_state(struct qs_nfctl *me, uint32_t s)
 {
     __atomic_store_n(&me->state, s, __ATOMIC_RELEASE);
+}
+
+/* A private LIFO cache of free slots in front of a region's free ring: the
+ * slot freed last is reused first, so the slots in use stay few and warm in
+ * the cache instead of cycling through the whole region (as DPDK's mempool
+ * per-lcore caches do). */
+struct qs_slot_cache {
+    uint32_t *off;
+    uint32_t n, cap;
+};
+
+static inline int qs_cache_init(struct qs_slot_cache *sc, const struct qs_view *v)
+{
+    sc->n = 0;
+    sc->cap = v ? v->n_slots : 0;
+    sc->off = sc->cap ? (uint32_t *)malloc(sizeof(uint32_t) * sc->cap) : NULL;
+    return sc->cap && sc->off == NULL ? -1 : 0;
+}
+
+/* Take up to n slots: from the cache, refilled from the region's free ring. */
+static inline uint32_t qs_cache_get(struct qs_slot_cache *sc, const struct qs_view *v,
+                                    uint32_t *out, uint32_t n, struct qs_nfctl *me)
+{
+    uint32_t i;
+    if (sc->n < n) {
+        int32_t got = qs_ring_dequeue(v, 0, sc->off + sc->n, sc->cap - sc->n);
+        if (got < 0)
+            me->bad++;
+        else
+            sc->n += (uint32_t)got;
+    }
+    if (n > sc->n)
+        n = sc->n;
+    for (i = 0; i < n; i++)
+        out[i] = sc->off[--sc->n];
+    return n;
+}
+
+static inline void qs_cache_put(struct qs_slot_cache *sc, const uint32_t *offs, uint32_t n)
+{
+    uint32_t i;
+    for (i = 0; i < n && sc->n < sc->cap; i++)
+        sc->off[sc->n++] = offs[i];
 }
 
 /* Sleep while the chain is detached.  Returns the control word that woke us. */
@@ -192,7 +236,17 @@ static inline int qs_mbuf_fix(struct rte_mbuf *m, const struct qs_pkt *p)
 
 /* Send the last NF's output: copy each valid slot into a fresh mbuf, TX, and
  * give the slots back to the region's free ring.  Returns slots returned. */
-static inline uint32_t qs_first_transmit(struct qs_first_cfg *c, struct qs_nfctl *me)
+static inline void qs_first_free(struct qs_first_cfg *c, struct qs_slot_cache *sc,
+                                 const uint32_t *offs, uint32_t n)
+{
+    if (c->ret == c->out)
+        qs_cache_put(sc, offs, n); /* coop: our own region, our own cache */
+    else
+        qs_ring_enqueue(c->ret, 0, offs, n); /* copy: back to the last NF's region */
+}
+
+static inline uint32_t qs_first_transmit(struct qs_first_cfg *c, struct qs_slot_cache *sc,
+                                         struct qs_nfctl *me)
 {
     uint32_t offs[QS_MAX_BATCH], freed[QS_MAX_BATCH];
     struct rte_mbuf *tx[QS_MAX_BATCH];
@@ -209,7 +263,7 @@ static inline uint32_t qs_first_transmit(struct qs_first_cfg *c, struct qs_nfctl
             if (qs_off_ok(c->ret, offs[i]))
                 freed[nf++] = offs[i];
         me->drops += nf;
-        qs_ring_enqueue(c->ret, 0, freed, nf);
+        qs_first_free(c, sc, freed, nf);
         return nf;
     }
     for (i = 0; i < (uint32_t)n; i++) {
@@ -237,7 +291,7 @@ static inline uint32_t qs_first_transmit(struct qs_first_cfg *c, struct qs_nfctl
     }
     for (i = k; i < (uint32_t)n; i++)
         rte_pktmbuf_free(tx[i]);
-    qs_ring_enqueue(c->ret, 0, freed, nf);
+    qs_first_free(c, sc, freed, nf);
     sent = rte_eth_tx_burst(c->port_out, 0, tx, (uint16_t)k);
     for (i = sent; i < k; i++)
         rte_pktmbuf_free(tx[i]);
@@ -257,7 +311,10 @@ static int qs_run_first(struct qs_first_cfg *c)
     int64_t in_flight = 0;
     uint64_t seq = 0;
     uint32_t i;
+    struct qs_slot_cache sc;
 
+    if (qs_cache_init(&sc, c->out) != 0)
+        return -1;
     me->tid = (int32_t)syscall(SYS_gettid);
     qs_set_state(me, QS_NF_RUNNING);
     for (;;) {
@@ -265,7 +322,7 @@ static int qs_run_first(struct qs_first_cfg *c)
         if (ctl == QS_CTL_STOP)
             break;
         if (c->out) {
-            in_flight -= qs_first_transmit(c, me);
+            in_flight -= qs_first_transmit(c, &sc, me);
             if (in_flight < 0)
                 in_flight = 0; /* someone returned slots twice: not ours to trust */
         }
@@ -317,13 +374,9 @@ static int qs_run_first(struct qs_first_cfg *c)
                 me->tx += sent;
                 me->drops += k - sent;
             } else {
-                int32_t got = k ? qs_ring_dequeue(c->out, 0, offs, k) : 0;
+                uint32_t got = k ? qs_cache_get(&sc, c->out, offs, k, me) : 0;
                 uint32_t j = 0;
-                if (got < 0) {
-                    me->bad++;
-                    got = 0;
-                }
-                for (i = 0; i < (uint32_t)got && j < k; i++) {
+                for (i = 0; i < got && j < k; i++) {
                     uint32_t off = offs[i];
                     struct qs_slot_meta *m;
                     if (!qs_off_ok(c->out, off) || pkts[j].len > QS_SLOT_DATA) {
@@ -346,6 +399,7 @@ static int qs_run_first(struct qs_first_cfg *c)
         if (h->yield_after_batch || n == 0)
             sched_yield();
     }
+    free(sc.off);
     qs_set_state(me, QS_NF_EXITED);
     return 0;
 }
@@ -371,7 +425,10 @@ static int qs_run_stage(struct qs_stage_cfg *c)
     struct qs_cbhdr *h = c->ctl->hdr;
     struct qs_nfctl *me = &h->nf[c->index];
     uint32_t i;
+    struct qs_slot_cache sc;
 
+    if (qs_cache_init(&sc, c->copy ? c->out : NULL) != 0)
+        return -1;
     me->tid = (int32_t)syscall(SYS_gettid);
     qs_set_state(me, QS_NF_RUNNING);
     for (;;) {
@@ -437,13 +494,9 @@ static int qs_run_stage(struct qs_stage_cfg *c)
         me->batches++;
         if (c->copy) {
             /* the copy baseline: the next NF gets its own copy in its own region */
-            int32_t got = qs_ring_dequeue(c->out, 0, outo, k);
+            uint32_t got = qs_cache_get(&sc, c->out, outo, k, me);
             uint32_t j = 0, g;
-            if (got < 0) {
-                me->bad++;
-                got = 0;
-            }
-            for (i = 0, g = 0; i < k && g < (uint32_t)got; g++) {
+            for (i = 0, g = 0; i < k && g < got; g++) {
                 struct qs_slot_meta *src = qs_meta(c->in, offs[i]), *dst;
                 uint16_t l;
                 uint8_t *d;
@@ -477,6 +530,7 @@ static int qs_run_stage(struct qs_stage_cfg *c)
         if (h->yield_after_batch)
             sched_yield();
     }
+    free(sc.off);
     qs_set_state(me, QS_NF_EXITED);
     return 0;
 }

@@ -1,0 +1,232 @@
+"""Chains of 1-6 bpf_lpm NFs on one pinned core, four ways of isolating them, side by side.
+
+    .venv/bin/python -m tools.bench.chain_isolation [--quick] [--json PATH] [--core N]
+
+Source ``net_pcap`` with ``infinite_rx=1`` (one pcap per frame size, many
+flows, made here), sink ``net_null``.  Variants, all measured in this run:
+
+* ``coop``           Quadrant: one process per NF, the chain buffer, the
+                     cooperative SCHED_FIFO scheduler (worker.coopsched);
+* ``single_thread``  every NF called in sequence in one thread (no isolation);
+* ``cfs``            the coop processes and buffer under SCHED_OTHER, each NF
+                     yielding only when its input ring is empty;
+* ``copy``           every NF after the first has its own region and each hop
+                     copies the batch into the next NF's region (same core,
+                     same cooperative scheduling: only the copies differ).
+
+A chain of one NF has no copy and no scheduler in any variant, so length 1
+is measured once (single_thread) and reported for all four.  Also measured:
+the context-switch cost (two processes on the core, SCHED_FIFO, yielding to
+each other), the copy cost per packet for 64..1500 B, and per canonical
+chain the throughput at the estimated batch size (worker.batching) against
+fixed batches of 32, 128 and 512.  Prints tables; ``--json`` writes them.
+Nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from cext import chainbuf  # noqa: E402
+from tools.bench.single_nf import make_pcap  # noqa: E402
+from worker.batching import choose_batch  # noqa: E402
+from worker.chain import ChainIds, ChainInstance  # noqa: E402
+from worker.coopsched import PRIO_ATTACHED, CoreScheduler  # noqa: E402
+
+VARIANTS = ("coop", "single_thread", "cfs", "copy")
+SIZES = (64, 1024)
+COPY_SIZES = (64, 128, 256, 512, 1024, 1500)
+FIXED_BATCHES = (32, 128, 512)
+IDS = ChainIds(47400, 47400)
+BPF = {"type": "bpf_lpm", "config": {"lookups": 200}}
+
+
+def tsc_hz() -> float:
+    t0, c0 = time.perf_counter(), chainbuf.rdtsc()
+    time.sleep(0.2)
+    return (chainbuf.rdtsc() - c0) / (time.perf_counter() - t0)
+
+
+def ctx_switch_cycles(core: int, n: int = 200_000) -> float:
+    """Two processes pinned to ``core`` at the same SCHED_FIFO priority yield to each
+    other ``n`` times each: each loop iteration is two switches."""
+    r, w = os.pipe()
+    go_r, go_w = os.pipe()
+    pids = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            os.sched_setaffinity(0, {core})
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(PRIO_ATTACHED))
+            os.read(go_r, 1)
+            cycles = chainbuf.yield_cycles(n)
+            os.write(w, f"{cycles}\n".encode())
+            os._exit(0)
+        pids.append(pid)
+    os.write(go_w, b"xx")
+    for pid in pids:
+        os.waitpid(pid, 0)
+    out = os.read(r, 1000).decode().split()
+    for fd in (r, w, go_r, go_w):
+        os.close(fd)
+    # both ran side by side for the same span; take the shorter (the overlap)
+    return min(int(x) for x in out) / (2 * n)
+
+
+def copy_costs(work: Path) -> dict[str, float]:
+    a = chainbuf.ChainBuffer.create(str(work / "qs-copy-a"), 2048, 1, 1)
+    b = chainbuf.ChainBuffer.create(str(work / "qs-copy-b"), 2048, 1, 1)
+    try:
+        return {str(s): round(chainbuf.copy_cycles(a, b, s, 32, 4000), 1) for s in COPY_SIZES}
+    finally:
+        a.close()
+        b.close()
+        os.unlink(a.path)
+        os.unlink(b.path)
+
+
+class Runner:
+    def __init__(self, core: int, work: Path, window: float, warmup: float):
+        self.core = core
+        self.work = work
+        self.window = window
+        self.warmup = warmup
+        self.sched = CoreScheduler(core, timeout=1.0).start()
+        self.serial = 0
+
+    def close(self):
+        self.sched.stop()
+
+    def run(self, variant: str, nfs: list[dict], pcap: Path, batch: int = 32) -> dict:
+        self.serial += 1
+        name = f"b{self.serial}"
+        inst = ChainInstance(
+            name, nfs, core=self.core,
+            ports={"rx": {"vdev": f"net_pcap_{name}0,rx_pcap={pcap},infinite_rx=1"},
+                   "tx": {"vdev": f"net_null_{name}1,no-rx=1"}},
+            ids=IDS, prefix="qs", mode=variant, scheduler=self.sched, batch=batch,
+            n_slots=2048, buffer_root="/dev/shm", log_dir=str(self.work),
+        )
+        try:
+            inst.prepare()
+            if inst.scheduler is None and variant != "cfs":
+                # single_thread (and any one-NF chain) at the same SCHED_FIFO priority as coop
+                for t in inst.tids:
+                    os.sched_setscheduler(t, os.SCHED_FIFO, os.sched_param(PRIO_ATTACHED))
+            inst.attach()
+            time.sleep(self.warmup)
+            s0, t0 = inst.stats(), time.perf_counter()
+            time.sleep(self.window)
+            s1, t1 = inst.stats(), time.perf_counter()
+            pkts = s1[0]["tx"] - s0[0]["tx"]
+            per_nf = []
+            for a, b in zip(s0, s1, strict=True):
+                dp = b["pkts"] - a["pkts"]
+                per_nf.append((b["cycles"] - a["cycles"]) / dp if dp else 0.0)
+            return {"kpps": pkts / (t1 - t0) / 1e3, "nf_cycles": per_nf}
+        finally:
+            inst.teardown()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short windows (under 3 minutes)")
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--core", type=int, default=1, help="data core (default 1)")
+    ap.add_argument("--max-len", type=int, default=6)
+    opts = ap.parse_args(argv)
+    window, warmup = (0.4, 0.15) if opts.quick else (1.5, 0.3)
+    hz = tsc_hz()
+    work = Path(tempfile.mkdtemp(prefix="qs-bench-"))
+    os.chmod(work, 0o755)
+    t_start = time.monotonic()
+    res: dict = {"tsc_hz": hz, "window_s": window, "kpps": {}, "nf_cycles": {}}
+    res["ctx_switch_cycles"] = round(
+        statistics.median(ctx_switch_cycles(opts.core) for _ in range(3)), 1)
+    res["copy_cycles"] = copy_costs(Path("/dev/shm"))
+    runner = Runner(opts.core, work, window, warmup)
+    lengths = range(1, opts.max_len + 1)
+    try:
+        for size in SIZES:
+            pcap = work / f"{size}.pcap"
+            make_pcap(pcap, size, 1024)
+            table = {v: [] for v in VARIANTS}
+            cycles = {}
+            for n in lengths:
+                if n == 1:
+                    r = runner.run("single_thread", [BPF], pcap)
+                    for v in VARIANTS:
+                        table[v].append(round(r["kpps"], 1))
+                    cycles["1"] = r["nf_cycles"]
+                    continue
+                for v in VARIANTS:
+                    r = runner.run(v, [BPF] * n, pcap)
+                    table[v].append(round(r["kpps"], 1))
+                    if v == "coop":
+                        cycles[str(n)] = [round(c, 1) for c in r["nf_cycles"]]
+            res["kpps"][str(size)] = table
+            res["nf_cycles"][str(size)] = cycles
+        # Table 4: estimated batch against fixed ones, per canonical chain (64 B)
+        pcap = work / "64.pcap"
+        res["batch"] = {}
+        canon = {"bpf_lpm x2": [BPF] * 2, "bpf_lpm x4": [BPF] * 4, "bpf_lpm x6": [BPF] * 6}
+        if opts.max_len < 6:
+            canon = {k: v for k, v in canon.items() if len(v) <= opts.max_len}
+        for label, nfs in canon.items():
+            s = res["nf_cycles"]["64"][str(len(nfs))]
+            est = choose_batch(s, res["ctx_switch_cycles"], hz, p=0.05, slo_us=10_000,
+                               alpha=0.6)
+            row = {"estimated_batch": est.batch, "nf_cycles": s}
+            for b in sorted({est.batch, *FIXED_BATCHES}):
+                row[str(b)] = round(runner.run("coop", nfs, pcap, batch=b)["kpps"], 1)
+            best = max(row[str(b)] for b in FIXED_BATCHES)
+            row["estimated_vs_best_fixed"] = round(row[str(est.batch)] / best, 3)
+            res["batch"][label] = row
+    finally:
+        runner.close()
+    res["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    report(res, lengths)
+    if opts.json:
+        Path(opts.json).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+def report(res: dict, lengths) -> None:
+    print(f"TSC {res['tsc_hz'] / 1e9:.2f} GHz; window {res['window_s']} s; "
+          f"context switch {res['ctx_switch_cycles']:.0f} cycles")
+    print("copy cycles/packet: " + ", ".join(f"{k} B {v}" for k, v in res["copy_cycles"].items()))
+    for size, table in res["kpps"].items():
+        print(f"\n{size} B frames, kpps (chain length {lengths.start}..{lengths.stop - 1})")
+        print(f"{'variant':<14}" + "".join(f"{n:>9}" for n in lengths))
+        for v, vals in table.items():
+            print(f"{v:<14}" + "".join(f"{x:>9.1f}" for x in vals))
+        st = table["single_thread"]
+        for v in ("coop", "cfs", "copy"):
+            print(f"{v + '/single':<14}" + "".join(
+                f"{a / b:>9.3f}" if b else f"{'-':>9}" for a, b in zip(table[v], st, strict=True)))
+        c = table["coop"]
+        print(f"{'coop/cfs':<14}" + "".join(f"{a / b:>9.2f}" for a, b in zip(c, table["cfs"],
+                                                                            strict=True)))
+        print(f"{'coop/copy':<14}" + "".join(f"{a / b:>9.2f}" for a, b in zip(c, table["copy"],
+                                                                             strict=True)))
+    if res.get("batch"):
+        print("\nbatch size (coop, 64 B), kpps")
+        for label, row in res["batch"].items():
+            fixed = ", ".join(f"{b}: {row[str(b)]}" for b in FIXED_BATCHES)
+            print(f"{label:<12} estimated {row['estimated_batch']}: {row[str(row['estimated_batch'])]}"
+                  f" | {fixed} | est/best {row['estimated_vs_best_fixed']}")
+    print(f"\nelapsed {res['elapsed_s']} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
