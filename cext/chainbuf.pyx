@@ -15,7 +15,7 @@ first NF's process and of NF2..NFn (``cext/src/qs_chainrt.h``).
 import os
 
 from cext.nf cimport NativeNF, qd_batch, qd_pkt
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, uintptr_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 from libc.string cimport memset
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
 
@@ -332,6 +332,12 @@ cdef class ChainBuffer:
             raise ChainBufferError(f"ring: {r} is outside 0..{self.view.n_rings - 1}")
         return r
 
+    def ring_offset(self, r):
+        """Byte offset of ring ``r`` (its producer index comes first) in the region."""
+        cdef uint64_t ro, st, so
+        qs_region_size(self.view.n_slots, self.view.n_rings, &ro, &st, &so)
+        return ro + st * self._ring(r)
+
     def ring_count(self, r):
         return qs_ring_count(&self.view, self._ring(r))
 
@@ -534,14 +540,14 @@ def copy_cycles(ChainBuffer src, ChainBuffer dst, uint32_t size, uint32_t batch=
     """
     if size > QS_SLOT_DATA:
         raise ChainBufferError(f"size: {size} exceeds a slot's {QS_SLOT_DATA} bytes")
-    cdef uint32_t n = min(src.view.n_slots, dst.view.n_slots), i, r, s = 0
+    cdef uint32_t n = min(src.view.n_slots, dst.view.n_slots), _i, _r, s = 0
     cdef uint64_t t0, total = 0
     cdef uint8_t *a = src.view.slots + QS_SLOT_META + QS_SLOT_HEADROOM
     cdef uint8_t *b = dst.view.slots + QS_SLOT_META + QS_SLOT_HEADROOM
     with nogil:
-        for r in range(rounds):
+        for _r in range(rounds):
             t0 = qs_rdtsc()
-            for i in range(batch):
+            for _i in range(batch):
                 rte_memcpy(b + <uint64_t>s * QS_SLOT_SIZE, a + <uint64_t>s * QS_SLOT_SIZE, size)
                 s += 1
                 if s == n:
@@ -561,10 +567,10 @@ cdef extern from "sched.h" nogil:
 def yield_cycles(uint32_t n):
     """TSC cycles ``n`` back-to-back ``sched_yield`` calls take (context-switch probe)."""
     cdef uint64_t t0, t1
-    cdef uint32_t i
+    cdef uint32_t _i
     with nogil:
         t0 = qs_rdtsc()
-        for i in range(n):
+        for _i in range(n):
             sched_yield()
         t1 = qs_rdtsc()
     return t1 - t0

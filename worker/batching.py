@@ -61,7 +61,9 @@ def rate_pps(nf_cycles: Sequence[float], ctx_switch_cycles: float, batch: int, h
     return hz / per_pkt
 
 
-def latency_us(nf_cycles: Sequence[float], ctx_switch_cycles: float, batch: int, hz: float) -> float:
+def latency_us(
+    nf_cycles: Sequence[float], ctx_switch_cycles: float, batch: int, hz: float
+) -> float:
     """The latency estimate, 2 x the time the chain takes for one batch."""
     cycles = batch * sum(nf_cycles) + switch_cycles(len(nf_cycles), ctx_switch_cycles)
     return 2.0 * cycles / hz * 1e6
@@ -130,6 +132,36 @@ def choose_batch(
     )
 
 
+def fit_switch_cost(points: Sequence[tuple[int, float]], n_nfs: int) -> tuple[float, float]:
+    """``(per-packet cycles, C)`` from the chain's own measured cost at two or more batches.
+
+    ``points`` are ``(batch, core cycles per packet)``, e.g. ``F / rate``
+    measured over a window at that batch.  The model is
+    ``cycles(B) = a + N * C / B``; a least-squares fit over ``1/B`` gives
+    ``a`` (everything that does not shrink with the batch: the NFs, the
+    copies, the rings) and ``C``, the switch cost as the chain really pays
+    it -- the kernel's switch plus the cache and TLB refills after it, which
+    a yield ping-pong between two empty processes does not see.
+    """
+    if n_nfs < 2:
+        raise BatchSizingError("n_nfs", "a single NF has no switches to fit")
+    pts = [(int(b), float(c)) for b, c in points]
+    if len({b for b, _ in pts}) < 2:
+        raise BatchSizingError("points", "need measurements at two or more batch sizes")
+    for b, c in pts:
+        if b < 1 or not (math.isfinite(c) and c > 0):
+            raise BatchSizingError("points", f"({b}, {c}) is not (batch >= 1, cycles > 0)")
+    xs = [1.0 / b for b, _ in pts]
+    ys = [c for _, c in pts]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
+    c = max(slope, 0.0) / n_nfs
+    a = my - slope * mx if slope > 0 else my
+    return a, c
+
+
 class BatchEstimator:
     """Keeps a chain's batch size current as its measured costs drift.
 
@@ -152,7 +184,7 @@ class BatchEstimator:
         hysteresis: float = 0.1,
         max_batch: int = MAX_BATCH,
     ):
-        if not 1 <= n_nfs:
+        if not n_nfs >= 1:
             raise BatchSizingError("n_nfs", f"{n_nfs!r} is not >= 1")
         if not 0 < weight <= 1:
             raise BatchSizingError("weight", f"{weight!r} is outside (0, 1]")
@@ -181,7 +213,9 @@ class BatchEstimator:
         nf_cycles_p99: Sequence[float] | None = None,
     ) -> None:
         if len(nf_cycles) != self.n_nfs:
-            raise BatchSizingError("nf_cycles", f"expected {self.n_nfs} values, got {len(nf_cycles)}")
+            raise BatchSizingError(
+                "nf_cycles", f"expected {self.n_nfs} values, got {len(nf_cycles)}"
+            )
         tail = nf_cycles_p99 if nf_cycles_p99 is not None else nf_cycles
         if len(tail) != self.n_nfs:
             raise BatchSizingError("nf_cycles_p99", f"expected {self.n_nfs} values")
@@ -189,7 +223,9 @@ class BatchEstimator:
             self.nf_cycles = [float(x) for x in nf_cycles]
             self.nf_cycles_p99 = [float(x) for x in tail]
         else:
-            self.nf_cycles = [self._mix(o, n) for o, n in zip(self.nf_cycles, nf_cycles, strict=True)]
+            self.nf_cycles = [
+                self._mix(o, n) for o, n in zip(self.nf_cycles, nf_cycles, strict=True)
+            ]
             self.nf_cycles_p99 = [
                 self._mix(o, n) for o, n in zip(self.nf_cycles_p99, tail, strict=True)
             ]

@@ -149,8 +149,14 @@ class ChainInstance:
         size = chainbuf.region_size(n_slots, n_rings)
         path = self._path(tag, size)
         b = chainbuf.ChainBuffer.create(
-            path, n_slots, n_rings, len(self.nfs), f"{self.name}/{tag}",
-            mode=0o660, uid=0, gid=self.ids.gid,
+            path,
+            n_slots,
+            n_rings,
+            len(self.nfs),
+            f"{self.name}/{tag}",
+            mode=0o660,
+            uid=0,
+            gid=self.ids.gid,
         )
         if fill:
             b.fill_free(0)
@@ -176,8 +182,9 @@ class ChainInstance:
         regions.append(self._make("ret", self.n_slots, 2, True))
         out = [{"ctl": ctl, "out": regions[0], "out_ring": 1, "ret": regions[-1], "ret_ring": 1}]
         for k in range(1, n):
-            out.append({"ctl": ctl, "in": regions[k - 1], "in_ring": 1, "out": regions[k],
-                        "out_ring": 1})
+            out.append(
+                {"ctl": ctl, "in": regions[k - 1], "in_ring": 1, "out": regions[k], "out_ring": 1}
+            )
         return out
 
     @property
@@ -218,10 +225,18 @@ class ChainInstance:
 
     def _spec(self, i: int, nfs: list[dict], bufs: dict) -> dict:
         spec = {
-            "chain": self.name, "index": i, "core": self.core, "nfs": nfs, "buffers": bufs,
-            "uid": self.ids.uid(i), "gid": self.ids.gid, "copy": self.mode == "copy" and i > 0,
-            "eal": {"file_prefix": f"{self.prefix}-{self.name}-nf{i}",
-                    "memory_mb": self.first_memory_mb if i == 0 else self.memory_mb},
+            "chain": self.name,
+            "index": i,
+            "core": self.core,
+            "nfs": nfs,
+            "buffers": bufs,
+            "uid": self.ids.uid(i),
+            "gid": self.ids.gid,
+            "copy": self.mode == "copy" and i > 0,
+            "eal": {
+                "file_prefix": f"{self.prefix}-{self.name}-nf{i}",
+                "memory_mb": self.first_memory_mb if i == 0 else self.memory_mb,
+            },
         }
         if i == 0:
             spec["ports"] = self.ports
@@ -230,11 +245,16 @@ class ChainInstance:
     def _spawn(self, spec: dict) -> None:
         log = None
         if self.log_dir:
-            log = open(os.path.join(self.log_dir, f"{self.name}-nf{spec['index']}.log"), "w")
+            path = os.path.join(self.log_dir, f"{self.name}-nf{spec['index']}.log")
+            log = open(path, "w")  # noqa: SIM115 (handed to the child, closed below)
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         p = subprocess.Popen(
-            [sys.executable, "-m", "worker.chain_nf"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=log or subprocess.DEVNULL, cwd=str(ROOT), env=env,
+            [sys.executable, "-m", "worker.chain_nf"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log or subprocess.DEVNULL,
+            cwd=str(ROOT),
+            env=env,
             text=True,
         )
         if log:
@@ -259,8 +279,10 @@ class ChainInstance:
             msg = {}
         if not msg.get("ready"):
             p.wait(5)
-            raise ChainError(f"nfs[{i}] ({self.nfs[min(i, len(self.nfs) - 1)]['type']}): "
-                             f"exited before ready (status {p.returncode}); see its log")
+            raise ChainError(
+                f"nfs[{i}] ({self.nfs[min(i, len(self.nfs) - 1)]['type']}): "
+                f"exited before ready (status {p.returncode}); see its log"
+            )
         return int(msg["tid"])
 
     def attach(self) -> None:

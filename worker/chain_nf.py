@@ -37,8 +37,11 @@ def _eal_args(spec: dict) -> list[str]:
     args += ["--in-memory"] if e.get("hugepages", False) else ["--no-huge", "--no-shconf"]
     ports = spec.get("ports")
     if ports:
-        devs = [ports["rx"]] if ports.get("tx", ports["rx"]) == ports["rx"] else [
-            ports["rx"], ports["tx"]]
+        devs = (
+            [ports["rx"]]
+            if ports.get("tx", ports["rx"]) == ports["rx"]
+            else [ports["rx"], ports["tx"]]
+        )
         if not any("pci" in d for d in devs):
             args.append("--no-pci")
         for d in devs:
@@ -59,7 +62,7 @@ def main() -> int:
     from worker.nf_config import NFSpec
     from worker.nf_registry import build_nf
 
-    os.sched_setaffinity(0, {spec["core"]})
+    # "-l core" pins this thread; the EAL's control threads stay off the data core
     eal.init(_eal_args(spec))
     ports = []
     try:
@@ -95,15 +98,33 @@ def main() -> int:
         wrapped = [chainbuf.NF(n) for n in nfs]
         sandbox.lock_memory()
         sandbox.confine(spec["uid"], spec["gid"])
-        print(json.dumps({"ready": True, "tid": threading.get_native_id(), "pid": os.getpid()}),
-              flush=True)
+        print(
+            json.dumps({"ready": True, "tid": threading.get_native_id(), "pid": os.getpid()}),
+            flush=True,
+        )
         if spec["index"] == 0:
-            chainbuf.run_first(ctl, wrapped, ports[0].port_id, ports[-1].port_id, pool_name,
-                               out=out, out_ring=bufs.get("out_ring", 1), ret=ret,
-                               ret_ring=bufs.get("ret_ring", 0))
+            chainbuf.run_first(
+                ctl,
+                wrapped,
+                ports[0].port_id,
+                ports[-1].port_id,
+                pool_name,
+                out=out,
+                out_ring=bufs.get("out_ring", 1),
+                ret=ret,
+                ret_ring=bufs.get("ret_ring", 0),
+            )
         else:
-            chainbuf.run_stage(ctl, spec["index"], wrapped[0], inp, bufs["in_ring"], out=out,
-                               out_ring=bufs["out_ring"], copy=bool(spec.get("copy")))
+            chainbuf.run_stage(
+                ctl,
+                spec["index"],
+                wrapped[0],
+                inp,
+                bufs["in_ring"],
+                out=out,
+                out_ring=bufs["out_ring"],
+                copy=bool(spec.get("copy")),
+            )
         summary = {"done": True, "nf_stats": [n.stats() for n in nfs]}
         for p in ports:
             summary.setdefault("ports", {})[p.name] = p.stats()

@@ -165,8 +165,10 @@ class CoreScheduler:
         self._enforcer_ready.wait(5)
         if self._enforcer_error is not None:
             self.stop()
-            raise SchedError(f"enforcer: cannot run at SCHED_FIFO {PRIO_ENFORCER} on core "
-                             f"{self.core}: {self._enforcer_error}")
+            raise SchedError(
+                f"enforcer: cannot run at SCHED_FIFO {PRIO_ENFORCER} on core "
+                f"{self.core}: {self._enforcer_error}"
+            )
         return self
 
     def stop(self) -> None:

@@ -44,7 +44,7 @@ class Prober:
 
     def configure(self, config):
         self.cfg = dict(config)
-        self.out = open(self.cfg["report"], "w")
+        self.out = open(self.cfg["report"], "w")  # noqa: SIM115 (opened before confinement)
         self.done = False
 
     def _peers(self):
@@ -66,30 +66,37 @@ class Prober:
         self.done = True
         r = {}
         r["raise_priority"] = _attempt(
-            lambda: os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(99)))
+            lambda: os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(99))
+        )
         r["lower_to_other"] = _attempt(
-            lambda: os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0)))
+            lambda: os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        )
         r["change_affinity"] = _attempt(lambda: os.sched_setaffinity(0, {0}))
         r["nice"] = _attempt(lambda: os.setpriority(os.PRIO_PROCESS, 0, -10))
         r["start_thread"] = _attempt(lambda: threading.Thread(target=time.sleep, args=(0,)).start())
         r["fork"] = _attempt(lambda: os.fork() == 0 and os._exit(0))
         r["other_chain_buffer"] = _attempt(lambda: open(self.cfg["other_buffer"], "rb").close())
         r["other_chain_buffer_map"] = _attempt(
-            lambda: chainbuf.ChainBuffer.open(self.cfg["other_buffer"]).close())
+            lambda: chainbuf.ChainBuffer.open(self.cfg["other_buffer"]).close()
+        )
         peers = self._peers()
         r["peers_seen"] = len(peers)
         for pid in peers:
-            r[f"peer_mem_{pid}"] = _attempt(lambda pid=pid: open(f"/proc/{pid}/mem", "rb").read(1))
-            r[f"peer_maps_{pid}"] = _attempt(
-                lambda pid=pid: open(f"/proc/{pid}/maps").read(1))
+            r[f"peer_mem_{pid}"] = _attempt(lambda pid=pid: _read(f"/proc/{pid}/mem"))
+            r[f"peer_maps_{pid}"] = _attempt(lambda pid=pid: _read(f"/proc/{pid}/maps"))
             r[f"peer_kill0_{pid}"] = _attempt(lambda pid=pid: os.kill(pid, 0))
             r[f"peer_vm_read_{pid}"] = _attempt(lambda pid=pid: _vm_read(pid))
         hp = "/dev/hugepages"
         for name in os.listdir(hp) if os.path.isdir(hp) else []:
             if name != os.path.basename(self.cfg["own_buffer"]):
-                r[f"hugepage_{name}"] = _attempt(lambda name=name: open(f"{hp}/{name}", "rb"))
+                r[f"hugepage_{name}"] = _attempt(lambda name=name: _read(f"{hp}/{name}"))
         json.dump(r, self.out)
         self.out.close()
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        f.read(1)
 
 
 def _vm_read(pid):
@@ -132,7 +139,7 @@ class Spy:
     def configure(self, config):
         self.buf = chainbuf.ChainBuffer.open(config["buffer"])
         self.mem = self.buf.memory()
-        self.out = open(config["report"], "w")
+        self.out = open(config["report"], "w")  # noqa: SIM115 (opened before confinement)
         self.calls = 0
         self.sightings = 0
 

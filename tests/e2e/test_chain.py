@@ -55,8 +55,19 @@ def chain(name, nfs, work, sched, *, ids=IDS_A, mode="coop", pcap=None, out=None
     else:
         rx = {"vdev": f"net_pcap_{name}0,rx_pcap={pcap}"}
     tx = {"vdev": f"net_pcap_{name}1,tx_pcap={out}"} if out else {"vdev": f"net_null_{name}1"}
-    return ChainInstance(name, nfs, core=CORE, ports={"rx": rx, "tx": tx}, ids=ids, prefix="qs",
-                         mode=mode, scheduler=sched, n_slots=512, log_dir=str(work), **kw)
+    return ChainInstance(
+        name,
+        nfs,
+        core=CORE,
+        ports={"rx": rx, "tx": tx},
+        ids=ids,
+        prefix="qs",
+        mode=mode,
+        scheduler=sched,
+        n_slots=512,
+        log_dir=str(work),
+        **kw,
+    )
 
 
 def wait_for(cond, timeout=5.0):
@@ -81,8 +92,12 @@ def test_chain_output_byte_for_byte(work, sched, mode):
     pin, pout = work / "in.pcap", work / "out.pcap"
     src = packets(64)
     wrpcap(str(pin), src)
-    nfs = [{"type": "empty"}, {"type": "tunnel", "config": {"vlan": 100}}, py("DropOddPort"),
-           {"type": "empty"}]
+    nfs = [
+        {"type": "empty"},
+        {"type": "tunnel", "config": {"vlan": 100}},
+        py("DropOddPort"),
+        {"type": "empty"},
+    ]
     inst = chain(f"bb{mode}", nfs, work, sched, mode=mode, pcap=pin, out=pout)
     try:
         inst.prepare()
@@ -95,11 +110,16 @@ def test_chain_output_byte_for_byte(work, sched, mode):
     finally:
         inst.teardown()
     # two MAC swaps cancel out; the tunnel NF pushed its tag into the slot's headroom
-    want = [bytes(Ether(src=p[Ether].src, dst=p[Ether].dst) / Dot1Q(vlan=100) / p[IP])
-            for p in src if p[UDP].sport % 2 == 0]
+    want = [
+        bytes(Ether(src=p[Ether].src, dst=p[Ether].dst) / Dot1Q(vlan=100) / p[IP])
+        for p in src
+        if p[UDP].sport % 2 == 0
+    ]
     got = [bytes(p) for p in rdpcap(str(pout))]
     assert got == want
-    assert not os.listdir("/dev/shm") or not any(f.startswith("qs-") for f in os.listdir("/dev/shm"))
+    assert not os.listdir("/dev/shm") or not any(
+        f.startswith("qs-") for f in os.listdir("/dev/shm")
+    )
     assert not any(f.startswith("qs-") for f in os.listdir("/dev/hugepages"))
 
 
@@ -167,8 +187,12 @@ def test_malicious_nf_cannot_reach_nic_memory_other_chains_or_its_priority(work,
         mal = chain("mal", [{"type": "empty"}, {"type": "empty"}, {"type": "empty"}], work, sched)
         # the prober is NF2 of chain "mal"; it learns the paths the way an attacker would
         # guess them, from the naming scheme (they are no secret: access is by permission)
-        mal.nfs[1] = py("Prober", report=str(report), other_buffer=other.ctl.path,
-                        own_buffer="qs-mal-buf.chainbuf")
+        mal.nfs[1] = py(
+            "Prober",
+            report=str(report),
+            other_buffer=other.ctl.path,
+            own_buffer="qs-mal-buf.chainbuf",
+        )
         mal.prepare()
         mal.attach()
         assert wait_for(lambda: report.exists() and report.stat().st_size > 0)
@@ -189,8 +213,14 @@ def test_malicious_nf_cannot_reach_nic_memory_other_chains_or_its_priority(work,
 
 def spy_run(work, sched, mode, name):
     report = work / f"spy-{mode}.json"
-    inst = chain(name, [{"type": "empty"}, {"type": "empty"}, {"type": "empty"}], work, sched,
-                 mode=mode, batch=4)
+    inst = chain(
+        name,
+        [{"type": "empty"}, {"type": "empty"}, {"type": "empty"}],
+        work,
+        sched,
+        mode=mode,
+        batch=4,
+    )
     inst.nfs[1] = py("SlowMarker", ms=2)
     # the spy maps its own chain's buffer: it may, it is that chain's NF
     inst.nfs[2] = py("Spy", buffer=f"/dev/shm/qs-{name}-buf.chainbuf", report=str(report))

@@ -8,6 +8,7 @@ from worker.batching import (
     BatchEstimator,
     BatchSizingError,
     choose_batch,
+    fit_switch_cost,
     latency_us,
     rate_pps,
 )
@@ -43,8 +44,9 @@ def test_slo_caps_the_batch():
 
 
 def test_p99_bounds_latency_not_rate():
-    c = choose_batch([1000, 1000], 4000, HZ, p=0.05, slo_us=100, alpha=0.6,
-                     nf_cycles_p99=[2000, 2000])
+    c = choose_batch(
+        [1000, 1000], 4000, HZ, p=0.05, slo_us=100, alpha=0.6, nf_cycles_p99=[2000, 2000]
+    )
     # rate: 8000/(0.05*2000) = 80; SLO: (60000 - 8000)/4000 = 13
     assert (c.min_for_rate, c.max_for_slo, c.batch) == (80, 13, 13)
 
@@ -106,3 +108,21 @@ def test_estimator_follows_drift_with_hysteresis():
     assert est.current == b
     with pytest.raises(BatchSizingError):
         est.observe([1000, 1000], 4000)
+
+
+def test_fit_switch_cost_recovers_the_model():
+    # a = 2000 cycles/packet, N = 2, C = 5000: cycles(B) = 2000 + 10000/B
+    pts = [(b, 2000 + 10000 / b) for b in (16, 48, 200)]
+    a, c = fit_switch_cost(pts, 2)
+    assert a == pytest.approx(2000) and c == pytest.approx(5000)
+    # the batch from the fitted costs: 10000 / (0.05 * 2000) = 100
+    assert choose_batch([a / 2, a / 2], c, HZ, slo_us=10_000).batch == 100
+
+
+def test_fit_switch_cost_bad_input():
+    with pytest.raises(BatchSizingError, match="points"):
+        fit_switch_cost([(32, 100.0), (32, 110.0)], 2)
+    with pytest.raises(BatchSizingError, match="n_nfs"):
+        fit_switch_cost([(16, 100.0), (32, 90.0)], 1)
+    # noise that makes bigger batches look slower: no switch cost, not a negative one
+    assert fit_switch_cost([(16, 100.0), (32, 110.0)], 2)[1] == 0.0

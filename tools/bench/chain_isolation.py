@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from cext import chainbuf  # noqa: E402
 from tools.bench.single_nf import make_pcap  # noqa: E402
-from worker.batching import choose_batch  # noqa: E402
+from worker.batching import choose_batch, fit_switch_cost  # noqa: E402
 from worker.chain import ChainIds, ChainInstance  # noqa: E402
 from worker.coopsched import PRIO_ATTACHED, CoreScheduler  # noqa: E402
 
@@ -47,6 +47,9 @@ VARIANTS = ("coop", "single_thread", "cfs", "copy")
 SIZES = (64, 1024)
 COPY_SIZES = (64, 128, 256, 512, 1024, 1500)
 FIXED_BATCHES = (32, 128, 512)
+PROBES = (16, 24, 48, 64)  # batch sizes the estimator measures the chain at (not the fixed ones)
+P = 0.05  # allowed rate loss to switching
+SLO_US = 10_000  # loose: the rate goal decides here (the cap is reported as max_for_slo)
 IDS = ChainIds(47400, 47400)
 BPF = {"type": "bpf_lpm", "config": {"lookups": 200}}
 
@@ -107,15 +110,25 @@ class Runner:
     def close(self):
         self.sched.stop()
 
-    def run(self, variant: str, nfs: list[dict], pcap: Path, batch: int = 32) -> dict:
+    def start(self, variant: str, nfs: list[dict], pcap: Path, batch: int = 32) -> ChainInstance:
         self.serial += 1
         name = f"b{self.serial}"
         inst = ChainInstance(
-            name, nfs, core=self.core,
-            ports={"rx": {"vdev": f"net_pcap_{name}0,rx_pcap={pcap},infinite_rx=1"},
-                   "tx": {"vdev": f"net_null_{name}1,no-rx=1"}},
-            ids=IDS, prefix="qs", mode=variant, scheduler=self.sched, batch=batch,
-            n_slots=2048, buffer_root="/dev/shm", log_dir=str(self.work),
+            name,
+            nfs,
+            core=self.core,
+            ports={
+                "rx": {"vdev": f"net_pcap_{name}0,rx_pcap={pcap},infinite_rx=1"},
+                "tx": {"vdev": f"net_null_{name}1,no-rx=1"},
+            },
+            ids=IDS,
+            prefix="qs",
+            mode=variant,
+            scheduler=self.sched,
+            batch=batch,
+            n_slots=2048,
+            buffer_root="/dev/shm",
+            log_dir=str(self.work),
         )
         try:
             inst.prepare()
@@ -124,18 +137,62 @@ class Runner:
                 for t in inst.tids:
                     os.sched_setscheduler(t, os.SCHED_FIFO, os.sched_param(PRIO_ATTACHED))
             inst.attach()
-            time.sleep(self.warmup)
-            s0, t0 = inst.stats(), time.perf_counter()
-            time.sleep(self.window)
-            s1, t1 = inst.stats(), time.perf_counter()
-            pkts = s1[0]["tx"] - s0[0]["tx"]
-            per_nf = []
-            for a, b in zip(s0, s1, strict=True):
-                dp = b["pkts"] - a["pkts"]
-                per_nf.append((b["cycles"] - a["cycles"]) / dp if dp else 0.0)
-            return {"kpps": pkts / (t1 - t0) / 1e3, "nf_cycles": per_nf}
+        except BaseException:
+            inst.teardown()
+            raise
+        return inst
+
+    def measure(self, inst: ChainInstance) -> dict:
+        time.sleep(self.warmup)
+        s0, t0 = inst.stats(), time.perf_counter()
+        time.sleep(self.window)
+        s1, t1 = inst.stats(), time.perf_counter()
+        pkts = s1[0]["tx"] - s0[0]["tx"]
+        per_nf = []
+        for a, b in zip(s0, s1, strict=True):
+            dp = b["pkts"] - a["pkts"]
+            per_nf.append((b["cycles"] - a["cycles"]) / dp if dp else 0.0)
+        return {"kpps": pkts / (t1 - t0) / 1e3, "nf_cycles": per_nf}
+
+    def run(self, variant: str, nfs: list[dict], pcap: Path, batch: int = 32) -> dict:
+        inst = self.start(variant, nfs, pcap, batch)
+        try:
+            return self.measure(inst)
         finally:
             inst.teardown()
+
+
+def batch_row(
+    runner: Runner, nfs: list[dict], pcap: Path, hz: float, ctx: float, nf_cycles: list[float]
+) -> dict:
+    """Table 4 for one chain: probe two batch sizes, fit the in-chain switch cost,
+    pick the batch, then measure it against the fixed ones (one instance, set_batch)."""
+    n = len(nfs)
+    inst = runner.start("coop", nfs, pcap, batch=PROBES[0])
+    try:
+        points = []
+        for b in PROBES:
+            inst.set_batch(b)
+            points.append((b, hz / (runner.measure(inst)["kpps"] * 1e3)))
+        a, c_fit = fit_switch_cost(points, n)
+        est = choose_batch([a / n] * n, c_fit, hz, p=P, slo_us=SLO_US, alpha=0.6)
+        micro = choose_batch(nf_cycles, ctx, hz, p=P, slo_us=SLO_US, alpha=0.6)
+        row = {
+            "estimated_batch": est.batch,
+            "fitted_switch_cycles": round(c_fit, 1),
+            "fitted_per_packet_cycles": round(a, 1),
+            "probes": [b for b, _ in points],
+            "microbench_C_batch": micro.batch,
+            "max_for_slo": est.max_for_slo,
+        }
+        for b in sorted({est.batch, micro.batch, *FIXED_BATCHES}):
+            inst.set_batch(b)
+            row[str(b)] = round(runner.measure(inst)["kpps"], 1)
+    finally:
+        inst.teardown()
+    best = max(row[str(b)] for b in FIXED_BATCHES)
+    row["estimated_vs_best_fixed"] = round(row[str(est.batch)] / best, 3)
+    return row
 
 
 def main(argv=None) -> int:
@@ -152,7 +209,8 @@ def main(argv=None) -> int:
     t_start = time.monotonic()
     res: dict = {"tsc_hz": hz, "window_s": window, "kpps": {}, "nf_cycles": {}}
     res["ctx_switch_cycles"] = round(
-        statistics.median(ctx_switch_cycles(opts.core) for _ in range(3)), 1)
+        statistics.median(ctx_switch_cycles(opts.core) for _ in range(3)), 1
+    )
     res["copy_cycles"] = copy_costs(Path("/dev/shm"))
     runner = Runner(opts.core, work, window, warmup)
     lengths = range(1, opts.max_len + 1)
@@ -179,19 +237,11 @@ def main(argv=None) -> int:
         # Table 4: estimated batch against fixed ones, per canonical chain (64 B)
         pcap = work / "64.pcap"
         res["batch"] = {}
-        canon = {"bpf_lpm x2": [BPF] * 2, "bpf_lpm x4": [BPF] * 4, "bpf_lpm x6": [BPF] * 6}
-        if opts.max_len < 6:
-            canon = {k: v for k, v in canon.items() if len(v) <= opts.max_len}
-        for label, nfs in canon.items():
-            s = res["nf_cycles"]["64"][str(len(nfs))]
-            est = choose_batch(s, res["ctx_switch_cycles"], hz, p=0.05, slo_us=10_000,
-                               alpha=0.6)
-            row = {"estimated_batch": est.batch, "nf_cycles": s}
-            for b in sorted({est.batch, *FIXED_BATCHES}):
-                row[str(b)] = round(runner.run("coop", nfs, pcap, batch=b)["kpps"], 1)
-            best = max(row[str(b)] for b in FIXED_BATCHES)
-            row["estimated_vs_best_fixed"] = round(row[str(est.batch)] / best, 3)
-            res["batch"][label] = row
+        for n in [n for n in (2, 4, 6) if n <= opts.max_len]:
+            s = res["nf_cycles"]["64"][str(n)]
+            res["batch"][f"bpf_lpm x{n}"] = batch_row(
+                runner, [BPF] * n, pcap, hz, res["ctx_switch_cycles"], s
+            )
     finally:
         runner.close()
     res["elapsed_s"] = round(time.monotonic() - t_start, 1)
@@ -202,8 +252,10 @@ def main(argv=None) -> int:
 
 
 def report(res: dict, lengths) -> None:
-    print(f"TSC {res['tsc_hz'] / 1e9:.2f} GHz; window {res['window_s']} s; "
-          f"context switch {res['ctx_switch_cycles']:.0f} cycles")
+    print(
+        f"TSC {res['tsc_hz'] / 1e9:.2f} GHz; window {res['window_s']} s; "
+        f"context switch {res['ctx_switch_cycles']:.0f} cycles"
+    )
     print("copy cycles/packet: " + ", ".join(f"{k} B {v}" for k, v in res["copy_cycles"].items()))
     for size, table in res["kpps"].items():
         print(f"\n{size} B frames, kpps (chain length {lengths.start}..{lengths.stop - 1})")
@@ -212,19 +264,33 @@ def report(res: dict, lengths) -> None:
             print(f"{v:<14}" + "".join(f"{x:>9.1f}" for x in vals))
         st = table["single_thread"]
         for v in ("coop", "cfs", "copy"):
-            print(f"{v + '/single':<14}" + "".join(
-                f"{a / b:>9.3f}" if b else f"{'-':>9}" for a, b in zip(table[v], st, strict=True)))
+            print(
+                f"{v + '/single':<14}"
+                + "".join(
+                    f"{a / b:>9.3f}" if b else f"{'-':>9}"
+                    for a, b in zip(table[v], st, strict=True)
+                )
+            )
         c = table["coop"]
-        print(f"{'coop/cfs':<14}" + "".join(f"{a / b:>9.2f}" for a, b in zip(c, table["cfs"],
-                                                                            strict=True)))
-        print(f"{'coop/copy':<14}" + "".join(f"{a / b:>9.2f}" for a, b in zip(c, table["copy"],
-                                                                             strict=True)))
+        print(
+            f"{'coop/cfs':<14}"
+            + "".join(f"{a / b:>9.2f}" for a, b in zip(c, table["cfs"], strict=True))
+        )
+        print(
+            f"{'coop/copy':<14}"
+            + "".join(f"{a / b:>9.2f}" for a, b in zip(c, table["copy"], strict=True))
+        )
     if res.get("batch"):
         print("\nbatch size (coop, 64 B), kpps")
         for label, row in res["batch"].items():
             fixed = ", ".join(f"{b}: {row[str(b)]}" for b in FIXED_BATCHES)
-            print(f"{label:<12} estimated {row['estimated_batch']}: {row[str(row['estimated_batch'])]}"
-                  f" | {fixed} | est/best {row['estimated_vs_best_fixed']}")
+            eb = row["estimated_batch"]
+            print(
+                f"{label:<12} estimated {eb} (fitted C {row['fitted_switch_cycles']:.0f}): "
+                f"{row[str(eb)]} | {fixed} | est/best {row['estimated_vs_best_fixed']} | "
+                f"with microbench C: batch {row['microbench_C_batch']} "
+                f"{row[str(row['microbench_C_batch'])]}"
+            )
     print(f"\nelapsed {res['elapsed_s']} s")
 
 
