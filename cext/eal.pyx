@@ -16,6 +16,7 @@ cdef extern from "rte_errno.h":
 cdef extern from "rte_eal.h":
     int rte_eal_init(int argc, char **argv)
     int rte_eal_cleanup()
+    const char *rte_eal_get_runtime_dir()
 
 cdef extern from "rte_ether.h":
     cdef struct rte_ether_addr:
@@ -79,6 +80,24 @@ def cleanup():
     if ret < 0:
         raise EalError("rte_eal_cleanup", -ret)
     _initialised = False
+
+
+def runtime_dir():
+    """The EAL's runtime directory (``/var/run/dpdk/<file-prefix>`` for root)."""
+    return rte_eal_get_runtime_dir().decode()
+
+
+def remove_runtime_dir(path):
+    """Remove the files a primary process left in its runtime directory, after
+    :func:`cleanup` (DPDK keeps them for secondary processes; with a unique
+    ``--file-prefix`` per process nobody else uses them)."""
+    import os
+    import shutil
+
+    base = os.path.basename(path.rstrip("/"))
+    if not base or base in ("dpdk", "rte"):
+        raise ValueError(f"refusing to remove {path!r}: not a per-prefix runtime directory")
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def ports():

@@ -57,6 +57,7 @@ def run(cfg: RuntimeConfig, log=sys.stderr) -> dict:
     args = eal_args(cfg, huge)
     print(f"quadrant-nf {cfg.name}: EAL {' '.join(args[1:])}", file=log, flush=True)
     eal.init(args)
+    rundir = eal.runtime_dir()
     ports, pool, block, rt, nf = [], None, None, None, None
     try:
         pool = ethdev.Mempool(f"qd_{cfg.name}"[:24], cfg.mempool_size, cfg.mempool_cache)
@@ -129,6 +130,7 @@ def run(cfg: RuntimeConfig, log=sys.stderr) -> dict:
         if block is not None:
             block.close(remove=not cfg.stats_keep)
         eal.cleanup()
+        eal.remove_runtime_dir(rundir)
 
 
 def main(argv=None) -> int:

@@ -24,3 +24,20 @@ class DropOddTTL:
 class Explodes:
     def process(self, packets, verdicts):
         raise ValueError("NF bug on purpose")
+
+
+class DropTelnet:
+    """The example of docs/writing-nfs.rst, verbatim."""
+
+    def configure(self, config):  # optional; config = nf.config
+        self.port = config.get("port", 23).to_bytes(2, "big")
+        self.dropped = 0
+
+    def process(self, packets, verdicts):
+        for i, pkt in enumerate(packets):  # pkt: writable memoryview
+            if pkt[12:14] == b"\x08\x00" and pkt[23] == 6 and pkt[36:38] == self.port:
+                verdicts[i] = 1  # 0 forward (preset), 1 drop
+                self.dropped += 1
+
+    def stats(self):  # optional
+        return {"dropped": self.dropped}

@@ -146,3 +146,11 @@ def test_python_nf_zero_copy(run_nf):
     assert result.output == expected
     assert result.summary["nf_stats"] == {"seen": 5}
     assert result.summary["counters"]["drops_nf"] == 2
+
+
+def test_python_nf_from_the_docs(run_nf):
+    frames = [raw(tcp(dport=23)), raw(tcp(dport=22)), raw(udp(dport=23)), raw(tcp(dport=2323))]
+    nf = {"type": "python", "class": "tests.dataplane.pynfs:DropTelnet", "config": {"port": 23}}
+    result = run_nf(nf, frames)
+    assert result.output == frames[1:]
+    assert result.summary["nf_stats"] == {"dropped": 1}

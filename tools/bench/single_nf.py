@@ -81,6 +81,13 @@ def hugepages_ok() -> bool:
     return hugepages_free_mb() >= 2 * MEMORY_MB  # the runs come one after another
 
 
+def dpdk_runtime_dir(prefix: str) -> Path:
+    """Where an EAL primary with ``--file-prefix prefix`` keeps its files (DPDK's rule)."""
+    if os.geteuid() == 0:
+        return Path("/var/run/dpdk") / prefix
+    return Path(os.environ.get("XDG_RUNTIME_DIR", "/tmp")) / "dpdk" / prefix
+
+
 def run_testpmd(pcap: Path, core: int, main_core: int, seconds: float, huge: bool) -> float:
     prefix = f"qd-bench-tp-{uuid.uuid4().hex[:6]}"
     cmd = [
@@ -118,6 +125,7 @@ def run_testpmd(pcap: Path, core: int, main_core: int, seconds: float, huge: boo
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
+        shutil.rmtree(dpdk_runtime_dir(prefix), ignore_errors=True)
     # per-second "Tx-pps" of port 1 (the net_null sink) in each stats block
     rates = [int(m) for m in re.findall(r"statistics for port 1 .*?Tx-pps:\s+(\d+)", out, re.S)]
     rates = [r for r in rates[1:] if r > 0]  # the first period includes start-up
