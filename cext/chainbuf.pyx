@@ -32,6 +32,7 @@ cdef extern from "src/qs_chainrt.h" nogil:
     uint32_t QS_CTL_PARK
     uint32_t QS_CTL_RUN
     uint32_t QS_CTL_STOP
+    uint32_t QS_NF_PARKED
     uint32_t QS_SLOT_DROPPED
     uint8_t QS_FORWARD
     uint8_t QS_DROP
@@ -45,6 +46,7 @@ cdef extern from "src/qs_chainrt.h" nogil:
         uint64_t bad
         uint64_t drops
         uint64_t cycles
+        uint32_t park_gen
 
     struct qs_cbhdr:
         uint32_t n_slots
@@ -323,8 +325,22 @@ cdef class ChainBuffer:
         return {
             "state": NF_STATES.get(s.state, str(s.state)), "tid": s.tid,
             "batches": s.batches, "pkts": s.pkts, "tx": s.tx, "bad": s.bad,
-            "drops": s.drops, "cycles": s.cycles,
+            "drops": s.drops, "cycles": s.cycles, "park_gen": s.park_gen,
         }
+
+    @property
+    def generation(self):
+        """Bumped on every control change; an NF parked under the current one is parked."""
+        return self._hdr().futex
+
+    def parked(self, int n):
+        """True when NFs 0..n-1 have all parked under the current control generation."""
+        cdef qs_cbhdr *h = self._hdr()
+        cdef int i
+        for i in range(n):
+            if h.nf[i].state != QS_NF_PARKED or h.nf[i].park_gen != h.futex:
+                return False
+        return True
 
     def _ring(self, uint32_t r):
         self._hdr()

@@ -302,7 +302,7 @@ class ChainInstance:
             c.ctl = chainbuf.CTL_PARK
             deadline = time.monotonic() + timeout
             n = len(self.procs)
-            while any(c.nf_stats(i)["state"] != "parked" for i in range(n)):
+            while not c.parked(n):
                 if time.monotonic() > deadline:
                     raise ChainError(f"detach: {self.name} did not park within {timeout}s")
                 time.sleep(0.001)

@@ -268,9 +268,9 @@ class CoreScheduler:
         g.buffer.ctl = chainbuf.CTL_PARK
         deadline = time.monotonic() + self.detach_timeout
         while True:
-            states = [g.buffer.nf_stats(i)["state"] for i in range(len(g.tids))]
-            if all(s == "parked" for s in states):
+            if g.buffer.parked(len(g.tids)):
                 break
+            states = [g.buffer.nf_stats(i)["state"] for i in range(len(g.tids))]
             if time.monotonic() > deadline:
                 self._end(g, f"detach: NFs did not park within {self.detach_timeout}s ({states})")
                 raise SchedError(f"detach: chain {name!r} did not drain; ended it")

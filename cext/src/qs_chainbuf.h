@@ -74,6 +74,7 @@ struct qs_nfctl {
     volatile uint64_t bad;    /* invalid offsets / lengths / ring indices refused */
     volatile uint64_t drops;
     volatile uint64_t cycles; /* TSC cycles spent inside the NF's process call */
+    volatile uint32_t park_gen; /* control generation (futex) it last parked/drained under */
 } __attribute__((aligned(QS_CACHE)));
 
 struct qs_cbhdr {

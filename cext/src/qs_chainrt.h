@@ -153,21 +153,25 @@ static inline void qs_cache_put(struct qs_slot_cache *sc, const uint32_t *offs, 
         sc->off[sc->n++] = offs[i];
 }
 
-/* Sleep while the chain is detached.  Returns the control word that woke us. */
-static inline uint32_t qs_park(struct qs_cbhdr *h, struct qs_nfctl *me)
+/* Park: record the generation of the PARK command we park under, then sleep
+ * on the futex until the next control change (or 100 ms).  The caller
+ * re-checks everything when it returns: an NF parks batch boundary by batch
+ * boundary, never for good, so it can never sleep on packets that reached
+ * its ring after it decided to park.  The generation is what lets a
+ * successor (and the scheduler) tell "parked under this detach" from a
+ * stale "parked" left over from an earlier one. */
+static inline void qs_park(struct qs_cbhdr *h, struct qs_nfctl *me, uint32_t gen, uint32_t state)
 {
-    uint32_t ctl, fut;
-    qs_set_state(me, QS_NF_PARKED);
-    for (;;) {
-        fut = qs_load(&h->futex);
-        ctl = qs_load(&h->ctl);
-        if (ctl != QS_CTL_PARK)
-            break;
-        qs_futex_wait(&h->futex, fut, 100000000L);
-    }
-    if (ctl == QS_CTL_RUN)
+    __atomic_store_n(&me->park_gen, gen, __ATOMIC_RELEASE);
+    qs_set_state(me, state);
+    if (state == QS_NF_PARKED)
+        qs_futex_wait(&h->futex, gen, 100000000L);
+}
+
+static inline void qs_running(struct qs_nfctl *me)
+{
+    if (me->state != QS_NF_RUNNING)
         qs_set_state(me, QS_NF_RUNNING);
-    return ctl;
 }
 
 /* Run the NFs of this thread over one batch.  With several NFs (the
@@ -318,7 +322,7 @@ static int qs_run_first(struct qs_first_cfg *c)
     me->tid = (int32_t)syscall(SYS_gettid);
     qs_set_state(me, QS_NF_RUNNING);
     for (;;) {
-        uint32_t ctl = qs_load(&h->ctl), b, n = 0, k, live;
+        uint32_t gen = qs_load(&h->futex), ctl = qs_load(&h->ctl), b, n = 0, k, live;
         if (ctl == QS_CTL_STOP)
             break;
         if (c->out) {
@@ -327,14 +331,16 @@ static int qs_run_first(struct qs_first_cfg *c)
                 in_flight = 0; /* someone returned slots twice: not ours to trust */
         }
         if (ctl == QS_CTL_PARK) {
+            /* no more RX; park once every slot handed out has come back */
             if (c->out == NULL || in_flight == 0) {
-                qs_park(h, me);
-                continue;
+                qs_park(h, me, gen, QS_NF_PARKED);
+            } else {
+                qs_park(h, me, gen, QS_NF_DRAINING);
+                sched_yield();
             }
-            qs_set_state(me, QS_NF_DRAINING);
-            sched_yield();
             continue;
         }
+        qs_running(me);
         b = qs_load(&h->batch);
         if (b == 0 || b > QS_MAX_BATCH)
             b = QS_MAX_BATCH;
@@ -404,16 +410,19 @@ static int qs_run_first(struct qs_first_cfg *c)
     return 0;
 }
 
-/* May stage `index` park?  Only once nothing more can reach its input. */
-static inline int qs_stage_may_park(struct qs_cbhdr *h, struct qs_stage_cfg *c)
+/* May stage `index` park under generation `gen`?  Only once nothing more can
+ * reach its input: its predecessor has stopped under this same PARK command
+ * (NF1 draining or parked, a later NF parked) and its input ring is empty. */
+static inline int qs_stage_may_park(struct qs_cbhdr *h, struct qs_stage_cfg *c, uint32_t gen)
 {
-    uint32_t ps = qs_load(&h->nf[c->index - 1].state);
-    if (c->index == 1) {
-        if (ps != QS_NF_DRAINING && ps != QS_NF_PARKED)
-            return 0;
-    } else if (ps != QS_NF_PARKED && ps != QS_NF_EXITED) {
+    struct qs_nfctl *p = &h->nf[c->index - 1];
+    uint32_t ps = qs_load(&p->state);
+    if (ps == QS_NF_EXITED)
+        return qs_ring_count(c->in, c->in_ring) == 0;
+    if (qs_load(&p->park_gen) != gen)
         return 0;
-    }
+    if (ps != QS_NF_PARKED && !(c->index == 1 && ps == QS_NF_DRAINING))
+        return 0;
     return qs_ring_count(c->in, c->in_ring) == 0;
 }
 
@@ -432,7 +441,7 @@ static int qs_run_stage(struct qs_stage_cfg *c)
     me->tid = (int32_t)syscall(SYS_gettid);
     qs_set_state(me, QS_NF_RUNNING);
     for (;;) {
-        uint32_t ctl = qs_load(&h->ctl), nl = 0, k = 0, b;
+        uint32_t gen = qs_load(&h->futex), ctl = qs_load(&h->ctl), nl = 0, k = 0, b;
         int32_t n;
         if (ctl == QS_CTL_STOP)
             break;
@@ -445,12 +454,15 @@ static int qs_run_stage(struct qs_stage_cfg *c)
             n = 0;
         }
         if (n == 0) {
-            if (ctl == QS_CTL_PARK && qs_stage_may_park(h, c))
-                qs_park(h, me);
-            else
+            if (ctl == QS_CTL_PARK && qs_stage_may_park(h, c, gen)) {
+                qs_park(h, me, gen, QS_NF_PARKED);
+            } else {
+                qs_running(me);
                 sched_yield();
+            }
             continue;
         }
+        qs_running(me);
         /* keep only valid offsets; hand the NF the packets not yet dropped */
         for (i = 0; i < (uint32_t)n; i++) {
             uint32_t off = offs[i];

@@ -86,21 +86,39 @@ def ctx_switch_cycles(core: int, n: int = 200_000) -> float:
     return min(int(x) for x in out) / (2 * n)
 
 
-def copy_costs(work: Path) -> dict[str, float]:
-    a = chainbuf.ChainBuffer.create(str(work / "qs-copy-a"), 2048, 1, 1)
-    b = chainbuf.ChainBuffer.create(str(work / "qs-copy-b"), 2048, 1, 1)
-    try:
-        return {str(s): round(chainbuf.copy_cycles(a, b, s, 32, 4000), 1) for s in COPY_SIZES}
-    finally:
-        a.close()
-        b.close()
-        os.unlink(a.path)
-        os.unlink(b.path)
+def copy_costs(work: Path, core: int) -> dict[str, float]:
+    """Median of 5 runs per size, in a child pinned to the data core at SCHED_FIFO."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.sched_setaffinity(0, {core})
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(PRIO_ATTACHED))
+        a = chainbuf.ChainBuffer.create(str(work / "qs-copy-a"), 2048, 1, 1)
+        b = chainbuf.ChainBuffer.create(str(work / "qs-copy-b"), 2048, 1, 1)
+        out = {
+            str(s): round(
+                statistics.median(chainbuf.copy_cycles(a, b, s, 32, 4000) for _ in range(5)), 1
+            )
+            for s in COPY_SIZES
+        }
+        for x in (a, b):
+            x.close()
+            os.unlink(x.path)
+        os.write(w, json.dumps(out).encode())
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 4096):
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    return json.loads(data)
 
 
 class Runner:
-    def __init__(self, core: int, work: Path, window: float, warmup: float):
+    def __init__(self, core: int, work: Path, window: float, warmup: float, rounds: int):
         self.core = core
+        self.rounds = rounds
         self.work = work
         self.window = window
         self.warmup = warmup
@@ -161,6 +179,33 @@ class Runner:
         finally:
             inst.teardown()
 
+    def interleaved(self, variants: list[str], nfs: list[dict], pcap: Path, rounds: int) -> dict:
+        """Every variant up at once (parked when not measured), measured in turns,
+        ``rounds`` times: the variants share the machine's noise; medians are kept."""
+        insts = {}
+        try:
+            for v in variants:
+                insts[v] = self.start(v, nfs, pcap)
+                insts[v].detach()
+            got = {v: [] for v in variants}
+            for _ in range(rounds):
+                for v in variants:
+                    insts[v].attach()
+                    got[v].append(self.measure(insts[v]))
+                    insts[v].detach()
+        finally:
+            for inst in insts.values():
+                inst.teardown()
+        out = {}
+        for v, rs in got.items():
+            out[v] = {
+                "kpps": statistics.median(r["kpps"] for r in rs),
+                "nf_cycles": [
+                    statistics.median(c) for c in zip(*(r["nf_cycles"] for r in rs), strict=True)
+                ],
+            }
+        return out
+
 
 def batch_row(
     runner: Runner, nfs: list[dict], pcap: Path, hz: float, ctx: float, nf_cycles: list[float]
@@ -173,7 +218,8 @@ def batch_row(
         points = []
         for b in PROBES:
             inst.set_batch(b)
-            points.append((b, hz / (runner.measure(inst)["kpps"] * 1e3)))
+            k = statistics.median(runner.measure(inst)["kpps"] for _ in range(runner.rounds))
+            points.append((b, hz / (k * 1e3)))
         a, c_fit = fit_switch_cost(points, n)
         est = choose_batch([a / n] * n, c_fit, hz, p=P, slo_us=SLO_US, alpha=0.6)
         micro = choose_batch(nf_cycles, ctx, hz, p=P, slo_us=SLO_US, alpha=0.6)
@@ -187,7 +233,8 @@ def batch_row(
         }
         for b in sorted({est.batch, micro.batch, *FIXED_BATCHES}):
             inst.set_batch(b)
-            row[str(b)] = round(runner.measure(inst)["kpps"], 1)
+            k = statistics.median(runner.measure(inst)["kpps"] for _ in range(runner.rounds))
+            row[str(b)] = round(k, 1)
     finally:
         inst.teardown()
     best = max(row[str(b)] for b in FIXED_BATCHES)
@@ -202,17 +249,17 @@ def main(argv=None) -> int:
     ap.add_argument("--core", type=int, default=1, help="data core (default 1)")
     ap.add_argument("--max-len", type=int, default=6)
     opts = ap.parse_args(argv)
-    window, warmup = (0.4, 0.15) if opts.quick else (1.5, 0.3)
+    window, warmup, rounds = (0.3, 0.1, 1) if opts.quick else (1.0, 0.2, 5)
     hz = tsc_hz()
     work = Path(tempfile.mkdtemp(prefix="qs-bench-"))
     os.chmod(work, 0o755)
     t_start = time.monotonic()
-    res: dict = {"tsc_hz": hz, "window_s": window, "kpps": {}, "nf_cycles": {}}
+    res: dict = {"tsc_hz": hz, "window_s": window, "rounds": rounds, "kpps": {}, "nf_cycles": {}}
     res["ctx_switch_cycles"] = round(
-        statistics.median(ctx_switch_cycles(opts.core) for _ in range(3)), 1
+        statistics.median(ctx_switch_cycles(opts.core) for _ in range(5)), 1
     )
-    res["copy_cycles"] = copy_costs(Path("/dev/shm"))
-    runner = Runner(opts.core, work, window, warmup)
+    res["copy_cycles"] = copy_costs(Path("/dev/shm"), opts.core)
+    runner = Runner(opts.core, work, window, warmup, rounds)
     lengths = range(1, opts.max_len + 1)
     try:
         for size in SIZES:
@@ -222,16 +269,15 @@ def main(argv=None) -> int:
             cycles = {}
             for n in lengths:
                 if n == 1:
-                    r = runner.run("single_thread", [BPF], pcap)
+                    r = runner.interleaved(["single_thread"], [BPF], pcap, rounds)
                     for v in VARIANTS:
-                        table[v].append(round(r["kpps"], 1))
-                    cycles["1"] = r["nf_cycles"]
+                        table[v].append(round(r["single_thread"]["kpps"], 1))
+                    cycles["1"] = r["single_thread"]["nf_cycles"]
                     continue
+                r = runner.interleaved(list(VARIANTS), [BPF] * n, pcap, rounds)
                 for v in VARIANTS:
-                    r = runner.run(v, [BPF] * n, pcap)
-                    table[v].append(round(r["kpps"], 1))
-                    if v == "coop":
-                        cycles[str(n)] = [round(c, 1) for c in r["nf_cycles"]]
+                    table[v].append(round(r[v]["kpps"], 1))
+                cycles[str(n)] = [round(c, 1) for c in r["coop"]["nf_cycles"]]
             res["kpps"][str(size)] = table
             res["nf_cycles"][str(size)] = cycles
         # Table 4: estimated batch against fixed ones, per canonical chain (64 B)
