@@ -197,9 +197,17 @@ class Runner:
             for inst in insts.values():
                 inst.teardown()
         out = {}
+        base = got.get("single_thread")
         for v, rs in got.items():
             out[v] = {
                 "kpps": statistics.median(r["kpps"] for r in rs),
+                # ratio to single_thread measured in the same round (seconds apart)
+                "ratio": statistics.median(
+                    r["kpps"] / b["kpps"] for r, b in zip(rs, base, strict=True)
+                )
+                if base
+                else None,
+                "nf_cycles_sum": statistics.median(sum(r["nf_cycles"]) for r in rs),
                 "nf_cycles": [
                     statistics.median(c) for c in zip(*(r["nf_cycles"] for r in rs), strict=True)
                 ],
@@ -269,20 +277,27 @@ def main(argv=None) -> int:
             pcap = work / f"{size}.pcap"
             make_pcap(pcap, size, 1024)
             table = {v: [] for v in VARIANTS}
+            ratios = {v: [1.0] for v in VARIANTS}
+            nf_sum = {v: [] for v in VARIANTS}
             cycles = {}
             for n in lengths:
                 if n == 1:
                     r = runner.interleaved(["single_thread"], [BPF], pcap, rounds)
                     for v in VARIANTS:
                         table[v].append(round(r["single_thread"]["kpps"], 1))
+                        nf_sum[v].append(round(r["single_thread"]["nf_cycles_sum"], 1))
                     cycles["1"] = r["single_thread"]["nf_cycles"]
                     continue
                 r = runner.interleaved(list(VARIANTS), [BPF] * n, pcap, rounds)
                 for v in VARIANTS:
                     table[v].append(round(r[v]["kpps"], 1))
+                    ratios[v].append(round(r[v]["ratio"], 3))
+                    nf_sum[v].append(round(r[v]["nf_cycles_sum"], 1))
                 cycles[str(n)] = [round(c, 1) for c in r["coop"]["nf_cycles"]]
             res["kpps"][str(size)] = table
             res["nf_cycles"][str(size)] = cycles
+            res.setdefault("ratio_to_single_thread", {})[str(size)] = ratios
+            res.setdefault("nf_cycles_per_packet", {})[str(size)] = nf_sum
         # Table 4: estimated batch against fixed ones, per canonical chain (64 B)
         pcap = work / "64.pcap"
         res["batch"] = {}
@@ -306,12 +321,19 @@ def report(res: dict, lengths) -> None:
         f"context switch {res['ctx_switch_cycles']:.0f} cycles"
     )
     print("copy cycles/packet: " + ", ".join(f"{k} B {v}" for k, v in res["copy_cycles"].items()))
+    print("(* = median over rounds of the ratio measured in the same round)")
     for size, table in res["kpps"].items():
         print(f"\n{size} B frames, kpps (chain length {lengths.start}..{lengths.stop - 1})")
         print(f"{'variant':<14}" + "".join(f"{n:>9}" for n in lengths))
         for v, vals in table.items():
             print(f"{v:<14}" + "".join(f"{x:>9.1f}" for x in vals))
         st = table["single_thread"]
+        for v in ("coop", "cfs", "copy"):
+            rr = res["ratio_to_single_thread"][size][v]
+            print(f"{v + '/single *':<14}" + "".join(f"{x:>9.3f}" for x in rr))
+        for v in VARIANTS:
+            cc = res["nf_cycles_per_packet"][size][v]
+            print(f"{'NF cyc ' + v[:6]:<14}" + "".join(f"{x:>9.0f}" for x in cc))
         for v in ("coop", "cfs", "copy"):
             print(
                 f"{v + '/single':<14}"
