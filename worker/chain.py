@@ -1,0 +1,372 @@
+"""A multi-NF chain instance on one core: its buffer(s), its NF processes, its life cycle.
+
+What the agent (issue 6) calls, in order::
+
+    inst = ChainInstance(name, nfs, core=1, ports={...}, ids=ChainIds(uid_base, gid),
+                         scheduler=core_sched)
+    inst.prepare()      # buffer + NF processes up, confined, parked (a warm, detached instance)
+    inst.attach()       # on the core's run queue in chain order
+    inst.set_batch(64)  # takes effect at the next batch
+    inst.stats()        # per-NF counters from the buffer header
+    inst.detach()       # drains in-flight batches, parks every NF
+    inst.teardown()     # STOP, processes reaped, buffer files removed
+
+``mode`` picks how the NFs are isolated (the variants of
+tools/bench/chain_isolation.py):
+
+* ``coop`` (Quadrant): one chain buffer, NF2..NFn in place, cooperative
+  SCHED_FIFO scheduling through :class:`worker.coopsched.CoreScheduler`;
+* ``cfs``: the same processes and buffer under SCHED_OTHER, each NF
+  yielding only when its input ring is empty;
+* ``copy``: every NF after the first has a region of its own and every hop
+  copies the batch into the next NF's region (EdgeOS/NFVnice-style
+  isolation by copying), same core, same cooperative scheduling;
+* ``single_thread``: every NF in sequence in the first NF's thread (no
+  isolation: the upper bound).
+
+A chain of one NF always runs as ``single_thread`` with one NF: no buffer
+slots, no copy, no scheduler.
+
+The first NF's process owns the port and the port's mempool and is the only
+process that transmits: the last NF's output comes back to it through the
+buffer's return ring, and it copies that into fresh mbufs.  So no other
+process ever maps NIC memory (see docs/chains.rst).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cext import chainbuf
+from worker.coopsched import CoreScheduler
+
+MODES = ("coop", "cfs", "copy", "single_thread")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ChainError(RuntimeError):
+    """A chain instance request failed; the message names the field and the reason."""
+
+
+@dataclass(frozen=True)
+class ChainIds:
+    """Credentials: NF ``i`` runs as ``uid_base + i``, every NF of the chain in ``gid``."""
+
+    uid_base: int
+    gid: int
+
+    def uid(self, i: int) -> int:
+        return self.uid_base + i
+
+
+def hugepages_free() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("HugePages_Free:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def buffer_dir(size: int, reserve_pages: int = 32) -> str:
+    """hugetlbfs when it has room for ``size`` beyond ``reserve_pages``, else tmpfs."""
+    pages = (size + chainbuf.HUGEPAGE - 1) // chainbuf.HUGEPAGE
+    if os.path.ismount("/dev/hugepages") and hugepages_free() >= pages + reserve_pages:
+        return "/dev/hugepages"
+    return "/dev/shm"
+
+
+class ChainInstance:
+    def __init__(
+        self,
+        name: str,
+        nfs: list[dict],
+        *,
+        core: int,
+        ports: dict,
+        ids: ChainIds,
+        prefix: str = "quadrant",
+        mode: str = "coop",
+        scheduler: CoreScheduler | None = None,
+        n_slots: int = 2048,
+        batch: int = 32,
+        buffer_root: str | None = None,
+        memory_mb: int = 160,
+        first_memory_mb: int | None = None,
+        log_dir: str | None = None,
+    ):
+        if not nfs:
+            raise ChainError("nfs: a chain has at least one NF")
+        if len(nfs) > chainbuf.MAX_NFS:
+            raise ChainError(f"nfs: {len(nfs)} NFs, at most {chainbuf.MAX_NFS}")
+        if mode not in MODES:
+            raise ChainError(f"mode: {mode!r} is not one of {', '.join(MODES)}")
+        if mode in ("coop", "copy") and len(nfs) > 1 and scheduler is None:
+            raise ChainError(f"scheduler: mode {mode} needs the core's CoreScheduler")
+        if scheduler is not None and scheduler.core != core:
+            raise ChainError(f"scheduler: runs core {scheduler.core}, the chain core {core}")
+        if "rx" not in ports:
+            raise ChainError("ports.rx: missing")
+        self.name = name
+        self.nfs = [dict(n) for n in nfs]
+        self.core = core
+        self.ports = ports
+        self.ids = ids
+        self.prefix = prefix
+        self.mode = "single_thread" if len(nfs) == 1 else mode
+        self.scheduler = scheduler if self.mode in ("coop", "copy") else None
+        self.n_slots = n_slots
+        self.batch = batch
+        self.buffer_root = buffer_root
+        self.memory_mb = memory_mb
+        # an rte_lpm table takes 64 MB (tbl24); the first process also holds the mempool
+        n_first = len(nfs) if self.mode == "single_thread" else 1
+        self.first_memory_mb = first_memory_mb or 96 + 96 * n_first
+        self.log_dir = log_dir
+        self.buffers: dict[str, chainbuf.ChainBuffer] = {}
+        self.procs: list[subprocess.Popen] = []
+        self.tids: list[int] = []
+        self.summaries: list[dict | None] = []
+        self.state = "new"
+        self._ctl_path = ""
+
+    # -- layout ---------------------------------------------------------------
+    def _path(self, tag: str, size: int) -> str:
+        root = self.buffer_root or buffer_dir(size)
+        return os.path.join(root, f"{self.prefix}-{self.name}-{tag}.chainbuf")
+
+    def _make(self, tag: str, n_slots: int, n_rings: int, fill: bool) -> str:
+        size = chainbuf.region_size(n_slots, n_rings)
+        path = self._path(tag, size)
+        b = chainbuf.ChainBuffer.create(
+            path,
+            n_slots,
+            n_rings,
+            len(self.nfs),
+            f"{self.name}/{tag}",
+            mode=0o660,
+            uid=0,
+            gid=self.ids.gid,
+        )
+        if fill:
+            b.fill_free(0)
+        self.buffers[path] = b
+        return path
+
+    def _layout(self) -> list[dict]:
+        """Per NF: which buffer files it maps, which rings it reads and writes."""
+        n = len(self.nfs)
+        if self.mode == "single_thread":
+            ctl = self._make("ctl", 1, 1, False)
+            return [{"ctl": ctl}]
+        if self.mode in ("coop", "cfs"):
+            # ring 0 free slots (NF1 only), ring i NF i -> NF i+1, ring n NF n -> NF1
+            p = self._make("buf", self.n_slots, n + 1, True)
+            out = [{"ctl": p, "out": p, "out_ring": 1, "ret": p, "ret_ring": n}]
+            for i in range(1, n):
+                out.append({"ctl": p, "in": p, "in_ring": i, "out": p, "out_ring": i + 1})
+            return out
+        # copy: region k is NF k's own input (ring 0 its free slots, ring 1 the batches)
+        ctl = self._make("ctl", 1, 1, False)
+        regions = [self._make(f"nf{k}", self.n_slots, 2, True) for k in range(1, n)]
+        regions.append(self._make("ret", self.n_slots, 2, True))
+        out = [{"ctl": ctl, "out": regions[0], "out_ring": 1, "ret": regions[-1], "ret_ring": 1}]
+        for k in range(1, n):
+            out.append(
+                {"ctl": ctl, "in": regions[k - 1], "in_ring": 1, "out": regions[k], "out_ring": 1}
+            )
+        return out
+
+    @property
+    def ctl(self) -> chainbuf.ChainBuffer:
+        """The region whose header holds the control word and the NFs' counters."""
+        return self.buffers[self._ctl_path]
+
+    # -- life cycle ---------------------------------------------------------
+    def prepare(self, timeout: float = 60.0) -> None:
+        """Make the buffer(s), start and confine every NF process; leave them parked."""
+        if self.state != "new":
+            raise ChainError(f"prepare: instance {self.name} is {self.state}")
+        self.state = "preparing"
+        try:
+            layout = self._layout()
+            self._ctl_path = layout[0]["ctl"]
+            ctl = self.buffers[self._ctl_path]
+            ctl.batch = self.batch
+            ctl.yield_after_batch = self.mode != "cfs"
+            specs = []
+            if self.mode == "single_thread":
+                specs.append(self._spec(0, self.nfs, layout[0]))
+            else:
+                for i, nf in enumerate(self.nfs):
+                    specs.append(self._spec(i, [nf], layout[i]))
+            for spec in specs:
+                self._spawn(spec)
+            self.tids = [self._await_ready(i, p, timeout) for i, p in enumerate(self.procs)]
+            if self.scheduler is not None:
+                self.scheduler.register(self.name, self.tids, ctl)
+            else:
+                for t in self.tids:  # the agent pins them: the NFs themselves cannot
+                    os.sched_setaffinity(t, {self.core})
+            self.state = "detached"
+        except BaseException:
+            self.teardown()
+            raise
+
+    def _spec(self, i: int, nfs: list[dict], bufs: dict) -> dict:
+        spec = {
+            "chain": self.name,
+            "index": i,
+            "core": self.core,
+            "nfs": nfs,
+            "buffers": bufs,
+            "uid": self.ids.uid(i),
+            "gid": self.ids.gid,
+            "copy": self.mode == "copy" and i > 0,
+            "eal": {
+                "file_prefix": f"{self.prefix}-{self.name}-nf{i}",
+                "memory_mb": self.first_memory_mb if i == 0 else self.memory_mb,
+            },
+        }
+        if i == 0:
+            spec["ports"] = self.ports
+        return spec
+
+    def _spawn(self, spec: dict) -> None:
+        log = None
+        if self.log_dir:
+            path = os.path.join(self.log_dir, f"{self.name}-nf{spec['index']}.log")
+            log = open(path, "w")  # noqa: SIM115 (handed to the child, closed below)
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        p = subprocess.Popen(
+            [sys.executable, "-m", "worker.chain_nf"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log or subprocess.DEVNULL,
+            cwd=str(ROOT),
+            env=env,
+            text=True,
+        )
+        if log:
+            log.close()
+        self.procs.append(p)
+        p.stdin.write(json.dumps(spec))
+        p.stdin.close()
+        p.stdin = None
+
+    def _await_ready(self, i: int, p: subprocess.Popen, timeout: float) -> int:
+        sel = selectors.DefaultSelector()
+        sel.register(p.stdout, selectors.EVENT_READ)
+        try:
+            if not sel.select(timeout):
+                raise ChainError(f"nfs[{i}]: not ready within {timeout}s")
+            line = p.stdout.readline()
+        finally:
+            sel.close()
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            msg = {}
+        if not msg.get("ready"):
+            p.wait(5)
+            raise ChainError(
+                f"nfs[{i}] ({self.nfs[min(i, len(self.nfs) - 1)]['type']}): "
+                f"exited before ready (status {p.returncode}); see its log"
+            )
+        return int(msg["tid"])
+
+    def attach(self) -> None:
+        self._need("detached", "attach")
+        if self.scheduler is not None:
+            self.scheduler.attach(self.name)
+        else:
+            self.ctl.ctl = chainbuf.CTL_RUN
+        self.state = "attached"
+
+    def detach(self, timeout: float = 2.0) -> None:
+        self._need("attached", "detach")
+        if self.scheduler is not None:
+            self.scheduler.detach(self.name)
+        else:
+            c = self.ctl
+            c.ctl = chainbuf.CTL_PARK
+            deadline = time.monotonic() + timeout
+            n = len(self.procs)
+            while not c.parked(n):
+                if time.monotonic() > deadline:
+                    raise ChainError(f"detach: {self.name} did not park within {timeout}s")
+                time.sleep(0.001)
+        self.state = "detached"
+
+    def set_batch(self, batch: int) -> None:
+        if self.state not in ("detached", "attached"):
+            raise ChainError(f"set_batch: instance {self.name} is {self.state}")
+        self.ctl.batch = batch  # validated there; the first NF reads it between batches
+
+    def stats(self) -> list[dict]:
+        c = self.ctl
+        n = 1 if self.mode == "single_thread" else len(self.nfs)
+        return [c.nf_stats(i) for i in range(n)]
+
+    def alive(self) -> bool:
+        return bool(self.procs) and all(p.poll() is None for p in self.procs)
+
+    def teardown(self, timeout: float = 10.0) -> None:
+        """STOP every NF, reap the processes (SIGKILL if they do not stop), remove the files."""
+        if self.state == "gone":
+            return
+        if self.buffers:
+            try:
+                self.ctl.ctl = chainbuf.CTL_STOP
+            except (chainbuf.ChainBufferError, AttributeError, KeyError, StopIteration):
+                pass
+        if self.scheduler is not None:
+            try:
+                self.scheduler.unregister(self.name)
+            except Exception:
+                pass
+        deadline = time.monotonic() + timeout
+        self.summaries = []
+        for p in self.procs:
+            try:
+                out, _ = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.send_signal(signal.SIGKILL)
+                out, _ = p.communicate()
+            summary = None
+            for line in (out or "").splitlines():
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue
+                if msg.get("done"):
+                    summary = msg
+            self.summaries.append(summary)
+        for path, b in self.buffers.items():
+            b.close()
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self.buffers = {}
+        self.state = "gone"
+
+    def _need(self, state: str, what: str) -> None:
+        if self.state != state:
+            raise ChainError(f"{what}: instance {self.name} is {self.state}, not {state}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.teardown()

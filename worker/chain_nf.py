@@ -1,0 +1,144 @@
+"""One NF process of a multi-NF chain instance (started by :mod:`worker.chain`).
+
+    python -m worker.chain_nf < spec.json
+
+The spec (JSON on stdin, written by :class:`worker.chain.ChainInstance`)
+says which NF of which chain this is, its core, uid/gid, the chain buffer
+file(s) and, for the first NF, its ports.  The process
+
+1. pins itself to the core and brings up an EAL of its own (``--in-memory``
+   or ``--no-huge --no-shconf``, its own ``--file-prefix``: no DPDK file
+   another process could open);
+   only the first NF gets ports (``--vdev``/``-a``) and a packet mempool;
+2. builds and configures its NF(s) (issue 4's registry) and maps the chain
+   buffer file(s), as root;
+3. locks its memory and confines itself (:func:`worker.sandbox.confine`):
+   its own uid, the chain's gid, no capabilities, not dumpable, seccomp;
+4. prints ``{"ready": true, "tid": ...}`` on stdout and enters the nogil
+   burst loop (parked until the scheduler attaches the chain);
+5. on STOP leaves the loop, closes its ports (a net_pcap port writes its
+   file) and prints a JSON summary line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+
+
+def _eal_args(spec: dict) -> list[str]:
+    e = spec.get("eal", {})
+    args = ["quadrant-chain-nf", "-l", str(spec["core"]), "--file-prefix", e["file_prefix"]]
+    args += ["--no-telemetry", "-m", str(e.get("memory_mb", 64))]
+    # no file of this EAL for another process to open: hugepages through memfd
+    # (--in-memory), or anonymous memory and no shared config (--no-huge --no-shconf)
+    args += ["--in-memory"] if e.get("hugepages", False) else ["--no-huge", "--no-shconf"]
+    ports = spec.get("ports")
+    if ports:
+        devs = (
+            [ports["rx"]]
+            if ports.get("tx", ports["rx"]) == ports["rx"]
+            else [ports["rx"], ports["tx"]]
+        )
+        if not any("pci" in d for d in devs):
+            args.append("--no-pci")
+        for d in devs:
+            args += ["--vdev", d["vdev"]] if "vdev" in d else ["-a", d["pci"]]
+    else:
+        args += ["--no-pci"]
+    return args + list(e.get("args", []))
+
+
+def _port_name(d: dict) -> str:
+    return d["vdev"].split(",", 1)[0] if "vdev" in d else d["pci"]
+
+
+def main() -> int:
+    spec = json.load(sys.stdin)
+    from cext import chainbuf, eal, ethdev
+    from worker import sandbox
+    from worker.nf_config import NFSpec
+    from worker.nf_registry import build_nf
+
+    # "-l core" pins this thread; the EAL's control threads stay off the data core
+    eal.init(_eal_args(spec))
+    ports = []
+    try:
+        pool_name = None
+        if spec.get("ports"):
+            pool_name = f"qs_{spec['chain']}"[:24]
+            pool = ethdev.Mempool(pool_name, spec.get("mempool_size", 8191), 256)
+            rx = ethdev.Port(_port_name(spec["ports"]["rx"]))
+            rx.setup(pool)
+            ports.append(rx)
+            tx = rx
+            txd = spec["ports"].get("tx", spec["ports"]["rx"])
+            if txd != spec["ports"]["rx"]:
+                tx = ethdev.Port(_port_name(txd))
+                tx.setup(pool)
+                ports.append(tx)
+        nfs = [
+            build_nf(NFSpec(n["type"], dict(n.get("config") or {}), n.get("class")))
+            for n in spec["nfs"]
+        ]
+        bufs = spec["buffers"]
+        opened = {}
+
+        def buf(key):
+            path = bufs.get(key)
+            if path is None:
+                return None
+            if path not in opened:
+                opened[path] = chainbuf.ChainBuffer.open(path)
+            return opened[path]
+
+        ctl, inp, out, ret = buf("ctl"), buf("in"), buf("out"), buf("ret")
+        wrapped = [chainbuf.NF(n) for n in nfs]
+        sandbox.lock_memory()
+        sandbox.confine(spec["uid"], spec["gid"])
+        print(
+            json.dumps({"ready": True, "tid": threading.get_native_id(), "pid": os.getpid()}),
+            flush=True,
+        )
+        if spec["index"] == 0:
+            chainbuf.run_first(
+                ctl,
+                wrapped,
+                ports[0].port_id,
+                ports[-1].port_id,
+                pool_name,
+                out=out,
+                out_ring=bufs.get("out_ring", 1),
+                ret=ret,
+                ret_ring=bufs.get("ret_ring", 0),
+            )
+        else:
+            chainbuf.run_stage(
+                ctl,
+                spec["index"],
+                wrapped[0],
+                inp,
+                bufs["in_ring"],
+                out=out,
+                out_ring=bufs["out_ring"],
+                copy=bool(spec.get("copy")),
+            )
+        summary = {"done": True, "nf_stats": [n.stats() for n in nfs]}
+        for p in ports:
+            summary.setdefault("ports", {})[p.name] = p.stats()
+            p.close()
+        ports = []
+        print(json.dumps(summary), flush=True)
+        return 0
+    finally:
+        for p in ports:
+            try:
+                p.close()
+            except Exception:
+                pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
