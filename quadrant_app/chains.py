@@ -45,6 +45,10 @@ class SpecError(ValueError):
         super().__init__(f"{field}: {reason}" if field else reason)
 
 
+class ConflictError(SpecError):
+    """The input is well-formed but clashes with what is registered (HTTP 409)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Prefix:
     """An IP prefix as integers, so matching a packet is two int operations."""

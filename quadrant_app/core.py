@@ -55,6 +55,7 @@ class SwitchState:
     default_packets: int = 0
     default_acc: int = 0
     base_poll_xid: int | None = None
+    ports_down: set = dataclasses.field(default_factory=set)
 
 
 class Core:
@@ -177,6 +178,26 @@ class Core:
                 state.base_poll_xid = None
         return msgs
 
+    def port_status(self, dpid: int, port: int, up: bool, now: float) -> list:
+        """A port changed state.  Recorded and logged; failover is the scaling loop's job."""
+        state = self.switches.get(dpid)
+        if state is None:
+            return []
+        was_down = port in state.ports_down
+        (state.ports_down.discard if up else state.ports_down.add)(port)
+        if was_down != (not up):
+            workers = [
+                w.name for w in self.topology.workers_on(state.name) if w.switch_port == port
+            ]
+            LOG.warning(
+                "switch %s port %d%s is %s",
+                state.name,
+                port,
+                f" (worker {workers[0]})" if workers else "",
+                "up" if up else "down",
+            )
+        return []
+
     def switch_error(self, dpid: int, err_type: int, code: int, data: bytes) -> list:
         self.metrics.switch_errors.value += 1
         LOG.warning("switch %016x: OpenFlow error type %d code %d", dpid, err_type, code)
@@ -272,39 +293,43 @@ class Core:
         self.metrics.flow_setups.value += 1
         return self._install(rec, inst, in_port, data)
 
-    def _install(self, rec: FlowRecord, inst: Instance, in_port, data) -> list:
-        key = rec.key
-        tkey = (inst.id, key.eth_type, key.proto)
-        tpl = self._rule_templates.get(tkey)
-        if tpl is None:
-            tpl = self._rule_templates[tkey] = ofbuild.FlowRuleTemplate(
-                key.eth_type,
-                key.proto,
-                ofbuild.instance_actions(inst.vf_mac, inst.port),
-                ofbuild.flow_cookie(inst.id),
-                self.settings.idle_timeout,
-            )
+    def _install(self, rec: FlowRecord, inst: Instance, in_port, data, rule=True) -> list:
+        """Wire bytes: the flow's rule (if ``rule``) and, if ``data``, its packet-out.
+
+        Both messages go in one buffer so they leave in one write.
+        """
         xid = next(self._xids) & 0xFFFFFFFF
-        msgs = [(rec.dpid, tpl.render(key, xid))]
+        buf = bytearray()
+        if rule:
+            key = rec.key
+            tkey = (inst.id, key.eth_type, key.proto)
+            tpl = self._rule_templates.get(tkey)
+            if tpl is None:
+                tpl = self._rule_templates[tkey] = ofbuild.FlowRuleTemplate(
+                    key.eth_type,
+                    key.proto,
+                    ofbuild.instance_actions(inst.vf_mac, inst.port),
+                    ofbuild.flow_cookie(inst.id),
+                    self.settings.idle_timeout,
+                )
+            buf = tpl.render(key, xid)
         if data is not None:
             out = self._out_templates.get(inst.id)
             if out is None:
                 out = self._out_templates[inst.id] = ofbuild.PacketOutTemplate(
                     ofbuild.instance_actions(inst.vf_mac, inst.port)
                 )
-            msgs.append((rec.dpid, out.render(in_port, data, xid + 1)))
-            next(self._xids)
-        return msgs
+            buf += out.render(in_port, data, xid)
+        return [(rec.dpid, buf)]
 
     def _repeat(self, rec: FlowRecord, in_port, data, now) -> list:
         """Another packet-in of an assigned flow (its rule is not in place yet)."""
         self.metrics.repeat_packet_ins.value += 1
         inst = self.instances.by_id[rec.instance_id]
-        msgs = self._install(rec, inst, in_port, data)
         if now - rec.installed_at < self.settings.reinstall_after:
-            return msgs[1:]  # the rule is on its way: just send the packet on
+            return self._install(rec, inst, in_port, data, rule=False)  # rule on its way
         rec.installed_at = now  # the rule went missing: install it again
-        return msgs
+        return self._install(rec, inst, in_port, data)
 
     def _unmatched(self, dpid, key, in_port, data) -> list:
         """No chain takes the flow: a per-flow rule with the topology's default action."""
@@ -346,7 +371,9 @@ class Core:
             rec = self.flows.get(dpid, key)
             if rec is not None:
                 held.popleft()
-                msgs += self._install(rec, self.instances.by_id[rec.instance_id], in_port, data)[1:]
+                msgs += self._install(
+                    rec, self.instances.by_id[rec.instance_id], in_port, data, False
+                )
                 self.metrics.held_released.value += 1
                 continue
             inst = self.instances.pick(chain, dpid)

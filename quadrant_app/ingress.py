@@ -20,7 +20,7 @@ import dataclasses
 import itertools
 from collections import deque
 
-from quadrant_app.chains import ChainSpec, SpecError, precedence
+from quadrant_app.chains import ChainSpec, ConflictError, SpecError, precedence
 from quadrant_app.topology import Topology
 
 
@@ -69,7 +69,7 @@ class ChainTable:
     def add(self, tenant: str, spec: ChainSpec, now: float) -> Chain:
         other = self.conflict(tenant, spec)
         if other is not None:
-            raise SpecError(
+            raise ConflictError(
                 "filter",
                 f"overlaps the filter of chain {other.id} ({other.spec.name!r}) at the same "
                 f"priority {spec.priority}; give one of them another priority",
@@ -142,7 +142,7 @@ class InstanceRegistry:
         """Record an instance (validated against the topology and the other instances)."""
         if chain_id not in self.chains.by_id:
             raise SpecError("chain_id", f"no chain {chain_id}")
-        w = self._workers.get(worker)
+        w = self._workers.get(worker) if isinstance(worker, str) else None
         if w is None:
             raise SpecError("worker", f"no worker {worker!r} in topology {self.topology.name}")
         if not isinstance(vf_mac, str) or vf_mac.lower() not in {vf.mac for vf in w.vfs}:
@@ -152,9 +152,9 @@ class InstanceRegistry:
             raise SpecError("core", f"{core!r} is not a core worker {worker} manages")
         for other in self.by_id.values():
             if other.worker == worker and other.vf_mac == vf_mac:
-                raise SpecError("vf_mac", f"{vf_mac} is already used by instance {other.id}")
+                raise ConflictError("vf_mac", f"{vf_mac} is already used by instance {other.id}")
             if other.worker == worker and other.core == core:
-                raise SpecError("core", f"core {core} of {worker} runs instance {other.id}")
+                raise ConflictError("core", f"core {core} of {worker} runs instance {other.id}")
         inst = Instance(
             id=next(self._ids),
             chain_id=chain_id,
