@@ -65,7 +65,7 @@ class Core:
         self.metrics = Metrics()
         self.switches = {s.dpid: SwitchState(s.name, s.dpid) for s in topology.switches}
         self.chains = ChainTable()
-        self.instances = InstanceRegistry(topology, self.chains)
+        self.instances = InstanceRegistry(topology, self.chains, self._pool_attached)
         self.flows = FlowTable()
         self._xids = itertools.count(1)
         self._rule_templates: dict[tuple, ofbuild.FlowRuleTemplate] = {}
@@ -110,6 +110,8 @@ class Core:
     def packet_in(self, dpid: int, in_port: int, data, now: float) -> list:
         """A packet of a flow with no rule yet: steer the flow, send the packet on."""
         self.metrics.packet_ins.value += 1
+        if dpid not in self.switches:
+            return []
         key = flowkey.parse(data)
         if key is None:
             self.metrics.non_ip_packet_ins.value += 1
@@ -279,6 +281,10 @@ class Core:
 
     # ------------------------------------------------------------------
     # Internals.
+
+    def _pool_attached(self, inst: Instance) -> None:
+        self.metrics.pool_attaches.value += 1
+        LOG.info("instance %d of chain %d attached from the warm pool", inst.id, inst.chain_id)
 
     def _xid(self, msg):
         msg.xid = next(self._xids) & 0xFFFFFFFF

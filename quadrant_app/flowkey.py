@@ -1,13 +1,12 @@
 """The 5-tuple of a packet, as plain integers.
 
 :func:`parse` is on the packet-in fast path.  It reads the common shapes
-(Ethernet, at most one 802.1Q tag, IPv4 without fragmentation or IPv6 whose
-next header is the transport header) with :mod:`struct` directly, because
+(Ethernet, at most one 802.1Q tag, IPv4 without fragmentation, IPv6 with or
+without extension headers) with :mod:`struct` directly, because
 ``os_ken.lib.packet`` costs tens of microseconds per packet, more than the
-whole per-setup budget (see docs/benchmarks.rst).  Every other IP packet
-(IPv6 extension headers, fragments, short or odd packets) goes to
-:func:`parse_with_osken`, the reference parser, and the unit tests check that
-both agree on every shape the fast one accepts.
+whole per-setup budget (see docs/benchmarks.rst).  IPv4 fragments and short
+IPv4 packets go to :func:`parse_with_osken`, the reference parser, and the
+unit tests check that both agree on every shape os-ken parses.
 """
 
 from __future__ import annotations
@@ -74,11 +73,15 @@ def parse(data) -> FlowKey | None:
         if n < off + 40:
             return parse_with_osken(data)
         proto = data[off + 6]
-        if proto not in PORT_PROTOS and proto in _V6_EXT:
-            return parse_with_osken(data)
         src = _from_bytes(data[off + 8 : off + 24], "big")
         dst = _from_bytes(data[off + 24 : off + 40], "big")
         l4 = off + 40
+        while proto in _V6_EXT_LEN:  # walk extension headers to the transport header
+            if n < l4 + 8:
+                return None
+            if proto == 44 and _u16(data, l4 + 2)[0] & 0xFFF8:  # a later fragment
+                return FlowKey(eth_type, data[l4], src, dst, 0, 0)
+            proto, l4 = data[l4], l4 + _V6_EXT_LEN[proto](data[l4 + 1])
     else:
         return None
     if proto in PORT_PROTOS:
@@ -89,8 +92,16 @@ def parse(data) -> FlowKey | None:
     return FlowKey(eth_type, proto, src, dst, 0, 0)
 
 
-# IPv6 extension headers (hop-by-hop, routing, fragment, ESP, AH, dst opts, mobility...).
-_V6_EXT = frozenset((0, 43, 44, 50, 51, 60, 135, 139, 140, 253, 254))
+# IPv6 extension headers that may come before the transport header, and their
+# length from their second byte: hop-by-hop, routing, fragment, AH, destination
+# options (RFC 8200, RFC 4302).  ESP (50) hides what follows: its key has no ports.
+_V6_EXT_LEN = {
+    0: lambda b: (b + 1) * 8,
+    43: lambda b: (b + 1) * 8,
+    44: lambda b: 8,
+    51: lambda b: (b + 2) * 4,
+    60: lambda b: (b + 1) * 8,
+}
 
 
 def parse_with_osken(data) -> FlowKey | None:

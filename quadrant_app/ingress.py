@@ -123,8 +123,9 @@ class Instance:
 
 
 class InstanceRegistry:
-    def __init__(self, topology: Topology, chains: ChainTable):
+    def __init__(self, topology: Topology, chains: ChainTable, on_pool_attach=None):
         self.topology = topology
+        self.on_pool_attach = on_pool_attach
         self.chains = chains
         self.by_id: dict[int, Instance] = {}
         self._ids = itertools.count(1)
@@ -231,4 +232,6 @@ class InstanceRegistry:
         inst = min(pool, key=lambda i: i.id)
         self.set_attached(inst.id, True)
         self.agent_requests.append(("attach", inst.id))
+        if self.on_pool_attach is not None:
+            self.on_pool_attach(inst)
         return inst if self.eligible(inst, chain) else None

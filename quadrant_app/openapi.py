@@ -270,6 +270,7 @@ def document(routes) -> dict:
             }
             op["responses"]["413"] = {"description": "body too large"}
             op["responses"]["415"] = {"description": "not application/json"}
+            op["responses"]["411"] = {"description": "neither Content-Length nor chunked"}
             op["responses"]["409"] = {
                 "description": "conflicts with what is registered (overlapping filter, VF in use)",
                 "content": _content(_ref("Error")),

@@ -31,7 +31,7 @@ DEFAULT_PAGE = 100
 class HttpError(Exception):
     def __init__(self, status: int, reason: str, field: str | None = None, headers=None):
         super().__init__(reason)
-        self.status, self.reason, self.field = status, reason, field
+        self.status, self.reason, self.field = status, reason, field or None
         self.headers = headers or {}
 
 
@@ -121,7 +121,12 @@ class RestApi:
         ctype = req.content_type or ""
         if ctype != "application/json":
             raise HttpError(415, f"content type must be application/json, not {ctype or 'none'}")
-        raw = req.body_file.read(self.max_body + 1)
+        if req.content_length is not None:
+            raw = req.body_file.read(self.max_body + 1)
+        elif "chunked" in req.headers.get("Transfer-Encoding", "").lower():
+            raw = req.body_file_raw.read(self.max_body + 1)  # the server de-chunks it
+        else:
+            raise HttpError(411, "a body needs Content-Length or chunked transfer encoding")
         if len(raw) > self.max_body:
             raise HttpError(413, f"body larger than {self.max_body} bytes")
         try:
