@@ -1,10 +1,9 @@
 """Every option the controller reads, declared, typed and documented here.
 
 Options live in the ``[quadrant]`` group of the file given to
-``osken-manager --config-file``.  They are registered on os-ken's own
-``ConfigOpts`` (``os_ken.cfg.CONF``, which ``osken-manager`` parses; it is not
-oslo's global ``cfg.CONF``).
-docs/controller.rst lists them with examples.
+``osken-manager --config-file``.  os-ken keeps its own ``ConfigOpts``
+instance (``os_ken.cfg.CONF``, not oslo.config's global), so that is the
+one the options are registered on.  docs/controller.rst lists them.
 """
 
 from __future__ import annotations

@@ -398,5 +398,6 @@ def load(path: str | Path) -> Topology:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise TopologyError(source, "", f"not valid YAML: {where}{getattr(exc, 'problem', exc)}")
+        problem = getattr(exc, "problem", exc)
+        raise TopologyError(source, "", f"not valid YAML: {where}{problem}") from None
     return parse(data, source)

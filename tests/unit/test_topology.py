@@ -85,7 +85,11 @@ MALFORMED = [
         "duplicate MAC",
     ),
     (_set(["workers", 0, "vfs", 0, "mac"], "02:00:00:00:01"), "workers[0].vfs[0].mac", "not a MAC"),
-    (_set(["workers", 0, "vfs", 0, "mac"], "01:00:5e:00:00:01"), "workers[0].vfs[0].mac", "multicast"),
+    (
+        _set(["workers", 0, "vfs", 0, "mac"], "01:00:5e:00:00:01"),
+        "workers[0].vfs[0].mac",
+        "multicast",
+    ),
     (_set(["workers", 1, "switch_port"], 11), "workers[1].switch_port", "duplicate switch port"),
     (_set(["workers", 0, "switch_port"], 2), "workers[0].switch_port", "egress port"),
     (_set(["workers", 0, "switch_port"], 1), "workers[0].switch_port", "duplicate switch port"),
@@ -105,7 +109,11 @@ MALFORMED = [
         "workers[0].vfs[0]",
         "exactly one of pci",
     ),
-    (_set(["workers", 0, "vfs", 1, "netdev"], "vf0"), "workers[0].vfs[1].netdev", "duplicate netdev"),
+    (
+        _set(["workers", 0, "vfs", 1, "netdev"], "vf0"),
+        "workers[0].vfs[1].netdev",
+        "duplicate netdev",
+    ),
     (_set(["workers", 1, "name"], "w1"), "workers[1].name", "duplicate name"),
     (_set(["workers", 0, "name"], "Worker_1"), "workers[0].name", "not a valid name"),
     (_set(["switches", 0, "controller"], "127.0.0.1:6653"), "switches[0].controller", "not like"),
@@ -124,7 +132,9 @@ MALFORMED = [
 ]
 
 
-@pytest.mark.parametrize("mutate,path,reason", MALFORMED, ids=[m[1] + ":" + m[2] for m in MALFORMED])
+@pytest.mark.parametrize(
+    "mutate,path,reason", MALFORMED, ids=[m[1] + ":" + m[2] for m in MALFORMED]
+)
 def test_malformed_is_refused(tmp_path, mutate, path, reason):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(_mutate(mutate)))

@@ -1,0 +1,1 @@
+"""Quadrant's tools: lab-in-a-box, traffic generator, benchmarks, simulator."""

@@ -1,0 +1,275 @@
+"""``quadrant-agent``: one per worker machine, connected back to the controller.
+
+    quadrant-agent --controller ws://HOST:PORT/v1/agents --worker-id w1 \\
+        --token-file /etc/quadrant/agent.token --topology topologies/lab.yaml
+
+The agent opens one WebSocket to the controller and speaks JSON-RPC 2.0 over
+it (:mod:`quadrant_app.jsonrpc`).  It authenticates with a bearer token in
+the upgrade request, calls ``register`` with its inventory (managed cores,
+VFs with MACs, switch port; taken from the worker's entry in the topology
+file) and the chain instances it is running, then sends ``heartbeat``
+notifications.  The controller's commands arrive on the same socket and are
+served by the methods registered on :attr:`Agent.dispatcher`, each in a
+worker thread so a slow command (starting NF processes) never stalls
+heartbeats.  When the connection drops the agent reconnects with capped
+exponential back-off and registers again, listing the instances it still
+runs, so a controller that comes back finds healthy chains untouched.
+
+Exit status: 0 stopped by signal, 2 bad arguments or refused token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import random
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from quadrant_app import jsonrpc
+from quadrant_app.jsonrpc import Dispatcher, Ids, Request, Response, RpcError
+
+LOG = logging.getLogger("quadrant.agent")
+
+PROTOCOL_VERSION = 1
+
+
+class AgentAuthError(RuntimeError):
+    """The controller refused this agent's token: retrying will not help."""
+
+
+def inventory(topology, worker_id: str) -> dict:
+    """The worker's inventory, from its entry in the topology file."""
+    worker = next((w for w in topology.workers if w.name == worker_id), None)
+    if worker is None:
+        names = ", ".join(w.name for w in topology.workers)
+        raise ValueError(f"worker {worker_id!r} is not in {topology.source} (it has {names})")
+    return {
+        "worker": worker.name,
+        "switch": worker.switch,
+        "switch_port": worker.switch_port,
+        "cores": list(worker.cores),
+        "vfs": [
+            {k: v for k, v in (("mac", vf.mac), ("pci", vf.pci), ("netdev", vf.netdev)) if v}
+            for vf in worker.vfs
+        ],
+    }
+
+
+class Backoff:
+    """Capped exponential back-off with jitter: 0.5 s, 1 s, 2 s ... ``cap``."""
+
+    def __init__(self, first: float = 0.5, cap: float = 10.0, rng: random.Random | None = None):
+        self.first, self.cap = first, cap
+        self.rng = rng or random.Random()
+        self.n = 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.first * 2**self.n)
+        self.n += 1
+        return delay * self.rng.uniform(0.8, 1.2)
+
+    def reset(self) -> None:
+        self.n = 0
+
+
+class Agent:
+    def __init__(
+        self,
+        url: str,
+        worker_id: str,
+        token: str,
+        inventory: dict,
+        heartbeat_s: float = 1.0,
+        call_timeout: float = 10.0,
+        instances: Callable[[], list] = list,
+    ):
+        self.url = url
+        self.worker_id = worker_id
+        self.token = token
+        self.inventory = inventory
+        self.heartbeat_s = heartbeat_s
+        self.call_timeout = call_timeout
+        self.instances = instances  # what this worker runs now, for register
+        self.dispatcher = Dispatcher()
+        self.ids = Ids()
+        self.pending: dict[int, asyncio.Future] = {}
+        self.ws = None
+        self.registered = asyncio.Event()
+        self.sessions = 0  # how many times it registered (tests, logs)
+        self.backoff = Backoff()
+        self._stop = asyncio.Event()
+
+    # -- calls to the controller ---------------------------------------------------
+
+    async def call(self, method: str, params: dict) -> object:
+        """Call a controller method and wait for its result (raises RpcError on error)."""
+        msg_id = self.ids()
+        fut = asyncio.get_running_loop().create_future()
+        self.pending[msg_id] = fut
+        try:
+            await self.ws.send(jsonrpc.encode(Request(method, params, msg_id).to_obj()))
+            resp: Response = await asyncio.wait_for(fut, self.call_timeout)
+        finally:
+            self.pending.pop(msg_id, None)
+        if not resp.ok:
+            raise RpcError(resp.error["code"], resp.error["message"], resp.error.get("data"))
+        return resp.result
+
+    async def notify(self, method: str, params: dict) -> None:
+        await self.ws.send(jsonrpc.encode(Request(method, params, None).to_obj()))
+
+    # -- the session ------------------------------------------------------------------
+
+    def _on_response(self, resp: Response) -> None:
+        fut = self.pending.get(resp.id)
+        if fut is not None and not fut.done():
+            fut.set_result(resp)
+        else:
+            LOG.warning("response to no pending call: id %r", resp.id)
+
+    async def _serve(self, text) -> None:
+        loop = asyncio.get_running_loop()
+        reply = await loop.run_in_executor(None, self.dispatcher.handle, text, self._on_response)
+        if reply is not None:
+            await self.ws.send(reply)
+
+    async def _heartbeats(self) -> None:
+        seq = 0
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            seq += 1
+            await self.notify("heartbeat", {"worker": self.worker_id, "seq": seq})
+
+    async def _session(self, ws) -> None:
+        self.ws = ws
+        reader = asyncio.create_task(self._reader(ws))
+        try:
+            result = await self.call(
+                "register",
+                {
+                    "version": PROTOCOL_VERSION,
+                    "inventory": self.inventory,
+                    "instances": self.instances(),
+                },
+            )
+        except RpcError as exc:
+            reader.cancel()
+            if exc.code == jsonrpc.UNAUTHORIZED:
+                raise AgentAuthError(exc.message) from None
+            raise
+        if isinstance(result, dict) and isinstance(result.get("heartbeat_s"), (int, float)):
+            self.heartbeat_s = float(result["heartbeat_s"])
+        self.sessions += 1
+        self.registered.set()
+        self.backoff.reset()
+        LOG.info("registered with %s as %s (session %d)", self.url, self.worker_id, self.sessions)
+        beats = asyncio.create_task(self._heartbeats())
+        try:
+            await reader
+        finally:
+            beats.cancel()
+            self.registered.clear()
+
+    async def _reader(self, ws) -> None:
+        try:
+            async for text in ws:
+                asyncio.create_task(self._serve(text))
+        finally:
+            self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("connection to the controller lost"))
+
+    async def run(self) -> None:
+        """Stay connected until :meth:`stop`; raises AgentAuthError if the token is refused."""
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import InvalidStatus, WebSocketException
+
+        while not self._stop.is_set():
+            try:
+                async with connect(
+                    self.url,
+                    additional_headers={"Authorization": f"Bearer {self.token}"},
+                    compression=None,
+                    proxy=None,
+                    open_timeout=5,
+                    ping_interval=None,
+                ) as ws:
+                    session = asyncio.create_task(self._session(ws))
+                    stop = asyncio.create_task(self._stop.wait())
+                    done, _ = await asyncio.wait({session, stop}, return_when="FIRST_COMPLETED")
+                    if session in done:
+                        session.result()
+                    else:
+                        session.cancel()
+                        return
+            except InvalidStatus as exc:
+                if exc.response.status_code in (401, 403):
+                    raise AgentAuthError(
+                        f"{self.url} refused the token ({exc.response.status_code})"
+                    ) from None
+                LOG.warning("controller %s answered %s", self.url, exc.response.status_code)
+            except (TimeoutError, OSError, WebSocketException, RpcError) as exc:
+                LOG.warning("connection to %s lost: %s", self.url, exc or type(exc).__name__)
+            self._fail_pending()
+            delay = self.backoff.next()
+            LOG.info("reconnecting in %.1f s", delay)
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay)
+            except TimeoutError:
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="quadrant-agent", description=__doc__.splitlines()[0])
+    ap.add_argument("--controller", required=True, help="ws://HOST:PORT/v1/agents")
+    ap.add_argument("--worker-id", required=True, help="this worker's name in the topology")
+    ap.add_argument("--token-file", required=True, help="file holding the agent's bearer token")
+    ap.add_argument("--topology", required=True, help="topology file (for the inventory)")
+    ap.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format=f"quadrant-agent {args.worker_id}: %(message)s",
+    )
+    from quadrant_app.topology import TopologyError, load
+
+    if not args.controller.startswith(("ws://", "wss://")):
+        ap.error(f"--controller {args.controller!r}: must be a ws:// or wss:// URL")
+    try:
+        token = Path(args.token_file).read_text().strip()
+        inv = inventory(load(args.topology), args.worker_id)
+    except (OSError, TopologyError, ValueError) as exc:
+        print(f"quadrant-agent: {exc}", file=sys.stderr)
+        return 2
+    if not token:
+        print(f"quadrant-agent: {args.token_file} is empty", file=sys.stderr)
+        return 2
+    agent = Agent(args.controller, args.worker_id, token, inv, heartbeat_s=args.heartbeat)
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        for s in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(s, agent.stop)
+        await agent.run()
+
+    try:
+        asyncio.run(run())
+    except AgentAuthError as exc:
+        print(f"quadrant-agent: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

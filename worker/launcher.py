@@ -1,0 +1,209 @@
+"""Starting NF processes, each as its own small container.
+
+:class:`Launcher` is the interface the agent uses; :class:`LocalLauncher`
+runs an NF on this machine with its own PID, mount, IPC and UTS namespaces
+(:mod:`worker.nfinit`) in a cgroup that pins it to its core and bounds its
+memory.  A Kubernetes launcher (NFs as pods) would implement the same
+interface.  Capabilities are dropped by the NF runtime itself once its
+privileged setup is done (see the sandbox in the chain work): DPDK needs
+root to open its port and map hugepages first.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$")
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchSpec:
+    name: str  # unique on this worker; names the cgroup and the host name
+    argv: tuple[str, ...]
+    core: int
+    memory_bytes: int = 1 << 30
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: str | None = None
+    log: str | None = None  # stdout+stderr go here (default: inherited)
+
+    def __post_init__(self):
+        if not NAME_RE.match(self.name):
+            raise LaunchError(f"name {self.name!r}: letters, digits, '_', '.', '-' (max 64)")
+        if not self.argv:
+            raise LaunchError(f"{self.name}: argv is empty")
+        if self.core < 0:
+            raise LaunchError(f"{self.name}: core {self.core} is not a core number")
+        if self.memory_bytes < 16 << 20:
+            raise LaunchError(f"{self.name}: memory_bytes below 16 MiB")
+
+
+class Handle(abc.ABC):
+    spec: LaunchSpec
+    pid: int
+
+    @abc.abstractmethod
+    def poll(self) -> int | None: ...
+
+    @abc.abstractmethod
+    def stop(self, grace: float = 5.0) -> int: ...
+
+
+class Launcher(abc.ABC):
+    @abc.abstractmethod
+    def start(self, spec: LaunchSpec) -> Handle: ...
+
+
+# -- cgroups -------------------------------------------------------------------
+
+
+class Cgroup:
+    """One NF's cgroup: cpuset (its core) and memory, on cgroup v1 or v2."""
+
+    def __init__(self, parent: str, name: str, root: Path = Path("/sys/fs/cgroup")):
+        self.root = root
+        self.v2 = (root / "cgroup.controllers").exists()
+        if self.v2:
+            self.dirs = {"unified": root / parent / name}
+        else:
+            self.dirs = {c: root / c / parent / name for c in ("cpuset", "memory")}
+
+    def create(self, core: int, memory_bytes: int) -> None:
+        if not os.access(self.root, os.W_OK) and not self.v2:
+            raise LaunchError(f"{self.root} is not writable: the agent needs root for cgroups")
+        for kind, d in self.dirs.items():
+            if kind == "unified":
+                parent = d.parent
+                parent.mkdir(exist_ok=True)
+                _write(self.root / "cgroup.subtree_control", "+cpuset +memory", ignore=True)
+                _write(parent / "cgroup.subtree_control", "+cpuset +memory", ignore=True)
+            else:
+                d.parent.mkdir(exist_ok=True)
+                if kind == "cpuset":
+                    # A v1 cpuset child needs cpus and mems set before tasks join.
+                    for f in ("cpuset.cpus", "cpuset.mems"):
+                        if not (d.parent / f).read_text().strip():
+                            _write(d.parent / f, (d.parent.parent / f).read_text().strip())
+            d.mkdir(exist_ok=True)
+        if self.v2:
+            d = self.dirs["unified"]
+            _write(d / "cpuset.cpus", str(core))
+            _write(d / "memory.max", str(memory_bytes))
+        else:
+            _write(self.dirs["cpuset"] / "cpuset.cpus", str(core))
+            _write(self.dirs["cpuset"] / "cpuset.mems", _mems(self.dirs["cpuset"].parent))
+            _write(self.dirs["memory"] / "memory.limit_in_bytes", str(memory_bytes))
+
+    def join(self) -> None:
+        """Move the calling process in (run in the child before exec)."""
+        for d in self.dirs.values():
+            with open(d / "cgroup.procs", "w") as f:
+                f.write(str(os.getpid()))
+
+    def remove(self) -> None:
+        for d in self.dirs.values():
+            for _ in range(50):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.02)  # the last task is still leaving
+
+    def procs(self) -> list[int]:
+        d = next(iter(self.dirs.values()))
+        try:
+            return [int(x) for x in (d / "cgroup.procs").read_text().split()]
+        except FileNotFoundError:
+            return []
+
+
+def _mems(parent: Path) -> str:
+    value = (parent / "cpuset.mems").read_text().strip()
+    return value or "0"
+
+
+def _write(path: Path, value: str, ignore: bool = False) -> None:
+    try:
+        path.write_text(value)
+    except OSError as exc:
+        if not ignore:
+            raise LaunchError(f"cannot write {value!r} to {path}: {exc.strerror}") from None
+
+
+# -- the local launcher -------------------------------------------------------------
+
+
+class LocalHandle(Handle):
+    def __init__(self, spec: LaunchSpec, proc: subprocess.Popen, cgroup: Cgroup):
+        self.spec = spec
+        self.proc = proc
+        self.pid = proc.pid
+        self.cgroup = cgroup
+
+    def poll(self) -> int | None:
+        code = self.proc.poll()
+        if code is not None:
+            self.cgroup.remove()
+        return code
+
+    def stop(self, grace: float = 5.0) -> int:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                for pid in self.cgroup.procs():
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                self.proc.kill()
+                self.proc.wait()
+        self.cgroup.remove()
+        return self.proc.returncode
+
+
+class LocalLauncher(Launcher):
+    """NFs on this machine: namespaces via :mod:`worker.nfinit`, a cgroup each."""
+
+    def __init__(self, cgroup_parent: str = "quadrant"):
+        self.cgroup_parent = cgroup_parent
+
+    def start(self, spec: LaunchSpec) -> LocalHandle:
+        cgroup = Cgroup(self.cgroup_parent, spec.name)
+        cgroup.create(spec.core, spec.memory_bytes)
+        argv = [sys.executable, "-m", "worker.nfinit", "--hostname", spec.name, "--", *spec.argv]
+        env = dict(os.environ)
+        env.update(dict(spec.env))
+        out = open(spec.log, "ab") if spec.log else None  # noqa: SIM115 (child keeps it)
+        try:
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=spec.cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT if out else None,
+                preexec_fn=cgroup.join,
+                start_new_session=True,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            cgroup.remove()
+            raise LaunchError(f"{spec.name}: cannot start {spec.argv[0]}: {exc}") from None
+        finally:
+            if out:
+                out.close()
+        return LocalHandle(spec, proc, cgroup)
