@@ -42,10 +42,12 @@ class QuadrantApp(app_manager.OSKenApp):
         try:
             self.topology = topology.load(opts.topology)
             tokens = None
-            if opts.rest_enabled:
-                if not opts.tokens_file:
-                    raise auth.TokensError("[quadrant] tokens_file: required when rest_enabled")
+            if opts.rest_enabled and opts.tokens_file:
                 tokens = auth.load(opts.tokens_file)
+            elif opts.rest_enabled:
+                self.logger.warning(
+                    "quadrant: no tokens_file, so no REST API (nobody could use it)"
+                )
         except (topology.TopologyError, auth.TokensError) as exc:
             raise SystemExit(f"quadrant: {exc}") from None
         self.core = Core(self.topology, config.settings(opts))

@@ -27,8 +27,8 @@ OPTS = [
     cfg.PortOpt("rest_port", default=8080, help="TCP port of the REST API."),
     cfg.StrOpt(
         "tokens_file",
-        help="YAML file of bearer tokens: tenants and admins (see docs/controller.rst). "
-        "Required when rest_enabled.",
+        help="YAML file of bearer tokens: tenants and admins (see docs/controller.rst).  "
+        "Without it the REST API is not served (a warning says so).",
     ),
     cfg.IntOpt(
         "max_body_bytes",
