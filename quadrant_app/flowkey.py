@@ -27,6 +27,8 @@ PORT_PROTOS = frozenset((TCP, UDP, SCTP))
 
 _u16 = struct.Struct("!H").unpack_from
 _ports = struct.Struct("!HH").unpack_from
+# version/IHL, flags/fragment offset, protocol, source, destination of an IPv4 header
+_ipv4 = struct.Struct("!B5xHxB2xII").unpack_from
 _from_bytes = int.from_bytes
 
 
@@ -61,13 +63,12 @@ def parse(data) -> FlowKey | None:
         eth_type = _u16(data, off)[0]
     off += 2
     if eth_type == ETH_IPV4:
-        vihl = data[off]
+        if n < off + 20:
+            return parse_with_osken(data)
+        vihl, frag, proto, src, dst = _ipv4(data, off)
         ihl = (vihl & 0x0F) * 4
-        if vihl >> 4 != 4 or ihl < 20 or n < off + ihl or _u16(data, off + 6)[0] & 0x3FFF:
+        if vihl >> 4 != 4 or ihl < 20 or n < off + ihl or frag & 0x3FFF:
             return parse_with_osken(data)  # options are fine, fragments are not
-        proto = data[off + 9]
-        src = _from_bytes(data[off + 12 : off + 16], "big")
-        dst = _from_bytes(data[off + 16 : off + 20], "big")
         l4 = off + ihl
     elif eth_type == ETH_IPV6:
         if n < off + 40:
