@@ -67,7 +67,8 @@ def ctl(qc_lab, tmp_path_factory):
         )
     )
     rest_port = free_port()
-    conf = {"tokens_file": str(tokens), "rest_port": rest_port, "flow_stats_interval": 1}
+    conf = {"tokens_file": str(tokens), "rest_port": rest_port, "flow_stats_interval": 1,
+            "idle_timeout": 60}  # fmt: skip
     proc = make_controller(qc_lab, conf).start()
     proc.rest_port = rest_port
     try:
@@ -182,14 +183,15 @@ def test_flows_are_steered_to_the_chosen_vf(qc_lab, ctl, tmp_path):
     tcp_rule = next(r for r in rules if "tcp" in r)
     udp_rule = next(r for r in rules if "udp" in r)
     assert f"set_field:{W1_VF0}->eth_dst,output:11" in tcp_rule
-    assert "tp_src=40000" in tcp_rule and "idle_timeout=10" in tcp_rule
+    assert "tp_src=40000" in tcp_rule and "idle_timeout=60" in tcp_rule
     assert f"set_field:{W2_VF0}->eth_dst,output:12" in udp_rule
     # The switch forwarded all but the first packet itself...
     assert f"n_packets={PACKETS - 1}," in tcp_rule and f"n_packets={PACKETS - 1}," in udp_rule
     # ...and only the first packet of each flow reached the controller.
+    # (Other packet-ins come from the namespaces' own IPv6 chatter: no chain takes it.)
     metrics = rest(ctl, "GET", "/metrics", TENANT).decode()
-    assert "quadrant_packet_ins_total 2\n" in metrics
     assert "quadrant_flow_setups_total 2\n" in metrics
+    assert "quadrant_repeat_packet_ins_total 0\n" in metrics
     assert 'quadrant_chain_flows{chain="1",tenant="e2e"} 2' in metrics
 
     # Every packet, the first one (sent by packet-out) included, reached the chosen VF
@@ -220,3 +222,46 @@ def test_rest_requires_a_token_on_the_real_server(ctl):
         rest(ctl, "GET", "/v1/chains", "wrong-token-wrong-token")
     assert err.value.code == 401
     assert json.loads(err.value.read())["error"]["reason"] == "invalid bearer token"
+
+
+def metric(ctl, name):
+    text = rest(ctl, "GET", "/metrics", TENANT).decode()
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no metric {name}")
+
+
+def test_switch_reconnect_resyncs_without_reassigning(qc_lab, ctl):
+    """Runs after the steering test: its two flows are live (idle timeout 60 s)."""
+    lab, bridge = qc_lab, qc_lab.bridge()
+    flows = {f["proto"]: f for f in rest(ctl, "GET", "/v1/flows", TENANT)["flows"]}
+    assert set(flows) == {"tcp", "udp"}, "run with the steering test before this one"
+    # Make the other instance preferred: a controller that re-assigned would move the flow.
+    w1, w2 = flows["tcp"]["instance_id"], flows["udp"]["instance_id"]
+    rest(ctl, "PUT", f"/v1/instances/{w1}/stats", ADMIN, {"load": 0.1})
+    rest(ctl, "PUT", f"/v1/instances/{w2}/stats", ADMIN, {"load": 0.95})
+    target = lab.vsctl("get-controller", bridge).strip()
+    # Point the switch elsewhere (del-controller would make OVS flush its tables).
+    lab.vsctl("set", "Controller", bridge, f'target="tcp:127.0.0.1:{free_port()}"')
+    wait_for(lambda: metric(ctl, 'quadrant_switch_connected{switch="tor1"}') == 0, 10, "disconnect")
+    # While the controller is away the switch loses the UDP flow's rule.
+    lab.ofctl(
+        "del-flows",
+        "--strict",
+        "table=1,priority=1000,udp,nw_src=10.1.0.1,nw_dst=10.2.0.1,tp_src=40001,tp_dst=53",
+    )
+    assert len(per_flow_rules(lab)) == 1
+    base_before = sorted(r for r in lab.ofctl("dump-flows").splitlines() if "cookie=0x5144" in r)
+    lab.vsctl("set", "Controller", bridge, f'target="{target}"')
+    wait_for(lambda: metric(ctl, "quadrant_resync_installed_total") == 1, 15, "the re-sync")
+    rules = per_flow_rules(lab)
+    assert len(rules) == 2
+    udp_rule = next(r for r in rules if "udp" in r)
+    assert f"set_field:{W2_VF0}->eth_dst,output:12" in udp_rule  # same instance as before
+    assert metric(ctl, "quadrant_resync_adopted_total") == 0
+    assert metric(ctl, "quadrant_resync_deleted_total") == 0
+    base_after = [r for r in lab.ofctl("dump-flows").splitlines() if "cookie=0x5144" in r]
+    assert len(base_after) == len(base_before)  # replaced, not duplicated
+    after = {f["proto"]: f["instance_id"] for f in rest(ctl, "GET", "/v1/flows", TENANT)["flows"]}
+    assert after == {"tcp": w1, "udp": w2}
