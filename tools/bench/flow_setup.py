@@ -36,6 +36,7 @@ from pathlib import Path
 
 import yaml
 
+from tools.bench import profile
 from tools.bench.ofswitch import T_FLOW_MOD, T_PACKET_OUT, EmulatedSwitch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -262,14 +263,22 @@ def measure(app: str, args, cpus) -> dict:
         if cpus:
             os.sched_setaffinity(0, {cpus[0]})
         run.start()
+        spy = None
         try:
+            if app in args.profile_apps:
+                spy = profile.start(run.proc.pid, args.seconds, Path(tmp) / "profile.txt")
             sat, cpu = run.saturate(args.seconds, args.window, args.warmup)
+            if spy is not None:
+                spy.wait(30)
             achieved, p50, p99 = run.paced(sat / 2, args.seconds)
         except BaseException:
             print((Path(tmp) / f"{app}.log").read_text()[-3000:], file=sys.stderr)
             raise
         finally:
             run.stop()
+        summary = None
+        if spy is not None and (Path(tmp) / "profile.txt").exists():
+            summary = profile.summarize(Path(tmp) / "profile.txt")
         flows = run.next_flow
         if run.flow_mods != flows:
             raise AssertionError(f"{app}: {run.flow_mods} flow-mods for {flows} packet-ins")
@@ -283,6 +292,7 @@ def measure(app: str, args, cpus) -> dict:
             "p50_us": round(p50, 1),
             "p99_us": round(p99, 1),
             "flows": flows,
+            **({"profile": summary} if summary else {}),
         }
 
 
@@ -296,7 +306,7 @@ def summarize(rounds: list[dict]) -> dict:
     out = {}
     for app in rounds[0]:
         runs = [r[app] for r in rounds]
-        out[app] = {k: _median([run[k] for run in runs]) for k in runs[0]}
+        out[app] = {k: _median([run[k] for run in runs]) for k in runs[0] if k != "profile"}
         out[app]["rounds"] = runs
     return out
 
@@ -326,7 +336,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, help="length of each phase (default 4, quick 2)")
     ap.add_argument("--rounds", type=int, help="rounds, apps interleaved (default 3, quick 1)")
     ap.add_argument("--window", type=int, default=256, help="outstanding packet-ins at saturation")
+    ap.add_argument(
+        "--profile",
+        default="",
+        metavar="APPS",
+        help="sample these apps (comma-separated) with py-spy during saturation",
+    )
     args = ap.parse_args(argv)
+    args.profile_apps = {a for a in args.profile.split(",") if a}
     if args.seconds is None:
         args.seconds = 2.0 if args.quick else 4.0
     if args.rounds is None:
@@ -357,6 +374,10 @@ def main(argv=None) -> int:
                     ratios[f"quadrant/{base} {k}"] = round(q / b, 2)
     for name, value in ratios.items():
         print(f"{name}: {value}")
+    for app, r in results.items():
+        for run in r["rounds"]:
+            if "profile" in run:
+                print(f"{app} " + profile.report(run["profile"]))
     if args.json:
         out = {k: v for k, v in results.get("quadrant", {}).items() if k != "rounds"}
         out["apps"] = results
