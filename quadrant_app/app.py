@@ -102,7 +102,10 @@ class QuadrantApp(app_manager.OSKenApp):
     def _tick_loop(self):
         while True:
             hub.sleep(self.opts.tick_interval)
-            self.send(self.core.tick(_monotonic()))
+            try:
+                self.send(self.core.tick(_monotonic()))
+            except Exception:  # keep ticking: one bad tick must not stop the stats
+                self.logger.exception("quadrant: periodic work failed")
 
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     def _switch_features(self, ev):
