@@ -69,7 +69,7 @@ class Core:
         self.flows = FlowTable()
         self._xids = itertools.count(1)
         self._rule_templates: dict[tuple, ofbuild.FlowRuleTemplate] = {}
-        self._out_templates: dict[int, ofbuild.PacketOutTemplate] = {}
+        self._out_templates: dict[object, ofbuild.PacketOutTemplate] = {}
         self._resync: dict[int, tuple[int, set]] = {}  # dpid -> (xid, keys seen)
         self._wire_metrics()
 
@@ -122,6 +122,8 @@ class Core:
         chain = self.chains.match(key)
         if chain is None:
             return self._unmatched(dpid, key, in_port, data)
+        if chain.held:  # earlier flows are waiting: this one queues behind them
+            return self._hold(chain, dpid, in_port, key, data, now) + self._release(chain, now)
         inst = self.instances.pick(chain, dpid)
         if inst is None:
             return self._hold(chain, dpid, in_port, key, data, now)
@@ -206,15 +208,17 @@ class Core:
         return []
 
     def tick(self, now: float) -> list:
-        """Periodic work: expire held packets, poll flow stats."""
+        """Periodic work: expire held packets (or send them on), poll flow stats."""
+        msgs = []
         for chain in self.chains:
             held = chain.held
             while held and held[0][4] + self.settings.hold_timeout < now:
                 held.popleft()
                 self.metrics.held_dropped.inc("timeout")
-            if not held:
+            if held:
+                msgs += self._release(chain, now)
+            else:
                 chain.shortage_since = None
-        msgs = []
         interval = self.settings.flow_stats_interval
         for state in self.switches.values():
             if state.connected_since is None or not interval or now < state.next_poll:
@@ -340,15 +344,23 @@ class Core:
     def _unmatched(self, dpid, key, in_port, data) -> list:
         """No chain takes the flow: a per-flow rule with the topology's default action."""
         self.metrics.unmatched_flows.value += 1
-        switch = self.topology.switch(self.switches[dpid].name)
-        actions = ofbuild.default_actions(switch)
-        rule = self._xid(
-            ofbuild.flow_rule(key, actions, ofbuild.COOKIE_UNMATCHED, self.settings.idle_timeout)
-        )
-        msgs = [(dpid, rule)]
-        if actions:
-            msgs.append((dpid, self._xid(ofbuild.packet_out_msg(in_port, actions, bytes(data)))))
-        return msgs
+        tkey = ("default", dpid, key.eth_type, key.proto)
+        tpl = self._rule_templates.get(tkey)
+        if tpl is None:
+            switch = self.topology.switch(self.switches[dpid].name)
+            actions = ofbuild.default_actions(switch)
+            tpl = self._rule_templates[tkey] = ofbuild.FlowRuleTemplate(
+                key.eth_type, key.proto, actions, ofbuild.COOKIE_UNMATCHED,
+                self.settings.idle_timeout,
+            )  # fmt: skip
+            if actions and ("default", dpid) not in self._out_templates:
+                self._out_templates[("default", dpid)] = ofbuild.PacketOutTemplate(actions)
+        xid = next(self._xids) & 0xFFFFFFFF
+        buf = tpl.render(key, xid)
+        out = self._out_templates.get(("default", dpid))
+        if out is not None:
+            buf += out.render(in_port, data, xid)
+        return [(dpid, buf)]
 
     def _hold(self, chain: Chain, dpid, in_port, key, data, now) -> list:
         if chain.shortage_since is None:

@@ -414,3 +414,55 @@ def test_stats_request_is_a_flow_stats_request():
     req = lab.core.datapath_up(DPID, lab.now)[-1][1]
     (parsed,) = parse_wire(ofbuild.serialize(req))
     assert isinstance(parsed, StatsRequest) and parsed.cookie == ofbuild.COOKIE_FLOW
+
+
+def test_unmatched_flow_with_forward_default_goes_on_to_egress():
+    import dataclasses
+
+    lab = Lab()
+    topo = lab.core.topology
+    sw = dataclasses.replace(topo.switches[0], default_action="forward")
+    lab.core.topology = dataclasses.replace(topo, switches=(sw,))
+    pkt = udp6()
+    assert lab.send(pkt) == "controller"
+    assert lab.table.packet_outs == [(EGRESS, raw(pkt))]  # sent on unchanged
+    (rule,) = lab.table.entries(ofbuild.TABLE_FLOWS, ofbuild.COOKIE_UNMATCHED)
+    assert rule.match["ipv6_src"] == "2001:db8:1::1"
+    assert lab.send(pkt) == [(EGRESS, raw(pkt))]  # by the switch now
+
+
+def test_held_flows_take_a_warm_pool_instance_that_appears():
+    lab = Lab()
+    chain = lab.chain()
+    lab.send(tcp(sport=1))  # held: no instance at all
+    inst, msgs = lab.core.add_instance(chain.id, "w1", W1_MACS[0], 0, False, lab.now)
+    lab.apply(msgs)  # detached, but flows are waiting: it is attached for them
+    assert inst.attached and lab.core.instances.agent_requests == [("attach", inst.id)]
+    assert [flowkey.parse(d).sport for _, d in lab.table.packet_outs] == [1]
+    lab.send(tcp(sport=2))
+    assert [flowkey.parse(d).sport for _, d in lab.table.packet_outs] == [1, 2]
+    assert not chain.held and inst.flows == 2
+
+
+def test_new_flow_queues_behind_held_ones():
+    lab = Lab(hold_queue_len=10)
+    chain = lab.chain()
+    busy = lab.instance(chain, load=0.95)
+    lab.send(tcp(sport=1))
+    assert len(chain.held) == 1
+    lab.core.instances.by_id[busy.id].load = 0.1  # eligible again, nobody told the core yet
+    lab.core.instances.refresh(chain.id)
+    lab.send(tcp(sport=2))  # released in arrival order: 1, then 2
+    assert [flowkey.parse(d).sport for _, d in lab.table.packet_outs] == [1, 2]
+
+
+def test_tick_releases_held_packets_when_an_instance_is_eligible():
+    lab = Lab()
+    chain = lab.chain()
+    inst = lab.instance(chain, load=0.95)  # over the load cap: not a candidate
+    lab.send(tcp())
+    assert len(chain.held) == 1
+    inst.load = 0.1  # changed without a call that releases (e.g. by a later feed)
+    lab.core.instances.refresh(chain.id)
+    lab.apply(lab.core.tick(lab.now))
+    assert not chain.held and len(lab.table.packet_outs) == 1
