@@ -36,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-from tools.bench import profile
+from tools.bench import profile, setup_costs
 from tools.bench.ofswitch import T_FLOW_MOD, T_PACKET_OUT, EmulatedSwitch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -326,8 +326,8 @@ COLUMNS = [
     ("controller_cpu", "ctrl CPU", 10),
     ("setups_per_cpu_s", "per CPU-s", 11),
     ("half_load_rate", "half-load/s", 13),
-    ("p50_us", "p50 us", 9),
-    ("p99_us", "p99 us", 9),
+    ("p50_us", "p50 us", 11),
+    ("p99_us", "p99 us", 11),
 ]
 
 
@@ -336,6 +336,23 @@ def table(results: dict) -> str:
     for app, r in results.items():
         lines.append(f"{app:<10}" + "".join(f"{r[k]!s:>{w}}" for k, _, w in COLUMNS))
     return "\n".join(lines)
+
+
+def where_the_time_goes(results: dict, costs: dict) -> dict:
+    """Each app's CPU per setup split into os-ken's parse, the app's own work, the rest."""
+    own = {"quadrant": costs["quadrant"], "naive": costs["naive"], "floor": 0.0}
+    out = {}
+    for app, r in results.items():
+        if not r.get("setups_per_cpu_s"):
+            continue
+        total = 1e6 / r["setups_per_cpu_s"]
+        out[app] = {
+            "total": round(total, 1),
+            "osken_parse": costs["osken_parse"],
+            "app": own[app],
+            "framework_rest": round(total - costs["osken_parse"] - own[app], 1),
+        }
+    return out
 
 
 def main(argv=None) -> int:
@@ -385,6 +402,16 @@ def main(argv=None) -> int:
                     ratios[f"quadrant/{base} {k}"] = round(q / b, 2)
     for name, value in ratios.items():
         print(f"{name}: {value}")
+    costs = setup_costs.measure(ROOT / "topologies" / "lab.yaml", n=1000 if args.quick else 4000)
+    breakdown = where_the_time_goes(results, costs)
+    print("CPU per setup (us), from the run and timed in-process (tools/bench/setup_costs.py):")
+    print(
+        f"{'app':<10}{'total':>8}{'os-ken parse':>14}{'app work':>10}{'os-ken+eventlet rest':>22}"
+    )
+    for app, b in breakdown.items():
+        print(
+            f"{app:<10}{b['total']:>8}{b['osken_parse']:>14}{b['app']:>10}{b['framework_rest']:>22}"
+        )
     for app, r in results.items():
         for run in r["rounds"]:
             if "profile" in run:
@@ -393,6 +420,7 @@ def main(argv=None) -> int:
         out = {k: v for k, v in results.get("quadrant", {}).items() if k != "rounds"}
         out["apps"] = results
         out["ratios"] = ratios
+        out["cpu_us_per_setup"] = breakdown
         out["machine"] = {
             "cpus": os.cpu_count(),
             "pinned (switch, controller)": cpus,
