@@ -3,13 +3,15 @@
 Options live in the ``[quadrant]`` group of the file given to
 ``osken-manager --config-file``.  os-ken keeps its own ``ConfigOpts``
 instance (``os_ken.cfg.CONF``, not oslo.config's global), so that is the
-one the options are registered on.
+one the options are registered on.  docs/controller.rst lists them.
 """
 
 from __future__ import annotations
 
 from os_ken import cfg as osken_cfg
 from oslo_config import cfg
+
+from quadrant_app.chains import DEFAULT_NF_TYPES
 
 GROUP = "quadrant"
 
@@ -19,6 +21,87 @@ OPTS = [
         required=True,
         help="Topology file (YAML) naming the switches, workers and lab hosts; "
         "see docs/topology.rst.",
+    ),
+    cfg.BoolOpt("rest_enabled", default=True, help="Serve the northbound REST API."),
+    cfg.HostAddressOpt("rest_host", default="127.0.0.1", help="Address the REST API listens on."),
+    cfg.PortOpt("rest_port", default=8080, help="TCP port of the REST API."),
+    cfg.StrOpt(
+        "tokens_file",
+        help="YAML file of bearer tokens: tenants and admins (see docs/controller.rst).  "
+        "Without it the REST API is not served (a warning says so).",
+    ),
+    cfg.IntOpt(
+        "max_body_bytes",
+        default=65536,
+        min=1024,
+        help="Largest REST request body accepted; larger ones get 413.",
+    ),
+    cfg.IntOpt(
+        "max_page",
+        default=1000,
+        min=1,
+        help="Largest page (limit) GET /v1/flows returns.",
+    ),
+    cfg.IntOpt(
+        "idle_timeout",
+        default=10,
+        min=1,
+        max=65535,
+        help="Idle timeout (s) of per-flow rules; the switch then removes the rule and "
+        "tells the controller (flow-removed).",
+    ),
+    cfg.IntOpt(
+        "hold_queue_len",
+        default=1024,
+        min=0,
+        help="Per chain: packets of new flows held while the chain has no instance to "
+        "take them.  When full, further such packets are dropped (and counted).",
+    ),
+    cfg.FloatOpt(
+        "hold_timeout",
+        default=2.0,
+        min=0.0,
+        help="Held packets older than this (s) are dropped (and counted).",
+    ),
+    cfg.FloatOpt(
+        "flow_stats_interval",
+        default=10.0,
+        min=0.0,
+        help="Seconds between flow-stats requests (per-flow rates, default counters); "
+        "0 turns polling off.",
+    ),
+    cfg.FloatOpt(
+        "reinstall_after",
+        default=1.0,
+        min=0.0,
+        help="A packet-in of an assigned flow older than this (s) means its rule went "
+        "missing: install it again (younger: the rule is on its way, only packet-out).",
+    ),
+    cfg.FloatOpt(
+        "tick_interval",
+        default=0.5,
+        min=0.05,
+        help="Seconds between the core's periodic work (hold expiry, stats polling).",
+    ),
+    cfg.BoolOpt(
+        "gc_freeze",
+        default=True,
+        help="After start-up, move every object so far (os-ken, modules, topology) to "
+        "the garbage collector's permanent generation, so collections never rescan them.",
+    ),
+    cfg.ListOpt(
+        "gc_thresholds",
+        default=["50000", "50", "1000"],
+        item_type=int,
+        help="gc.set_threshold() for the controller process.  The flow table holds a few "
+        "long-lived objects per flow; with CPython's defaults (700, 10, 10) the collector "
+        "rescans them so often that it doubles the cost of a flow setup "
+        "(docs/benchmarks.rst).  Empty: keep Python's defaults.",
+    ),
+    cfg.ListOpt(
+        "nf_types",
+        default=list(DEFAULT_NF_TYPES),
+        help="NF types a chain may name (the data plane's NFs).",
     ),
 ]
 
@@ -33,3 +116,17 @@ def options(conf: cfg.ConfigOpts = osken_cfg.CONF):
     """The ``[quadrant]`` option group, registered if it was not yet."""
     register(conf)
     return conf[GROUP]
+
+
+def settings(opts):
+    """The core's :class:`~quadrant_app.core.Settings` from the option group."""
+    from quadrant_app.core import Settings
+
+    return Settings(
+        idle_timeout=opts.idle_timeout,
+        hold_queue_len=opts.hold_queue_len,
+        hold_timeout=opts.hold_timeout,
+        flow_stats_interval=opts.flow_stats_interval,
+        reinstall_after=opts.reinstall_after,
+        nf_types=tuple(opts.nf_types),
+    )

@@ -28,7 +28,9 @@ def _links() -> set[str]:
 
 def test_base_pipeline_installed(controller, lab):
     flows = lab.ofctl("dump-flows")
-    assert "priority=100,in_port=1 actions=CONTROLLER:65535" in flows
+    assert "priority=100,in_port=1 actions=goto_table:1" in flows
+    assert "priority=100,in_port=11 actions=output:2" in flows
+    assert "table=1," in flows and "priority=10,ip actions=CONTROLLER:65535" in flows
     assert "priority=0 actions=drop" in flows
     assert "switch tor1 (dpid 0000000000000001) connected" in controller.output()
     # The lab built what the topology asks for.

@@ -1,0 +1,237 @@
+"""Which chain takes a new flow, and which of its instances gets it.
+
+:class:`ChainTable` holds the registered chains in :func:`~quadrant_app.chains.precedence`
+order; the first whose filter matches a flow takes it.
+
+:class:`InstanceRegistry` holds every chain instance the controller knows,
+attached ones (taking flows) and detached ones (the warm pool).  It is the one
+place instances are added, removed, attached, detached and given stats; the
+worker agent feeds the same calls.  For each (chain, switch) it keeps the
+candidate list: attached instances on that switch whose estimated p99 is below
+``alpha * slo_us`` and whose load is below ``load_cap``, most loaded first, so
+a packet-in takes the head in O(1); the list is rebuilt only when an
+instance's stats or state change.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import itertools
+from collections import deque
+
+from quadrant_app.chains import ChainSpec, ConflictError, SpecError, precedence
+from quadrant_app.topology import Topology
+
+
+@dataclasses.dataclass(eq=False)
+class Chain:
+    id: int
+    tenant: str
+    spec: ChainSpec
+    seq: int
+    created: float
+    sort_key: tuple = ()
+    flows: int = 0
+    setups: int = 0
+    held: deque = dataclasses.field(default_factory=deque)
+    shortage_since: float | None = None
+
+    @property
+    def threshold_us(self) -> float:
+        return self.spec.scaling.alpha * self.spec.slo_us
+
+
+class ChainTable:
+    def __init__(self):
+        self.by_id: dict[int, Chain] = {}
+        self._ordered: list[Chain] = []
+        self._ids = itertools.count(1)
+        self._seq = itertools.count()
+
+    def __iter__(self):
+        return iter(self._ordered)
+
+    def __len__(self):
+        return len(self._ordered)
+
+    def conflict(self, tenant: str, spec: ChainSpec) -> Chain | None:
+        """A chain of the same tenant at the same priority whose filter overlaps."""
+        for chain in self._ordered:
+            if (
+                chain.tenant == tenant
+                and chain.spec.priority == spec.priority
+                and chain.spec.filter.overlaps(spec.filter)
+            ):
+                return chain
+        return None
+
+    def add(self, tenant: str, spec: ChainSpec, now: float) -> Chain:
+        other = self.conflict(tenant, spec)
+        if other is not None:
+            raise ConflictError(
+                "filter",
+                f"overlaps the filter of chain {other.id} ({other.spec.name!r}) at the same "
+                f"priority {spec.priority}; give one of them another priority",
+            )
+        seq = next(self._seq)
+        chain = Chain(next(self._ids), tenant, spec, seq, now, precedence(spec, seq))
+        self.by_id[chain.id] = chain
+        bisect.insort(self._ordered, chain, key=lambda c: c.sort_key)
+        return chain
+
+    def remove(self, chain_id: int) -> Chain:
+        chain = self.by_id.pop(chain_id)
+        self._ordered.remove(chain)
+        return chain
+
+    def match(self, key) -> Chain | None:
+        for chain in self._ordered:
+            if chain.spec.filter.matches(key):
+                return chain
+        return None
+
+
+@dataclasses.dataclass(eq=False)
+class Instance:
+    id: int
+    chain_id: int
+    worker: str
+    vf_mac: str
+    core: int
+    dpid: int
+    port: int  # the worker's switch port
+    attached: bool
+    load: float = 0.0  # share of the core's capacity, 0..1
+    p99_us: float = 0.0  # estimated p99 latency
+    stats_at: float | None = None
+    flows: int = 0
+    setups: int = 0
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "chain_id": self.chain_id,
+            "worker": self.worker,
+            "vf_mac": self.vf_mac,
+            "core": self.core,
+            "attached": self.attached,
+            "load": self.load,
+            "p99_us": self.p99_us,
+            "flows": self.flows,
+        }
+
+
+class InstanceRegistry:
+    def __init__(self, topology: Topology, chains: ChainTable, on_pool_attach=None):
+        self.topology = topology
+        self.on_pool_attach = on_pool_attach
+        self.chains = chains
+        self.by_id: dict[int, Instance] = {}
+        self._ids = itertools.count(1)
+        self._candidates: dict[tuple[int, int], list[Instance]] = {}
+        self._workers = {w.name: w for w in topology.workers}
+        self._dpids = {s.name: s.dpid for s in topology.switches}
+        # Requests for the worker agents (e.g. attach a warm-pool instance);
+        # the agent layer drains this list.
+        self.agent_requests: list[tuple[str, int]] = []
+
+    def of_chain(self, chain_id: int) -> list[Instance]:
+        return [i for i in self.by_id.values() if i.chain_id == chain_id]
+
+    def add(self, chain_id: int, worker: str, vf_mac: str, core: int, attached: bool) -> Instance:
+        """Record an instance (validated against the topology and the other instances)."""
+        if chain_id not in self.chains.by_id:
+            raise SpecError("chain_id", f"no chain {chain_id}")
+        w = self._workers.get(worker) if isinstance(worker, str) else None
+        if w is None:
+            raise SpecError("worker", f"no worker {worker!r} in topology {self.topology.name}")
+        if not isinstance(vf_mac, str) or vf_mac.lower() not in {vf.mac for vf in w.vfs}:
+            raise SpecError("vf_mac", f"{vf_mac!r} is not a VF of worker {worker}")
+        vf_mac = vf_mac.lower()
+        if core not in w.cores:
+            raise SpecError("core", f"{core!r} is not a core worker {worker} manages")
+        for other in self.by_id.values():
+            if other.worker == worker and other.vf_mac == vf_mac:
+                raise ConflictError("vf_mac", f"{vf_mac} is already used by instance {other.id}")
+            if other.worker == worker and other.core == core:
+                raise ConflictError("core", f"core {core} of {worker} runs instance {other.id}")
+        inst = Instance(
+            id=next(self._ids),
+            chain_id=chain_id,
+            worker=worker,
+            vf_mac=vf_mac,
+            core=core,
+            dpid=self._dpids[w.switch],
+            port=w.switch_port,
+            attached=bool(attached),
+        )
+        self.by_id[inst.id] = inst
+        self.refresh(chain_id)
+        return inst
+
+    def remove(self, instance_id: int) -> Instance:
+        inst = self.by_id.pop(instance_id)
+        self.refresh(inst.chain_id)
+        return inst
+
+    def set_attached(self, instance_id: int, attached: bool) -> Instance:
+        inst = self.by_id[instance_id]
+        inst.attached = attached
+        self.refresh(inst.chain_id)
+        return inst
+
+    def update_stats(self, instance_id: int, now: float, load=None, p99_us=None) -> Instance:
+        inst = self.by_id[instance_id]
+        if load is not None:
+            inst.load = float(load)
+        if p99_us is not None:
+            inst.p99_us = float(p99_us)
+        inst.stats_at = now
+        self.refresh(inst.chain_id)
+        return inst
+
+    def eligible(self, inst: Instance, chain: Chain) -> bool:
+        return (
+            inst.attached
+            and inst.p99_us < chain.threshold_us
+            and inst.load < chain.spec.scaling.load_cap
+        )
+
+    def refresh(self, chain_id: int) -> None:
+        """Rebuild the candidate lists of one chain (after any change to its instances)."""
+        for k in [k for k in self._candidates if k[0] == chain_id]:
+            del self._candidates[k]
+        chain = self.chains.by_id.get(chain_id)
+        if chain is None:
+            return
+        for inst in sorted(self.of_chain(chain_id), key=lambda i: (-i.load, i.id)):
+            if self.eligible(inst, chain):
+                self._candidates.setdefault((chain_id, inst.dpid), []).append(inst)
+
+    def candidates(self, chain_id: int, dpid: int) -> list[Instance]:
+        return self._candidates.get((chain_id, dpid), [])
+
+    def pick(self, chain: Chain, dpid: int) -> Instance | None:
+        """The instance for a new flow of ``chain`` seen on switch ``dpid``.
+
+        The most loaded eligible attached instance; failing that, a detached
+        instance from the warm pool, which is attached (and an ``attach``
+        request queued for its agent); failing that, ``None``.
+        """
+        cands = self._candidates.get((chain.id, dpid))
+        if cands:
+            return cands[0]
+        pool = [
+            i
+            for i in self.by_id.values()
+            if i.chain_id == chain.id and i.dpid == dpid and not i.attached
+        ]
+        if not pool:
+            return None
+        inst = min(pool, key=lambda i: i.id)
+        self.set_attached(inst.id, True)
+        self.agent_requests.append(("attach", inst.id))
+        if self.on_pool_attach is not None:
+            self.on_pool_attach(inst)
+        return inst if self.eligible(inst, chain) else None
