@@ -37,6 +37,7 @@ class LaunchSpec:
     env: tuple[tuple[str, str], ...] = ()
     cwd: str | None = None
     log: str | None = None  # stdout+stderr go here (default: inherited)
+    netns: str | None = None  # a named network namespace to run in (the lab's worker)
 
     def __post_init__(self):
         if not NAME_RE.match(self.name):
@@ -184,26 +185,58 @@ class LocalLauncher(Launcher):
         self.cgroup_parent = cgroup_parent
 
     def start(self, spec: LaunchSpec) -> LocalHandle:
+        """Start the NF, its output to ``spec.log`` (or inherited)."""
+        out = open(spec.log, "ab") if spec.log else None  # noqa: SIM115 (child keeps it)
+        try:
+            return self.popen(spec, stdout=out, stderr=subprocess.STDOUT if out else None)
+        finally:
+            if out:
+                out.close()
+
+    def popen(self, spec: LaunchSpec, **popen_kwargs) -> LocalHandle:
+        """Start the NF with the given ``subprocess.Popen`` arguments (pipes, ...)."""
         cgroup = Cgroup(self.cgroup_parent, spec.name)
         cgroup.create(spec.core, spec.memory_bytes)
-        argv = [sys.executable, "-m", "worker.nfinit", "--hostname", spec.name, "--", *spec.argv]
+        argv = [sys.executable, "-m", "worker.nfinit", "--hostname", spec.name]
+        if spec.netns:
+            argv += ["--netns", spec.netns]
+        argv += ["--", *spec.argv]
         env = dict(os.environ)
         env.update(dict(spec.env))
-        out = open(spec.log, "ab") if spec.log else None  # noqa: SIM115 (child keeps it)
         try:
             proc = subprocess.Popen(
                 argv,
                 env=env,
                 cwd=spec.cwd,
-                stdout=out,
-                stderr=subprocess.STDOUT if out else None,
                 preexec_fn=cgroup.join,
                 start_new_session=True,
+                **popen_kwargs,
             )
         except (OSError, subprocess.SubprocessError) as exc:
             cgroup.remove()
             raise LaunchError(f"{spec.name}: cannot start {spec.argv[0]}: {exc}") from None
-        finally:
-            if out:
-                out.close()
         return LocalHandle(spec, proc, cgroup)
+
+
+def host_tid(outer_pid: int, local_tid: int) -> int:
+    """The host's id of thread ``local_tid`` of the NF that nfinit ``outer_pid`` started.
+
+    An NF in its own PID namespace reports its thread ids as it sees them;
+    the scheduler needs the host's (``NSpid:`` in /proc/PID/task/TID/status
+    lists a thread's id in every namespace, outermost first).
+    """
+    try:
+        children = Path(f"/proc/{outer_pid}/task/{outer_pid}/children").read_text().split()
+    except OSError:
+        raise LaunchError(f"nfinit {outer_pid} is gone") from None
+    for child in children:
+        for task in Path(f"/proc/{child}/task").iterdir():
+            try:
+                for line in (task / "status").read_text().splitlines():
+                    if line.startswith("NSpid:"):
+                        ids = [int(x) for x in line.split()[1:]]
+                        if ids[-1] == local_tid:
+                            return ids[0]
+            except OSError:
+                continue
+    raise LaunchError(f"no thread {local_tid} under nfinit {outer_pid}")

@@ -1,10 +1,12 @@
-"""``python -m worker.nfinit [--hostname H] -- PROGRAM ARGS...``: an NF's container init.
+"""``python -m worker.nfinit [--hostname H] [--netns NS] -- PROGRAM ARGS...``: an NF's init.
 
 Started by :class:`worker.launcher.LocalLauncher`.  It gives the program its
 own PID, mount, IPC and UTS namespaces (``unshare(2)``), then forks: the
 child is PID 1 of the new PID namespace, makes every mount private, mounts a
 fresh ``/proc`` (so the NF sees only its own processes), sets the host name
-and execs the program; the parent stays outside, forwards SIGTERM, SIGINT
+and execs the program.  With ``--netns`` it first joins that named network
+namespace (``/run/netns/NS``: in the lab, the worker's, where its VFs are).
+The parent stays outside the new PID namespace, forwards SIGTERM, SIGINT
 and SIGHUP to it, and exits with its status.  When the program (PID 1)
 exits, the kernel ends everything else it started.
 
@@ -21,6 +23,7 @@ import os
 import signal
 import sys
 
+CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
@@ -36,6 +39,14 @@ def _check(ret: int, what: str) -> None:
     if ret != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def join_netns(name: str) -> None:
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        _check(_libc.setns(fd, CLONE_NEWNET), f"join network namespace {name}")
+    finally:
+        os.close(fd)
 
 
 def enter_namespaces() -> None:
@@ -56,12 +67,15 @@ def setup_child(hostname: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m worker.nfinit")
     ap.add_argument("--hostname", default="nf")
+    ap.add_argument("--netns", help="named network namespace to join first")
     ap.add_argument("program", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
     program = args.program[1:] if args.program[:1] == ["--"] else args.program
     if not program:
         ap.error("no program given")
     try:
+        if args.netns:
+            join_netns(args.netns)
         enter_namespaces()
     except OSError as exc:
         print(f"nfinit: {exc}", file=sys.stderr)

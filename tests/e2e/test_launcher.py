@@ -110,3 +110,40 @@ def _child_of(pid: int) -> int | None:
     except OSError:
         return None
     return int(kids[0]) if kids else None
+
+
+def test_nf_joins_a_named_netns_and_its_threads_map_to_host_ids(launcher, tmp_path):
+    import subprocess
+
+    from worker.launcher import host_tid
+
+    ns = f"{lab_prefix()}-lnch"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(
+            ["ip", "-n", ns, "link", "add", "probe0", "type", "veth", "peer", "name", "probe1"],
+            check=True,
+        )
+        script = (
+            "import json, os, socket, threading, sys; "
+            "print(json.dumps({'tid': threading.get_native_id(), "
+            "'links': sorted(socket.if_nameindex())}), flush=True); sys.stdin.read()"
+        )
+        handle = launcher.popen(
+            LaunchSpec("nf-netns", (sys.executable, "-c", script), core=0, netns=ns),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            seen = json.loads(handle.proc.stdout.readline())
+            assert any(name == "probe0" for _, name in seen["links"])  # the namespace's device
+            assert seen["tid"] == 1  # PID 1 inside its PID namespace ...
+            host = host_tid(handle.pid, seen["tid"])
+            assert host not in (1, handle.pid)  # ... another id outside
+            status = Path(f"/proc/{host}/status").read_text()
+            assert f"NSpid:\t{host}\t1" in status
+        finally:
+            handle.proc.stdin.close()
+            handle.stop()
+            _cleanup_parent(launcher)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
