@@ -251,18 +251,25 @@ class Core:
         LOG.info("chain %d %r removed", chain_id, chain.spec.name)
         return msgs
 
-    def add_instance(self, chain_id, worker, vf_mac, core, attached=True, now=0.0):
+    def add_instance(
+        self, chain_id, worker, vf_mac, core, attached=True, now=0.0, instance_id=None
+    ):
         """Record an instance; returns ``(instance, msgs)`` (held flows it now takes)."""
-        inst = self.instances.add(chain_id, worker, vf_mac, core, attached)
+        inst = self.instances.add(chain_id, worker, vf_mac, core, attached, instance_id)
         LOG.info(
             "instance %d of chain %d on %s core %d (%s, %s)",
             inst.id, chain_id, worker, core, inst.vf_mac, "attached" if attached else "warm pool",
         )  # fmt: skip
         return inst, self._release(self.chains.by_id[chain_id], now)
 
-    def remove_instance(self, instance_id: int, now: float) -> list:
-        """Forget an instance; its flows' rules are deleted (their next packets re-assign)."""
+    def remove_instance(self, instance_id: int, now: float, tell_agent: bool = True) -> list:
+        """Forget an instance; its flows' rules are deleted (their next packets re-assign).
+
+        With ``tell_agent`` a ``teardown`` for its worker's agent is queued.
+        """
         inst = self.instances.remove(instance_id)
+        if tell_agent:
+            self.instances.agent_requests.append(("teardown", inst.id, inst.worker))
         for rec in self.flows.of_instance(instance_id):
             self._forget(rec)
         for k in [k for k in self._rule_templates if k[0] == instance_id]:

@@ -132,15 +132,33 @@ class InstanceRegistry:
         self._candidates: dict[tuple[int, int], list[Instance]] = {}
         self._workers = {w.name: w for w in topology.workers}
         self._dpids = {s.name: s.dpid for s in topology.switches}
-        # Requests for the worker agents (e.g. attach a warm-pool instance);
-        # the agent layer drains this list.
-        self.agent_requests: list[tuple[str, int]] = []
+        # Requests for the worker agents, (method, instance id, worker): attach
+        # a warm-pool instance, tear down a removed one; the orchestrator drains it.
+        self.agent_requests: list[tuple[str, int, str]] = []
 
     def of_chain(self, chain_id: int) -> list[Instance]:
         return [i for i in self.by_id.values() if i.chain_id == chain_id]
 
-    def add(self, chain_id: int, worker: str, vf_mac: str, core: int, attached: bool) -> Instance:
-        """Record an instance (validated against the topology and the other instances)."""
+    def reserve_id(self) -> int:
+        """An instance id for an instance still being prepared (see :meth:`add`)."""
+        return next(self._ids)
+
+    def add(
+        self,
+        chain_id: int,
+        worker: str,
+        vf_mac: str,
+        core: int,
+        attached: bool,
+        instance_id: int | None = None,
+    ) -> Instance:
+        """Record an instance (validated against the topology and the other instances).
+
+        ``instance_id``: one from :meth:`reserve_id`, when the agent already
+        knows the instance by it.
+        """
+        if instance_id is not None and instance_id in self.by_id:
+            raise ConflictError("instance_id", f"instance {instance_id} exists")
         if chain_id not in self.chains.by_id:
             raise SpecError("chain_id", f"no chain {chain_id}")
         w = self._workers.get(worker) if isinstance(worker, str) else None
@@ -157,7 +175,7 @@ class InstanceRegistry:
             if other.worker == worker and other.core == core:
                 raise ConflictError("core", f"core {core} of {worker} runs instance {other.id}")
         inst = Instance(
-            id=next(self._ids),
+            id=next(self._ids) if instance_id is None else instance_id,
             chain_id=chain_id,
             worker=worker,
             vf_mac=vf_mac,
@@ -231,7 +249,7 @@ class InstanceRegistry:
             return None
         inst = min(pool, key=lambda i: i.id)
         self.set_attached(inst.id, True)
-        self.agent_requests.append(("attach", inst.id))
+        self.agent_requests.append(("attach", inst.id, inst.worker))
         if self.on_pool_attach is not None:
             self.on_pool_attach(inst)
         return inst if self.eligible(inst, chain) else None

@@ -186,7 +186,9 @@ def test_warm_pool_instance_is_attached_when_no_candidate():
     pooled = lab.instance(chain, "w2", attached=False)
     assert lab.core.instances.candidates(chain.id, DPID) == []
     lab.send(tcp())
-    assert pooled.attached and lab.core.instances.agent_requests == [("attach", pooled.id)]
+    assert pooled.attached and lab.core.instances.agent_requests == [
+        ("attach", pooled.id, pooled.worker)
+    ]
     assert lab.core.flows.get(DPID, flowkey.parse(raw(tcp()))).instance_id == pooled.id
     assert busy.flows == 0 and lab.core.metrics.pool_attaches.value == 1
 
@@ -437,7 +439,7 @@ def test_held_flows_take_a_warm_pool_instance_that_appears():
     lab.send(tcp(sport=1))  # held: no instance at all
     inst, msgs = lab.core.add_instance(chain.id, "w1", W1_MACS[0], 0, False, lab.now)
     lab.apply(msgs)  # detached, but flows are waiting: it is attached for them
-    assert inst.attached and lab.core.instances.agent_requests == [("attach", inst.id)]
+    assert inst.attached and lab.core.instances.agent_requests == [("attach", inst.id, inst.worker)]
     assert [flowkey.parse(d).sport for _, d in lab.table.packet_outs] == [1]
     lab.send(tcp(sport=2))
     assert [flowkey.parse(d).sport for _, d in lab.table.packet_outs] == [1, 2]

@@ -1,0 +1,188 @@
+"""Chain instances on the workers: placement, the warm pool, and the agents' commands.
+
+Pure, like the core: :meth:`Orchestrator.tick` looks at the registered
+chains, the connected agents (:class:`~quadrant_app.agents.AgentHub`) and
+the instance registry, and returns the :class:`Command` s to send —
+``prepare`` a new instance where a chain's warm pool is short, ``attach``
+one the ingress took from the pool, ``teardown`` one whose chain is gone.
+The app sends each command to its agent and hands the outcome back to
+:meth:`Orchestrator.done`, which records a prepared instance in the core
+(detached: the warm pool) and returns any OpenFlow messages that causes.
+
+An instance is recorded in the core only once its agent has prepared it,
+so the ingress never picks an instance that does not exist yet.  Its id is
+reserved up front and is the same on both sides of the channel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    worker: str
+    method: str
+    params: dict
+    instance: int
+
+
+@dataclasses.dataclass
+class Pending:
+    chain_id: int
+    worker: str
+    core: int
+    vf: str
+    since: float
+
+
+class Orchestrator:
+    def __init__(self, core, hub, pool_size: int = 1, batch: int = 32, retry_s: float = 5.0):
+        self.core = core
+        self.hub = hub
+        self.pool_size = pool_size
+        self.batch = batch
+        self.retry_s = retry_s
+        self.preparing: dict[int, Pending] = {}
+        self.retry_after: dict[int, float] = {}  # chain id -> when to try preparing again
+        self.errors: list[dict] = []  # the latest refusals, for the API and logs
+
+    # -- what to do now -------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Command]:
+        cmds = self._drain_requests()
+        for chain in list(self.core.chains):
+            if now < self.retry_after.get(chain.id, 0.0):
+                continue
+            warm = [i for i in self.core.instances.of_chain(chain.id) if not i.attached]
+            warm += [p for p in self.preparing.values() if p.chain_id == chain.id]
+            for _ in range(self.pool_size - len(warm)):
+                place = self._place()
+                if place is None:
+                    break
+                worker, core_id, vf = place
+                iid = self.core.instances.reserve_id()
+                self.preparing[iid] = Pending(chain.id, worker, core_id, vf, now)
+                spec = chain.spec
+                params = {
+                    "instance": iid,
+                    "chain": {
+                        "id": chain.id,
+                        "name": spec.name,
+                        "nfs": [{"type": nf.type, "config": nf.config} for nf in spec.nfs],
+                    },
+                    "core": core_id,
+                    "vf": vf,
+                    "batch": self.batch,
+                }
+                cmds.append(Command(worker, "prepare", params, iid))
+        return cmds
+
+    def _drain_requests(self) -> list[Command]:
+        cmds = []
+        reqs = self.core.instances.agent_requests
+        while reqs:
+            method, iid, worker = reqs.pop(0)
+            cmds.append(Command(worker, method, {"instance": iid}, iid))
+        return cmds
+
+    def _place(self) -> tuple[str, int, str] | None:
+        """A free (worker, core, VF) on a connected agent: the worker with most free cores."""
+        used_cores, used_vfs = set(), set()
+        for inst in self.core.instances.by_id.values():
+            used_cores.add((inst.worker, inst.core))
+            used_vfs.add((inst.worker, inst.vf_mac))
+        for p in self.preparing.values():
+            used_cores.add((p.worker, p.core))
+            used_vfs.add((p.worker, p.vf))
+        best = None
+        for state in self.hub.workers.values():
+            if not state.connected or not state.inventory:
+                continue
+            cores = [c for c in state.inventory["cores"] if (state.name, c) not in used_cores]
+            vfs = [
+                v["mac"] for v in state.inventory["vfs"] if (state.name, v["mac"]) not in used_vfs
+            ]
+            if cores and vfs and (best is None or len(cores) > best[0]):
+                best = (len(cores), state.name, min(cores), vfs[0])
+        return None if best is None else best[1:]
+
+    # -- what came of it ------------------------------------------------------------------
+
+    def done(self, cmd: Command, result, error: str | None, now: float) -> list:
+        """The agent's answer to ``cmd`` (``error`` set if it failed); returns OF messages."""
+        if cmd.method == "prepare":
+            pending = self.preparing.pop(cmd.instance, None)
+            if pending is None:
+                return []
+            if error is not None:
+                self._failed(cmd, error, now, chain_id=pending.chain_id)
+                return []
+            if pending.chain_id not in self.core.chains.by_id:
+                # The chain went away while the instance was being prepared.
+                self.core.instances.agent_requests.append(("teardown", cmd.instance, cmd.worker))
+                return []
+            _inst, msgs = self.core.add_instance(
+                pending.chain_id, pending.worker, pending.vf, pending.core,
+                attached=False, now=now, instance_id=cmd.instance,
+            )  # fmt: skip
+            return msgs
+        if error is not None:
+            self._failed(cmd, error, now)
+            if cmd.method == "attach" and cmd.instance in self.core.instances.by_id:
+                # It cannot take flows: out of the candidates until someone looks.
+                return self.core.detach(cmd.instance, now)
+        return []
+
+    def _failed(self, cmd: Command, error: str, now: float, chain_id: int | None = None) -> None:
+        LOG.warning("%s of instance %d on %s failed: %s", cmd.method, cmd.instance, cmd.worker,
+                    error)  # fmt: skip
+        entry = {"t": now, "worker": cmd.worker, "method": cmd.method,
+                 "instance": cmd.instance, "error": error}  # fmt: skip
+        self.errors = (self.errors + [entry])[-32:]
+        if chain_id is not None:
+            self.retry_after[chain_id] = now + self.retry_s
+
+    def stats(self, worker: str, rows: list[dict], now: float) -> list:
+        """Per-instance reports from ``worker``'s agent into the core."""
+        msgs = []
+        for row in rows:
+            inst = self.core.instances.by_id.get(row["id"])
+            if inst is None or inst.worker != worker:
+                continue  # not (or no longer) ours: ignore, never trust a report blindly
+            msgs += self.core.update_stats(
+                inst.id, now, load=row.get("load"), p99_us=row.get("p99_us")
+            )
+        return msgs
+
+    def registered(self, worker: str, reported: list, now: float) -> tuple[list[Command], list]:
+        """Reconcile after an agent (re)registers with the instances it still runs.
+
+        Instances both sides know stay as they are (flows untouched).  One the
+        agent runs but the controller does not know is torn down; one the
+        controller knows on that worker but the agent no longer runs is
+        forgotten (its flows re-assign on their next packet).  Returns the
+        commands for the agent and the OpenFlow messages for the switches.
+        """
+        running = {r.get("id") for r in reported if isinstance(r, dict)}
+        cmds = []
+        for iid in sorted(i for i in running if isinstance(i, int)):
+            inst = self.core.instances.by_id.get(iid)
+            if (inst is None or inst.worker != worker) and iid not in self.preparing:
+                cmds.append(Command(worker, "teardown", {"instance": iid}, iid))
+        msgs = []
+        for inst in list(self.core.instances.by_id.values()):
+            if inst.worker == worker and inst.id not in running:
+                LOG.warning("instance %d is gone from %s: forgetting it", inst.id, worker)
+                msgs += self.core.remove_instance(inst.id, now, tell_agent=False)
+        return cmds, msgs
+
+    def to_json(self) -> dict:
+        return {
+            "pool_size": self.pool_size,
+            "preparing": {str(k): dataclasses.asdict(v) for k, v in self.preparing.items()},
+            "errors": self.errors,
+        }

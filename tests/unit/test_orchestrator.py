@@ -1,0 +1,143 @@
+"""Placement, the warm pool and reconciliation, driving the real core and agent hub."""
+
+from __future__ import annotations
+
+import copy
+
+from quadrant_app import topology
+from quadrant_app.agents import AgentHub
+from quadrant_app.chains import parse_chain
+from quadrant_app.core import Core, Settings
+from quadrant_app.orchestrator import Orchestrator
+from worker.agent import PROTOCOL_VERSION, inventory
+
+from .test_topology import LAB
+
+TOPO = topology.load(LAB)
+
+
+def setup(pool_size=1, cores=(1,)):
+    core = Core(TOPO, Settings())
+    hub = AgentHub(TOPO)
+    orch = Orchestrator(core, hub, pool_size=pool_size, batch=64, retry_s=5.0)
+    for w in ("w1", "w2"):
+        inv = copy.deepcopy(inventory(TOPO, w))
+        inv["cores"] = list(cores)
+        hub.register(w, {"version": PROTOCOL_VERSION, "inventory": inv, "instances": []}, 0.0)
+    return core, hub, orch
+
+
+def chain(core, name="c", port=80):
+    body = {"name": name, "nfs": [{"type": "tunnel", "config": {"vlan": 100}}, {"type": "empty"}],
+            "filter": {"dst": "10.2.0.0/16", "proto": "tcp", "dst_ports": str(port)},
+            "slo_us": 100}  # fmt: skip
+    return core.add_chain("acme", parse_chain(body), 0.0)
+
+
+def test_prepare_fills_the_pool_then_records_the_instance():
+    core, hub, orch = setup()
+    c = chain(core)
+    (cmd,) = orch.tick(1.0)
+    assert cmd.method == "prepare" and cmd.worker in ("w1", "w2")
+    assert cmd.params["chain"]["nfs"] == [{"type": "tunnel", "config": {"vlan": 100}},
+                                          {"type": "empty", "config": {}}]  # fmt: skip
+    assert cmd.params["core"] == 1 and cmd.params["batch"] == 64
+    assert cmd.params["instance"] == cmd.instance
+    assert core.instances.of_chain(c.id) == []  # not in the core until prepared
+    assert orch.tick(1.5) == []  # already preparing: the pool is full
+    orch.done(cmd, {"state": "detached"}, None, 2.0)
+    (inst,) = core.instances.of_chain(c.id)
+    assert inst.id == cmd.instance and not inst.attached and inst.worker == cmd.worker
+    assert inst.vf_mac == cmd.params["vf"]
+    assert orch.tick(3.0) == []  # one warm instance: enough
+
+
+def test_pool_attach_becomes_an_attach_command_and_the_pool_refills():
+    core, hub, orch = setup()
+    c = chain(core)
+    (prep,) = orch.tick(1.0)
+    orch.done(prep, {}, None, 1.0)
+    (inst,) = core.instances.of_chain(c.id)
+    picked = core.instances.pick(c, inst.dpid)  # what a packet-in does with an empty list
+    assert picked is inst and inst.attached
+    cmds = orch.tick(2.0)
+    assert [(x.method, x.instance) for x in cmds][0] == ("attach", inst.id)
+    (refill,) = [x for x in cmds if x.method == "prepare"]
+    assert refill.worker != inst.worker  # the other worker: its core 1 is the free one
+
+
+def test_no_room_no_command_and_failures_back_off():
+    core, hub, orch = setup()
+    a, b = chain(core, "a", 80), chain(core, "b", 81)
+    cmds = orch.tick(1.0)
+    assert sorted(x.params["chain"]["id"] for x in cmds) == [a.id, b.id]
+    assert {x.worker for x in cmds} == {"w1", "w2"}
+    chain(core, "c", 82)
+    assert orch.tick(1.5) == []  # two workers, one data core each: the third chain waits
+    failed = next(x for x in cmds if x.params["chain"]["id"] == a.id)
+    orch.done(failed, None, "core 1 is busy", 1.0)
+    assert orch.errors[-1]["error"] == "core 1 is busy"
+    # The freed slot goes to the waiting chain c; a backs off until t = 6.
+    (retry_c,) = orch.tick(2.0)
+    assert retry_c.params["chain"]["name"] == "c"
+    orch.done(retry_c, None, "still busy", 2.0)
+    assert orch.tick(3.0) == []  # both back off
+    (again,) = orch.tick(6.5)
+    assert again.params["chain"]["id"] == a.id
+
+
+def test_disconnected_agents_get_nothing():
+    core, hub, orch = setup()
+    hub.disconnected("w1", 0.5)
+    hub.disconnected("w2", 0.5)
+    chain(core)
+    assert orch.tick(1.0) == []
+
+
+def test_removed_chain_tears_down_its_instances():
+    core, hub, orch = setup()
+    c = chain(core)
+    (prep,) = orch.tick(1.0)
+    orch.done(prep, {}, None, 1.0)
+    core.remove_chain(c.id, 2.0)
+    (cmd,) = orch.tick(2.0)
+    assert (cmd.method, cmd.instance, cmd.worker) == ("teardown", prep.instance, prep.worker)
+
+
+def test_chain_removed_while_preparing():
+    core, hub, orch = setup()
+    c = chain(core)
+    (prep,) = orch.tick(1.0)
+    core.remove_chain(c.id, 1.5)
+    assert orch.done(prep, {}, None, 2.0) == []
+    (cmd,) = orch.tick(2.0)
+    assert cmd.method == "teardown" and cmd.instance == prep.instance
+
+
+def test_stats_only_from_the_instances_own_worker():
+    core, hub, orch = setup()
+    c = chain(core)
+    (prep,) = orch.tick(1.0)
+    orch.done(prep, {}, None, 1.0)
+    other = "w2" if prep.worker == "w1" else "w1"
+    orch.stats(other, [{"id": prep.instance, "load": 0.7, "p99_us": 50.0}], 2.0)
+    inst = core.instances.by_id[prep.instance]
+    assert inst.load == 0.0
+    orch.stats(prep.worker, [{"id": prep.instance, "load": 0.7, "p99_us": 50.0}, {"id": 999}], 2.0)
+    assert (inst.load, inst.p99_us) == (0.7, 50.0)
+    assert c.id == inst.chain_id
+
+
+def test_reconcile_after_reregister():
+    core, hub, orch = setup()
+    chain(core)
+    (prep,) = orch.tick(1.0)
+    orch.done(prep, {}, None, 1.0)
+    # The agent comes back still running the instance and a stray one.
+    cmds, msgs = orch.registered(prep.worker, [{"id": prep.instance}, {"id": 77}], 3.0)
+    assert [(x.method, x.instance) for x in cmds] == [("teardown", 77)]
+    assert prep.instance in core.instances.by_id and msgs == []
+    # It comes back having lost the instance: the controller forgets it.
+    cmds, msgs = orch.registered(prep.worker, [], 4.0)
+    assert cmds == [] and prep.instance not in core.instances.by_id
+    assert msgs  # the instance's flow rules are deleted on the switch
