@@ -175,7 +175,8 @@ class AgentSession:
 
     def __init__(self, ws, worker: str, hub: AgentHub, clock: Callable[[], float],
                  on_stats: Callable[[str, list], None] | None = None,
-                 call_timeout: float = 10.0):  # fmt: skip
+                 call_timeout: float = 10.0,
+                 on_register: Callable[[str, list], None] | None = None):  # fmt: skip
         import eventlet.event
 
         self._event_cls = eventlet.event.Event
@@ -184,14 +185,20 @@ class AgentSession:
         self.hub = hub
         self.clock = clock
         self.on_stats = on_stats or (lambda worker, rows: None)
+        self.on_register = on_register or (lambda worker, instances: None)
         self.call_timeout = call_timeout
         self.ids = Ids()
         self.pending: dict[int, object] = {}
         self.dispatcher = Dispatcher()
-        self.dispatcher.add("register", lambda p: hub.register(worker, p, clock()))
+        self.dispatcher.add("register", self._register)
         self.dispatcher.add("heartbeat", lambda p: hub.heartbeat(worker, p, clock()))
         self.dispatcher.add("stats", self._stats)
         self.dispatcher.add("event", lambda p: hub.event(worker, p, clock()))
+
+    def _register(self, params) -> dict:
+        result = self.hub.register(self.worker, params, self.clock())
+        self.on_register(self.worker, params["instances"])
+        return result
 
     def _stats(self, params) -> dict:
         rows = self.hub.stats(self.worker, params, self.clock())
@@ -244,14 +251,15 @@ def bearer(environ) -> str | None:
 
 
 def wsgi_app(hub: AgentHub, worker_of_token: Callable[[str | None], str | None],
-             sessions: dict, clock: Callable[[], float], on_stats=None):  # fmt: skip
+             sessions: dict, clock: Callable[[], float], on_stats=None, on_register=None,
+             call_timeout: float = 10.0):  # fmt: skip
     """The ``/v1/agents`` endpoint: bearer token first, then the WebSocket."""
     import eventlet.websocket
 
     def handler(ws):
         worker = ws.environ["quadrant.worker"]
         old = sessions.get(worker)
-        session = AgentSession(ws, worker, hub, clock, on_stats)
+        session = AgentSession(ws, worker, hub, clock, on_stats, call_timeout, on_register)
         sessions[worker] = session
         if old is not None:
             LOG.warning("agent %s connected again: closing its previous session", worker)

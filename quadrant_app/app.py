@@ -25,8 +25,10 @@ from os_ken.controller.handler import (
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
 
-from quadrant_app import auth, config, topology
+from quadrant_app import agents, auth, config, topology
 from quadrant_app.core import Core
+from quadrant_app.jsonrpc import RpcError
+from quadrant_app.orchestrator import Orchestrator
 from quadrant_app.rest import RestApi
 
 _monotonic = time.monotonic
@@ -53,6 +55,28 @@ class QuadrantApp(app_manager.OSKenApp):
         self.core = Core(self.topology, config.settings(opts))
         self.datapaths = {}
         self.rest = None
+        self.hub = self.orchestrator = self.agents_wsgi = None
+        self.sessions: dict[str, agents.AgentSession] = {}
+        if tokens is not None and opts.agents_enabled:
+            unknown = tokens.workers() - {w.name for w in self.topology.workers}
+            if unknown:
+                raise SystemExit(
+                    f"quadrant: {opts.tokens_file}: worker tokens for {sorted(unknown)}, "
+                    f"which topology {self.topology.name} does not have"
+                )
+            self.hub = agents.AgentHub(self.topology, heartbeat_s=opts.heartbeat_s)
+            self.orchestrator = Orchestrator(
+                self.core, self.hub, pool_size=opts.warm_pool, batch=opts.default_batch
+            )
+            self.agents_wsgi = agents.wsgi_app(
+                self.hub,
+                tokens.worker_of,
+                self.sessions,
+                _monotonic,
+                on_stats=self._agent_stats,
+                on_register=self._agent_registered,
+                call_timeout=opts.agent_call_timeout,
+            )
         if tokens is not None:
             self.rest = RestApi(
                 self.core,
@@ -61,6 +85,7 @@ class QuadrantApp(app_manager.OSKenApp):
                 _monotonic,
                 max_body=opts.max_body_bytes,
                 max_page=opts.max_page,
+                hub=self.hub,
             )
         self.logger.info(
             "quadrant: topology %s (%d switches, %d workers) from %s",
@@ -81,7 +106,44 @@ class QuadrantApp(app_manager.OSKenApp):
         if self.rest is not None:
             sock = eventlet.listen((self.opts.rest_host, self.opts.rest_port))
             self.logger.info("quadrant: REST API on http://%s:%d", *sock.getsockname()[:2])
-            self.threads.append(hub.spawn(eventlet.wsgi.server, sock, self.rest, log_output=False))
+            self.threads.append(hub.spawn(eventlet.wsgi.server, sock, self._wsgi, log_output=False))
+
+    def _wsgi(self, environ, start_response):
+        """One server, two endpoints: the agents' WebSocket and the REST API."""
+        if self.agents_wsgi is not None and environ.get("PATH_INFO") == "/v1/agents":
+            return self.agents_wsgi(environ, start_response)
+        return self.rest(environ, start_response)
+
+    # -- the agents -----------------------------------------------------------------
+
+    def _agent_stats(self, worker, rows):
+        self.send(self.orchestrator.stats(worker, rows, _monotonic()))
+
+    def _agent_registered(self, worker, instances):
+        cmds, msgs = self.orchestrator.registered(worker, instances, _monotonic())
+        self.send(msgs)
+        for cmd in cmds:
+            hub.spawn(self._command, cmd)
+
+    def _command(self, cmd):
+        """Carry one orchestrator command to its agent (a green thread of its own)."""
+        session = self.sessions.get(cmd.worker)
+        result = error = None
+        if session is None:
+            error = f"no agent connected for worker {cmd.worker}"
+        else:
+            timeout = (
+                self.opts.prepare_timeout
+                if cmd.method == "prepare"
+                else self.opts.agent_call_timeout
+            )
+            try:
+                result = session.call(cmd.method, cmd.params, timeout)
+            except RpcError as exc:
+                error = exc.message
+            except (TimeoutError, ConnectionError, OSError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+        self.send(self.orchestrator.done(cmd, result, error, _monotonic()))
 
     def send(self, msgs) -> None:
         """Bind each ``(dpid, msg)`` to its datapath and send it.
@@ -103,7 +165,13 @@ class QuadrantApp(app_manager.OSKenApp):
         while True:
             hub.sleep(self.opts.tick_interval)
             try:
-                self.send(self.core.tick(_monotonic()))
+                now = _monotonic()
+                self.send(self.core.tick(now))
+                if self.orchestrator is not None:
+                    for cmd in self.orchestrator.tick(now):
+                        hub.spawn(self._command, cmd)
+                else:
+                    self.core.instances.agent_requests.clear()  # nobody to tell
             except Exception:  # keep ticking: one bad tick must not stop the stats
                 self.logger.exception("quadrant: periodic work failed")
 
@@ -129,6 +197,10 @@ class QuadrantApp(app_manager.OSKenApp):
             self.core.packet_in(msg.datapath.id, msg.match["in_port"], msg.data, _monotonic())
         )
         self.core.metrics.setup_seconds.observe(_perf() - t0)
+        if self.orchestrator is not None and self.core.instances.agent_requests:
+            # A flow took an instance from the warm pool: attach it now, not at the next tick.
+            for cmd in self.orchestrator.requests():
+                hub.spawn(self._command, cmd)
 
     @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
     def _flow_removed(self, ev):

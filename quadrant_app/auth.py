@@ -5,9 +5,12 @@ The file (YAML)::
     tokens:
       - {token: "8c1f...long random...", tenant: acme}
       - {token: "41d9...long random...", tenant: ops, admin: true}
+      - {token: "77aa...long random...", worker: w1}
 
 A tenant token sees and changes only its tenant's chains; an admin token
-sees everything and may use the admin-only endpoints.  Tokens are compared by
+sees everything and may use the admin-only endpoints.  A worker token is
+the agent of that worker's, good for ``/v1/agents`` only (the REST API
+refuses it, and a tenant token cannot open an agent session).  Tokens are compared by
 their SHA-256 digest in a dict lookup, so the secrets are not kept around
 and lookup time does not depend on how much of a guess matches.
 """
@@ -31,8 +34,9 @@ class TokensError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Principal:
-    tenant: str
+    tenant: str | None
     admin: bool = False
+    worker: str | None = None  # set for an agent's token (then tenant is None)
 
 
 class Tokens:
@@ -46,6 +50,14 @@ class Tokens:
 
     def __len__(self):
         return len(self._by_digest)
+
+    def worker_of(self, token: str | None) -> str | None:
+        """The worker whose agent holds ``token``, if it is an agent's token."""
+        principal = self.lookup(token)
+        return principal.worker if principal is not None else None
+
+    def workers(self) -> set[str]:
+        return {p.worker for p in self._by_digest.values() if p.worker is not None}
 
 
 def parse(data, source: str = "<string>") -> Tokens:
@@ -62,20 +74,36 @@ def parse(data, source: str = "<string>") -> Tokens:
         path = f"tokens[{i}]"
         if not isinstance(item, dict):
             fail(path, "must be a mapping {token, tenant, admin}")
-        unknown = set(item) - {"token", "tenant", "admin"}
+        unknown = set(item) - {"token", "tenant", "admin", "worker"}
         if unknown:
-            fail(f"{path}.{sorted(unknown)[0]}", "unknown key (allowed: admin, tenant, token)")
+            fail(
+                f"{path}.{sorted(unknown)[0]}",
+                "unknown key (allowed: admin, tenant, token, worker)",
+            )
+        if ("tenant" in item) == ("worker" in item):
+            fail(path, "an entry names exactly one of tenant (a tenant's) or worker (an agent's)")
         token = item.get("token")
         if not isinstance(token, str) or len(token) < MIN_TOKEN_LEN:
             fail(f"{path}.token", f"must be a string of at least {MIN_TOKEN_LEN} characters")
         if any(c.isspace() for c in token):
             fail(f"{path}.token", "must not contain white space")
-        tenant = item.get("tenant")
-        if not isinstance(tenant, str) or not _TENANT_RE.match(tenant):
-            fail(f"{path}.tenant", f"{tenant!r} is not a tenant name (a-z, 0-9, _ or -)")
         admin = item.get("admin", False)
         if not isinstance(admin, bool):
             fail(f"{path}.admin", "must be true or false")
+        if "worker" in item:
+            worker = item["worker"]
+            if not isinstance(worker, str) or not _TENANT_RE.match(worker):
+                fail(f"{path}.worker", f"{worker!r} is not a worker name")
+            if admin:
+                fail(f"{path}.admin", "an agent's token cannot be an admin's")
+            digest = hashlib.sha256(token.encode()).digest()
+            if digest in out:
+                fail(f"{path}.token", "duplicate token")
+            out[digest] = Principal(None, False, worker)
+            continue
+        tenant = item.get("tenant")
+        if not isinstance(tenant, str) or not _TENANT_RE.match(tenant):
+            fail(f"{path}.tenant", f"{tenant!r} is not a tenant name (a-z, 0-9, _ or -)")
         digest = hashlib.sha256(token.encode()).digest()
         if digest in out:
             fail(f"{path}.token", "duplicate token")

@@ -98,6 +98,45 @@ OPTS = [
         "rescans them so often that it doubles the cost of a flow setup "
         "(docs/benchmarks.rst).  Empty: keep Python's defaults.",
     ),
+    cfg.BoolOpt(
+        "agents_enabled",
+        default=True,
+        help="Serve the agents' WebSocket endpoint /v1/agents on the REST server (needs "
+        "tokens_file with worker entries) and orchestrate chain instances on the workers.",
+    ),
+    cfg.FloatOpt(
+        "heartbeat_s",
+        default=1.0,
+        min=0.05,
+        help="Seconds between an agent's heartbeats (told to the agent on register); a worker "
+        "whose agent misses three is lapsed.",
+    ),
+    cfg.IntOpt(
+        "warm_pool",
+        default=1,
+        min=0,
+        help="Detached (prepared, not yet attached) instances to keep per chain.",
+    ),
+    cfg.IntOpt(
+        "default_batch",
+        default=32,
+        min=1,
+        max=256,
+        help="Batch size a new instance is prepared with.",
+    ),
+    cfg.FloatOpt(
+        "agent_call_timeout",
+        default=10.0,
+        min=0.1,
+        help="Seconds to wait for an agent's answer to attach, detach, set_batch, teardown.",
+    ),
+    cfg.FloatOpt(
+        "prepare_timeout",
+        default=90.0,
+        min=1.0,
+        help="Seconds to wait for an agent to prepare an instance (NF processes start, "
+        "each brings up its DPDK EAL).",
+    ),
     cfg.ListOpt(
         "nf_types",
         default=list(DEFAULT_NF_TYPES),

@@ -53,7 +53,7 @@ class Orchestrator:
     # -- what to do now -------------------------------------------------------------
 
     def tick(self, now: float) -> list[Command]:
-        cmds = self._drain_requests()
+        cmds = self.requests()
         for chain in list(self.core.chains):
             if now < self.retry_after.get(chain.id, 0.0):
                 continue
@@ -81,7 +81,8 @@ class Orchestrator:
                 cmds.append(Command(worker, "prepare", params, iid))
         return cmds
 
-    def _drain_requests(self) -> list[Command]:
+    def requests(self) -> list[Command]:
+        """The core's queued requests for the agents (attach from the pool, teardown)."""
         cmds = []
         reqs = self.core.instances.agent_requests
         while reqs:

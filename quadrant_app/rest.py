@@ -65,8 +65,9 @@ _COMPILED = [(m, _compile(p), h, who) for m, p, h, who in ROUTES]
 class RestApi:
     """WSGI callable.  ``send`` takes the core's ``[(dpid, msg)]``; ``clock`` gives ``now``."""
 
-    def __init__(self, core, tokens: Tokens, send, clock, max_body=65536, max_page=1000):
+    def __init__(self, core, tokens: Tokens, send, clock, max_body=65536, max_page=1000, hub=None):
         self.core = core
+        self.hub = hub  # the agents' registry, when agents are enabled
         self.tokens = tokens
         self.send = send
         self.clock = clock
@@ -110,8 +111,10 @@ class RestApi:
         header = req.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         principal = self.tokens.lookup(token.strip()) if scheme.lower() == "bearer" else None
-        if principal is None:
+        if principal is None or principal.worker is not None:
             reason = "missing bearer token" if not header else "invalid bearer token"
+            if principal is not None:
+                reason = "an agent's token is good for /v1/agents only"
             raise HttpError(401, reason, headers={"WWW-Authenticate": 'Bearer realm="quadrant"'})
         return principal
 
@@ -216,6 +219,13 @@ class RestApi:
             if visible is not None and not mine:
                 continue  # a tenant sees the workers that run its instances
             entry = {"name": w.name, "switch": w.switch, "instances": [i.id for i in mine]}
+            if self.hub is not None:
+                st = self.hub.workers[w.name]
+                entry["agent"] = {
+                    k: v
+                    for k, v in st.to_json(self.clock()).items()
+                    if k in ("connected", "sessions", "heartbeats", "heartbeat_age_s")
+                }
             if principal.admin:
                 used = {i.vf_mac: i.id for i in self.core.instances.by_id.values()
                         if i.worker == w.name}  # fmt: skip
