@@ -22,6 +22,9 @@ Rules of :class:`QuadrantPolicy` (``0 < alpha < beta < 1``):
   ``dr = r * (t - alpha*SLO) / t * (r_max / r - 1)`` (eq. 4), the
   rate-adapting term bounded below by 0.25 when ``r >= 0.8 r_max``
   (:func:`migration_amount`); ``rate_adapt=False`` drops that term;
+* an instance above ``load_cap`` sheds at least what is above it (not in the
+  paper: its estimate cannot exceed two full batches, so for a light chain
+  under a loose SLO the rule above never fires while the rx ring overflows);
 * no instance below ``alpha*SLO`` left: attach one from the warm pool, and
   ask for the pool to be refilled (:class:`Prepare`);
 * an instance with no flows left is detached and its core released.
@@ -480,10 +483,11 @@ class QuadrantPolicy(_Policy):
         return MostLoadedIngress(estimates, self.p, pool)
 
     def _hot(self, e: Estimate) -> bool:
-        return zone(e.latency_us, self.p) == "above"
+        return zone(e.latency_us, self.p) == "above" or e.load > self.p.load_cap
 
     def _amount(self, e: Estimate) -> float:
-        return migration_amount(e.pps, e.r_max, e.latency_us, self.p)
+        over_cap = max(0.0, e.pps - self.p.load_cap * e.r_max)
+        return max(migration_amount(e.pps, e.r_max, e.latency_us, self.p), over_cap)
 
 
 class MetronPolicy(_Policy):

@@ -153,6 +153,21 @@ def test_plan_migrates_eq4_amount_to_most_loaded_below_alpha():
     assert not any(isinstance(d, s.Migrate) for d in again.decisions)
 
 
+def test_plan_sheds_above_the_load_cap_even_under_the_slo():
+    pol = s.QuadrantPolicy(P, HZ, FLAT)
+    r_max = 1e9 / 1100
+    sat = inst(1, pps=0.96 * r_max, p99=20.0, flows=6)  # t = 40: below beta*SLO
+    cool = inst(2, pps=0.1 * r_max, p99=5.0)
+    flows = {1: [s.FlowRate(k, 1, 0.16 * r_max) for k in range(6)]}
+    plan = pol.plan(1.0, [sat, cool], flows, None)
+    moves = [d for d in plan.decisions if isinstance(d, s.Migrate)]
+    # 0.06 r_max over the cap; no flow is that small: the smallest one goes
+    assert [m.pps for m in moves] == [pytest.approx(0.16 * r_max)]
+    at_cap = inst(1, pps=0.9 * r_max, p99=20.0, flows=6)
+    plan = pol.plan(2.0, [at_cap, cool], flows, None)
+    assert not any(isinstance(d, s.Migrate) for d in plan.decisions)
+
+
 def test_plan_scales_out_from_pool_when_none_below_alpha():
     pol = s.QuadrantPolicy(P, HZ, FLAT)
     busy = inst(1, pps=4e5, p99=35.0)  # t = 70: between, takes no new flows
