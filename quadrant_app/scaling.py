@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 from quadrant_app.latency_profile import NetworkProfile
 
@@ -111,8 +112,9 @@ class InstanceStats:
     stats_at: float | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class FlowRate:
+class FlowRate(NamedTuple):
+    """One flow's measured rate (a tuple: instances carry thousands of them)."""
+
     id: int
     instance_id: int
     pps: float  # measured (switch flow stats)

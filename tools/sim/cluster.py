@@ -110,7 +110,9 @@ class _FlowsOf(Mapping):
     def __getitem__(self, slot):
         idx = np.flatnonzero(self.sim.flow_inst == slot)
         pps = self.sim.pps_now[idx]
-        return [scaling.FlowRate(int(f), slot, float(r)) for f, r in zip(idx, pps, strict=True)]
+        order = np.argsort(-pps, kind="stable")  # the core sorts them again: cheap when sorted
+        fr = scaling.FlowRate
+        return list(map(fr, idx[order].tolist(), [slot] * len(idx), pps[order].tolist()))
 
     def __iter__(self):
         return iter(())
@@ -185,23 +187,39 @@ class Cluster:
         self.net_y = np.array(network.p99_us)
         self.chain_pps = np.zeros(len(chains))
         self.chain_flows = np.zeros(len(chains), dtype=np.int64)
+        self.core_gbps = np.array(
+            [
+                c.table.r_max * (c.flows.size.mean() if len(c.flows) else 1024.0) * 8 / 1e9
+                for c in chains
+            ]
+        )
         self.expected = np.array([c.flows.pps.mean() if len(c.flows) else 0.0 for c in chains])
 
     # -- instances ------------------------------------------------------------------------
 
-    def _free_slot(self) -> int | None:
+    def _free_slot(self, k: int) -> int | None:
+        """Placement: a free core on the worker with the least NIC capacity committed.
+
+        An instance commits its chain's full per-core throughput, so instances
+        placed while empty do not overrun their NIC later; workers where the
+        new one still fits come first.
+        """
         free = self.state == FREE
         if not free.any():
             return None
-        nfree = np.bincount(self.worker_of[free], minlength=self.cfg.workers)
-        gbps = np.bincount(self.worker_of, weights=self.i_bps, minlength=self.cfg.workers)
-        # Network-aware: the worker with the least traffic among those with a free core.
+        nw = self.cfg.workers
+        nfree = np.bincount(self.worker_of[free], minlength=nw)
+        busy = ~free
+        committed = np.bincount(
+            self.worker_of[busy], weights=self.core_gbps[self.chain_of[busy]], minlength=nw
+        )
         cand = np.flatnonzero(nfree > 0)
-        w = int(cand[np.lexsort((-nfree[cand], gbps[cand]))[0]])
+        fits = committed[cand] + self.core_gbps[k] <= self.cfg.nic_gbps
+        w = int(cand[np.lexsort((-nfree[cand], committed[cand], ~fits))[0]])
         return int(np.flatnonzero(free & (self.worker_of == w))[0])
 
     def _new_instance(self, k: int, st: int, now: float) -> int | None:
-        s = self._free_slot()
+        s = self._free_slot(k)
         if s is None:
             return None
         self.state[s] = st

@@ -74,6 +74,7 @@ def run_scale(
     load: float = 0.6,
     seed: int = 1,
     dt: float = 2e-3,
+    control_s: float = 0.2,
     pool_size: int = 16,
     nic_gbps: float = 100.0,
 ) -> Result:
@@ -104,5 +105,13 @@ def run_scale(
         fl = traffic.ramp(tr, np.random.default_rng(seed * 100 + k))
         params = ScalingParams(slo_us, pool_size=pool_size)
         chains.append(ChainSetup(name, setup.chains[name], params, fl, tab, ora or None))
-    cfg = Config(workers=workers, cores=cores, policy=policy, seed=seed, dt=dt, nic_gbps=nic_gbps)
+    cfg = Config(
+        workers=workers,
+        cores=cores,
+        policy=policy,
+        seed=seed,
+        dt=dt,
+        nic_gbps=nic_gbps,
+        control_s=control_s,
+    )
     return Cluster(chains, cfg, setup.network).run(ramp_s + steady_s)
