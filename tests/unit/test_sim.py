@@ -125,3 +125,29 @@ def test_ramp_traffic_shape():
     assert fast.mean() == pytest.approx(0.5, abs=0.1)
     half = (fl.end - fl.start)[fast] / 2
     assert np.allclose(fl.accel_to[fast] - fl.accel_from[fast], half)
+
+
+def test_chain_profile_errors_name_the_field():
+    from tools.sim import profile
+
+    good = {
+        "format": profile.FORMAT,
+        "cpu_hz": 1e9,
+        "context_switch_us": 1.0,
+        "poll_cycles_per_batch": 100,
+        "framework": {"rxtx_cycles": 10, "copy_cycles": 5, "copy_cycles_per_byte": 0.1},
+        "nfs": {"a": {"cycles": 100, "cycles_per_byte": 1.0}},
+        "chains": {"c": {"nfs": ["a", "a"], "batch_size": 8}},
+    }
+    c = profile.parse(good)["c"]
+    # two NFs: per packet rx/tx + 2 NFs + the copy; per batch poll + 2 switches of 1000 cycles
+    assert c.cycles(100) == pytest.approx(10 + 2 * (100 + 100) + 5 + 10)
+    assert c.batch_cycles == pytest.approx(100 + 2 * 1000)
+    bad = dict(good, chains={"c": {"nfs": ["a", "zz"]}})
+    with pytest.raises(profile.ProfileError) as e:
+        profile.parse(bad)
+    assert e.value.field == "chains.c.nfs"
+    bad = dict(good, chains={"c": {"nfs": ["a"], "batch_size": 0}})
+    with pytest.raises(profile.ProfileError) as e:
+        profile.parse(bad)
+    assert e.value.field == "chains.c.batch_size"

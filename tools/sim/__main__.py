@@ -30,6 +30,7 @@ def main(argv=None) -> int:
     b.add_argument("--slos", type=int, nargs="+")
     b.add_argument("--alpha", type=float, default=0.6)
     b.add_argument("--beta", type=float, default=0.9)
+    b.add_argument("--load-cap", type=float, default=0.9)
     b.add_argument("--seed", type=int, default=1)
 
     r = sub.add_parser("run", help="one chain, one SLO, one policy, the ramp")
@@ -46,6 +47,7 @@ def main(argv=None) -> int:
     r.add_argument("--alpha", type=float, default=0.6)
     r.add_argument("--beta", type=float, default=0.9)
     r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--plot", metavar="PNG", help="cores and p99 over time")
 
     s = sub.add_parser("scale", help="100 workers x 16 cores, 3 chains, a million flows")
     s.add_argument("--workers", type=int, default=100)
@@ -78,6 +80,8 @@ def main(argv=None) -> int:
                 f"    t={t:5.0f}s p99={p99:7.1f}us cores={cores:6.2f} oracle={ora:6.2f} "
                 f"offered={off:.3g} pps"
             )
+        if a.plot:
+            print(f"wrote {bench.plot_run(res.chains[a.chain], a.plot)}")
         return 0
     if a.cmd == "scale":
         res = run_scale(

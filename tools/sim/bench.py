@@ -33,6 +33,7 @@ def bench(
     steady_s=60.0,
     dt=1e-3,
     match_iters=4,
+    load_cap=0.9,
     log=print,
 ):
     setup = Setup.load()
@@ -45,7 +46,7 @@ def bench(
         metron = run_chain(setup, name, slos[0], "metron", tr, cfg, alpha, beta, with_oracle=False)
         m = metron.chains[name]
         for slo in slos:
-            q = run_chain(setup, name, slo, "quadrant", tr, cfg, alpha, beta)
+            q = run_chain(setup, name, slo, "quadrant", tr, cfg, alpha, beta, load_cap=load_cap)
             c = q.chains[name]
             mj = m.to_json()
             mj["slo_us"] = slo
@@ -56,7 +57,7 @@ def bench(
                 f"oracle={c.oracle_cores_avg:6.2f}  metron p99={m.p99_us:6.1f} "
                 f"cores={m.cores_avg:6.2f}  ({q.wall_s:.1f}s)"
             )
-        qm = match_p99(setup, name, m.p99_us, tr, cfg, alpha, beta, match_iters)
+        qm = match_p99(setup, name, m.p99_us, tr, cfg, alpha, beta, match_iters, load_cap)
         row["at_metron_p99"] = {"quadrant": qm.to_json(), "metron": m.to_json()}
         log(
             f"{name} at Metron-style's p99 {m.p99_us:.1f}us: quadrant SLO {qm.slo_us:.1f}us "
@@ -67,11 +68,13 @@ def bench(
     return out
 
 
-def match_p99(setup, name, target_us, tr, cfg, alpha, beta, iters):
+def match_p99(setup, name, target_us, tr, cfg, alpha, beta, iters, load_cap=0.9):
     """Quadrant with the loosest SLO (bisection) whose achieved p99 is <= ``target_us``."""
 
     def once(slo):
-        res = run_chain(setup, name, slo, "quadrant", tr, cfg, alpha, beta, with_oracle=False)
+        res = run_chain(
+            setup, name, slo, "quadrant", tr, cfg, alpha, beta, with_oracle=False, load_cap=load_cap
+        )
         return res.chains[name]
 
     best = once(target_us)
@@ -167,6 +170,7 @@ def plot(res, outdir: str, slos) -> list[str]:
             else:
                 o = [res[name][str(s)]["quadrant"]["oracle_cores_avg"] for s in xs]
                 ax.plot(xs, o, "^:", label="oracle")
+                ax.set_ylim(bottom=0)
             ax.set_title(name)
             ax.set_xlabel("SLO (µs)")
             ax.set_ylabel(ylabel)
@@ -180,9 +184,37 @@ def plot(res, outdir: str, slos) -> list[str]:
     return paths
 
 
+def plot_run(chain, path: str) -> str:
+    """Cores (vs the oracle) and p99 per window (vs the SLO) over one run's time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [w[0] for w in chain.windows]
+    fig, (a, b) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    a.plot(t, [w[2] for w in chain.windows], label="cores")
+    if chain.oracle_cores_avg is not None:
+        a.plot(t, [w[3] for w in chain.windows], ":", label="oracle")
+    a.set_ylabel("cores (1 s average)")
+    a.legend(fontsize=8)
+    a.grid(alpha=0.3)
+    b.plot(t, [w[1] for w in chain.windows], label="p99 per 1 s window")
+    b.axhline(chain.slo_us, color="grey", ls=":", label="SLO")
+    b.set_ylabel("µs")
+    b.set_xlabel("time (s)")
+    b.legend(fontsize=8)
+    b.grid(alpha=0.3)
+    a.set_title(f"{chain.name}, SLO {chain.slo_us:g} µs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(args) -> int:
     slos = tuple(args.slos) if args.slos else (QUICK_SLOS if args.quick else FULL_SLOS)
-    kw = dict(slos=slos, alpha=args.alpha, beta=args.beta, seed=args.seed)
+    kw = dict(slos=slos, alpha=args.alpha, beta=args.beta, seed=args.seed, load_cap=args.load_cap)
     if args.quick:
         kw.update(ramp_s=30.0, steady_s=20.0, dt=2e-3, match_iters=3)
     t0 = time.perf_counter()
@@ -198,7 +230,13 @@ def main(args) -> int:
             name: {k: v for k, v in row.items() if not k.startswith("_")}
             for name, row in res.items()
         }
-        meta = {"alpha": args.alpha, "beta": args.beta, "seed": args.seed, "quick": args.quick}
+        meta = {
+            "alpha": args.alpha,
+            "beta": args.beta,
+            "load_cap": args.load_cap,
+            "seed": args.seed,
+            "quick": args.quick,
+        }
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"meta": meta, "chains": clean}, f, indent=1)
         print(f"wrote {args.json}")

@@ -517,7 +517,7 @@ class Cluster:
                 p99,
                 float(cores_sum[k] / n),
                 int(cores_max[k]),
-                float(lost[k] / offered[k]) if offered[k] > 0 else 0.0,
+                _share(lost[k], offered[k]),
                 None if np.isnan(ora[k]) else float(ocores_sum[k] / n),
                 windows[k],
             )
@@ -572,3 +572,10 @@ class Cluster:
                     float(off[k] / n),
                 )
             )
+
+
+def _share(lost: float, offered: float) -> float:
+    """Loss ratio; float residue of served = arrived - dropped is not loss."""
+    if offered <= 0 or lost <= offered * 1e-12:
+        return 0.0
+    return float(lost / offered)
