@@ -67,6 +67,7 @@ class ScalingParams:
     adapt_from: float = 0.8  # ... once r >= adapt_from * r_max
     pool_size: int = 1  # warm (detached) instances kept ready
     min_attached: int = 1  # never reclaim below this many attached instances
+    consolidate: bool = False  # drain the least loaded instance when the others have room
 
     def __post_init__(self):
         if not self.slo_us > 0:
@@ -463,6 +464,9 @@ class _Policy:
                 decisions.append(Migrate(f.id, i.id, dst, f.pps))
                 self._moved_at[i.id] = now
 
+        if self.p.consolidate and not hot and len(live) >= 2:
+            decisions += self._drain(now, live, est, flows_of, ingress)
+
         # Scale out ahead of new flows when nothing can take them.
         if not ingress.has_candidate() and ingress.pool:
             ingress.pick(0.0)
@@ -476,6 +480,35 @@ class _Policy:
             decisions.append(Prepare(need))
         # Attaches first: migrations may target the instances they bring in.
         return Plan(attaches + decisions, ingress)
+
+    def _drain(self, now, live, est, flows_of, ingress) -> list:
+        """Consolidation (not in the paper, off by default): when nothing is hot and the
+        other candidates' headroom can take all of the least loaded instance's rate
+        with one instance's worth to spare, move its flows there so that the next
+        plan reclaims its core."""
+        victim = min(live, key=lambda i: (est[i.id].pps, i.id))
+        if victim.flows == 0:
+            return []
+        others = [e for e in ingress.cands if e.id != victim.id]
+        if not others:
+            return []
+        room = sum(max(0.0, e.headroom_pps - ingress.proj[e.id]) for e in others)
+        # keep a whole instance's headroom spare after the drain: no drain on the way up
+        spare = sum(e.headroom_pps for e in others) / len(others)
+        if room - est[victim.id].pps < spare:
+            return []
+        ingress.cands = [e for e in ingress.cands if e.id != victim.id]
+        pool, ingress.pool = ingress.pool, []  # never scale out to consolidate
+        out = []
+        for f in flows_of.get(victim.id, ()):
+            dst = ingress.pick(f.pps, exclude=victim.id)
+            if dst is None:
+                break
+            out.append(Migrate(f.id, victim.id, dst, f.pps))
+        ingress.pool = pool
+        if out:
+            self._moved_at[victim.id] = now
+        return out
 
 
 class QuadrantPolicy(_Policy):

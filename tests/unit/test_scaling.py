@@ -207,3 +207,22 @@ def test_params_validation_names_the_field():
     with pytest.raises(s.ScalingError) as e:
         s.ScalingParams(0.0)
     assert e.value.field == "slo_us"
+
+
+def test_consolidation_drains_the_least_loaded_when_others_have_room():
+    r_max = 1e9 / 1100
+    a = inst(1, pps=0.3 * r_max, p99=5.0, flows=3)
+    c = inst(3, pps=0.2 * r_max, p99=5.0, flows=3)
+    b = inst(2, pps=0.05 * r_max, p99=4.0, flows=2)
+    flows = {2: [s.FlowRate(7, 2, 0.03 * r_max), s.FlowRate(8, 2, 0.02 * r_max)]}
+    off = s.QuadrantPolicy(P, HZ, FLAT).plan(1.0, [a, b, c], flows, None)
+    assert not any(isinstance(d, s.Migrate) for d in off.decisions)  # the paper's rules
+    on = s.QuadrantPolicy(s.ScalingParams(100.0, consolidate=True), HZ, FLAT)
+    # headroom 0.9 r_max each (the cap): room 0.6 + 0.7 - 0.05 >= one instance's 0.9
+    plan = on.plan(1.0, [a, b, c], flows, None)
+    moves = [d for d in plan.decisions if isinstance(d, s.Migrate)]
+    assert [(m.flow_id, m.src, m.dst) for m in moves] == [(7, 2, 1), (8, 2, 1)]
+    assert plan.ingress.pick(1.0) == 1  # the drained one takes no new flows
+    # two instances only: room 0.6 - 0.05 < 0.9 spare, no drain (not on the way up)
+    plan = on.plan(2.0, [a, b], flows, None)
+    assert not any(isinstance(d, s.Migrate) for d in plan.decisions)

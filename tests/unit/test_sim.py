@@ -76,7 +76,7 @@ def test_oracle_rate_is_the_highest_under_the_slo():
     assert oracle.steady_p99(prof, tab, setup.network, r * 1.01) > 100.0
 
 
-def _small(seed, policy="quadrant", down=0.0, tail=0.0):
+def _small(seed, policy="quadrant", down=0.0, tail=0.0, consolidate=False):
     setup = Setup.load()
     tr = traffic.Ramp(
         peak_pps=6 * setup.table("chain2").r_max,
@@ -88,7 +88,7 @@ def _small(seed, policy="quadrant", down=0.0, tail=0.0):
         accel_frac=0.3,
     )
     cfg = Config(workers=2, cores=8, seed=seed, dt=2e-3, prepare_s=0.3)
-    return run_chain(setup, "chain2", 100.0, policy, tr, cfg, tail_s=tail)
+    return run_chain(setup, "chain2", 100.0, policy, tr, cfg, tail_s=tail, consolidate=consolidate)
 
 
 def test_simulation_is_deterministic_with_a_seed():
@@ -105,6 +105,14 @@ def test_ramp_up_scales_out_and_ramp_down_reclaims():
     assert res.counts["attaches"] >= 3 and res.counts["reclaims"] >= 3
     assert c.windows[-1][2] == 1.0  # the flows are gone: one core (min_attached) left
     assert c.p99_us <= 100.0
+
+
+def test_consolidation_follows_a_falling_load_with_fewer_cores():
+    plain = _small(2, down=6.0).chains["chain2"]
+    res = _small(2, down=6.0, consolidate=True)
+    drained = res.chains["chain2"]
+    assert drained.cores_avg < plain.cores_avg
+    assert drained.p99_us <= 100.0 and drained.loss == 0.0
 
 
 def test_metron_runs_behind_the_same_interface():

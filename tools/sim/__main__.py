@@ -48,6 +48,9 @@ def main(argv=None) -> int:
     r.add_argument("--beta", type=float, default=0.9)
     r.add_argument("--seed", type=int, default=1)
     r.add_argument("--plot", metavar="PNG", help="cores and p99 over time")
+    r.add_argument(
+        "--consolidate", action="store_true", help="drain the least loaded instance (not in paper)"
+    )
 
     s = sub.add_parser("scale", help="100 workers x 16 cores, 3 chains, a million flows")
     s.add_argument("--workers", type=int, default=100)
@@ -72,7 +75,17 @@ def main(argv=None) -> int:
             down_s=a.down,
             accel_frac=a.accel,
         )
-        res = run_chain(setup, a.chain, a.slo, a.policy, tr, Config(seed=a.seed), a.alpha, a.beta)
+        res = run_chain(
+            setup,
+            a.chain,
+            a.slo,
+            a.policy,
+            tr,
+            Config(seed=a.seed),
+            a.alpha,
+            a.beta,
+            consolidate=a.consolidate,
+        )
         _print_result(res)
         wins = res.chains[a.chain].windows
         for t, p99, cores, ora, off in wins[:: max(1, len(wins) // 12)]:

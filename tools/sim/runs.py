@@ -50,11 +50,19 @@ def run_chain(
     with_oracle: bool = True,
     load_cap: float = 0.9,
     tail_s: float = 0.0,
+    consolidate: bool = False,
 ) -> Result:
     """One chain alone on the cluster, the ramp as traffic (and ``tail_s`` more without)."""
     tab = setup.table(name)
     flows = traffic.ramp(ramp, np.random.default_rng(cfg.seed))
-    params = ScalingParams(slo_us, alpha=alpha, beta=beta, load_cap=load_cap, pool_size=pool_size)
+    params = ScalingParams(
+        slo_us,
+        alpha=alpha,
+        beta=beta,
+        load_cap=load_cap,
+        pool_size=pool_size,
+        consolidate=consolidate,
+    )
     ora = setup.oracle_pps(name, slo_us) if with_oracle else None
     ch = ChainSetup(name, setup.chains[name], params, flows, tab, ora or None)
     return Cluster([ch], dataclasses.replace(cfg, policy=policy), setup.network).run(
