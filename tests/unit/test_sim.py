@@ -1,0 +1,161 @@
+"""The simulator: queueing theory where it applies, determinism, the policy loop."""
+
+import math
+
+import numpy as np
+import pytest
+
+from quadrant_app.latency_profile import NetworkProfile
+from quadrant_app.scaling import ScalingParams
+from tools.sim import micro, oracle, traffic
+from tools.sim.cluster import ChainSetup, Cluster, Config
+from tools.sim.profile import ChainProfile
+from tools.sim.runs import Setup, run_chain
+
+NO_NET = NetworkProfile((0.0,), (0.0,), "model")
+# 1 GHz, no per-batch cost, 1 cycle per byte: a 1000 B packet takes 1 us
+ONE = ChainProfile("one", ("x",), 1e9, 1, 0.0, 0.0, 1.0)
+
+
+def test_md1_mean_sojourn_matches_pollaczek_khinchine():
+    # batch size 1, fixed sizes: M/D/1, W = rho / (2 mu (1 - rho)) + 1/mu
+    grid = np.array([0.3, 0.6, 0.8])
+    tab = micro.latency_table(
+        ONE, micro.SizeDist(1000.0, sigma=0), packets=30_000, grid=grid, packets_high=100_000
+    )
+    for rho, mean in zip(grid, tab.mean_us, strict=True):
+        theory = rho / (2 * (1 - rho)) + 1.0  # us, mu = 1/us
+        assert mean == pytest.approx(theory, rel=0.05), rho
+
+
+def test_batches_at_light_load_take_one_packet():
+    # 32-packet batches, 5000 cycles per batch: at a trickle every packet is its own batch
+    p = ChainProfile("b", ("x",), 1e9, 32, 5000.0, 1000.0, 0.0)
+    tab = micro.latency_table(
+        p, micro.SizeDist(1000.0, sigma=0), packets=4000, grid=np.array([0.001, 0.5])
+    )
+    assert tab.p99_us[0] == pytest.approx(6.0, rel=0.02)  # (5000 + 1000) cycles
+    assert tab.batch_p99_us[0] == pytest.approx(6.0, rel=0.02)
+    assert tab.full_batch_us == pytest.approx(37.0)  # 5000 + 32 * 1000 cycles
+    assert tab.p99_us[1] > tab.p99_us[0]
+
+
+@pytest.mark.parametrize("rho", [0.5, 0.7])
+def test_cluster_single_instance_mm1_p99(rho):
+    # exponential sizes -> exponential service: M/M/1 sojourn ~ Exp(mu - lambda)
+    sizes = micro.SizeDist(1000.0, kind="exponential")
+    grid = np.array([0.002, 0.3, 0.45, 0.5, 0.55, 0.65, 0.7, 0.75, 0.98])
+    tab = micro.latency_table(ONE, sizes, packets=2000, seed=3, grid=grid, packets_high=100_000)
+    flows = traffic.constant(rho * 1e6, 2.0, 1000.0)
+    ch = ChainSetup("one", ONE, ScalingParams(1000.0, pool_size=0), flows, tab)
+    res = Cluster([ch], Config(workers=1, cores=1, policy="static"), NO_NET).run(0.5)
+    theory = math.log(100) / ((1 - rho) * 1e6) * 1e6  # us
+    assert res.chains["one"].p99_us == pytest.approx(theory, rel=0.07)
+    assert res.chains["one"].loss == pytest.approx(0.0, abs=1e-9)
+
+
+def test_overload_fills_the_ring_and_loses():
+    tab = micro.latency_table(
+        ONE, micro.SizeDist(1000.0, sigma=0), packets=3000, grid=np.array([0.01, 0.5, 0.98])
+    )
+    flows = traffic.constant(1.2e6, 2.0, 1000.0)  # 20 % over r_max
+    ch = ChainSetup("one", ONE, ScalingParams(1000.0, pool_size=0), flows, tab)
+    res = Cluster([ch], Config(workers=1, cores=1, policy="static", ring=1024), NO_NET).run(0.5)
+    c = res.chains["one"]
+    assert c.loss == pytest.approx(0.2 / 1.2, rel=0.05)  # the excess, once the ring is full
+    # a full ring's wait on top of the latency at the table's top load
+    assert c.p99_us == pytest.approx(1024 + tab.p99_us[-1], rel=0.02)
+
+
+def test_oracle_rate_is_the_highest_under_the_slo():
+    setup = Setup.load()
+    prof, tab = setup.chains["chain2"], setup.table("chain2")
+    r = oracle.oracle_rate(prof, tab, setup.network, 100.0)
+    assert 0 < r < tab.r_max
+    assert oracle.steady_p99(prof, tab, setup.network, r) <= 100.0
+    assert oracle.steady_p99(prof, tab, setup.network, r * 1.01) > 100.0
+
+
+def _small(seed, policy="quadrant", down=0.0, tail=0.0, consolidate=False):
+    setup = Setup.load()
+    tr = traffic.Ramp(
+        peak_pps=6 * setup.table("chain2").r_max,
+        ramp_s=8.0,
+        steady_s=4.0,
+        down_s=down,
+        growth=20.0,
+        mean_flow_s=20.0,
+        accel_frac=0.3,
+    )
+    cfg = Config(workers=2, cores=8, seed=seed, dt=2e-3, prepare_s=0.3)
+    return run_chain(setup, "chain2", 100.0, policy, tr, cfg, tail_s=tail, consolidate=consolidate)
+
+
+def test_simulation_is_deterministic_with_a_seed():
+    a, b, c = _small(5), _small(5), _small(6)
+    assert a.chains["chain2"].to_json() == b.chains["chain2"].to_json()
+    assert a.counts == b.counts
+    assert a.chains["chain2"].to_json() != c.chains["chain2"].to_json()
+
+
+def test_ramp_up_scales_out_and_ramp_down_reclaims():
+    res = _small(2, down=6.0, tail=2.0)
+    c = res.chains["chain2"]
+    assert c.cores_max >= 4
+    assert res.counts["attaches"] >= 3 and res.counts["reclaims"] >= 3
+    assert c.windows[-1][2] == 1.0  # the flows are gone: one core (min_attached) left
+    assert c.p99_us <= 100.0
+
+
+def test_consolidation_follows_a_falling_load_with_fewer_cores():
+    plain = _small(2, down=6.0).chains["chain2"]
+    res = _small(2, down=6.0, consolidate=True)
+    drained = res.chains["chain2"]
+    assert drained.cores_avg < plain.cores_avg
+    assert drained.p99_us <= 100.0 and drained.loss == 0.0
+
+
+def test_metron_runs_behind_the_same_interface():
+    res = _small(2, policy="metron")
+    assert res.chains["chain2"].cores_max >= 4
+    assert res.counts["attaches"] >= 3
+
+
+def test_ramp_traffic_shape():
+    tr = traffic.Ramp(peak_pps=1e6, ramp_s=60, steady_s=60, accel_frac=0.5)
+    fl = traffic.ramp(tr, np.random.default_rng(1))
+    assert fl.offered_pps(30.0) == pytest.approx(0.5e6, rel=0.2)
+    assert fl.offered_pps(90.0) == pytest.approx(1e6 * 1.1, rel=0.25)  # some accelerated
+    assert np.median(fl.size) == pytest.approx(1024, rel=0.05)
+    starts = np.sort(fl.start[fl.start < 60])
+    assert len(starts) / 60 == pytest.approx(10 + 600 / 60 / 2, rel=0.2)  # growth + refills
+    fast = np.isfinite(fl.accel_from)
+    assert fast.mean() == pytest.approx(0.5, abs=0.1)
+    half = (fl.end - fl.start)[fast] / 2
+    assert np.allclose(fl.accel_to[fast] - fl.accel_from[fast], half)
+
+
+def test_chain_profile_errors_name_the_field():
+    from tools.sim import profile
+
+    good = {
+        "format": profile.FORMAT,
+        "cpu_hz": 1e9,
+        "context_switch_us": 1.0,
+        "poll_cycles_per_batch": 100,
+        "framework": {"rxtx_cycles": 10, "copy_cycles": 5, "copy_cycles_per_byte": 0.1},
+        "nfs": {"a": {"cycles": 100, "cycles_per_byte": 1.0}},
+        "chains": {"c": {"nfs": ["a", "a"], "batch_size": 8}},
+    }
+    c = profile.parse(good)["c"]
+    # two NFs: per packet rx/tx + 2 NFs + the copy; per batch poll + 2 switches of 1000 cycles
+    assert c.cycles(100) == pytest.approx(10 + 2 * (100 + 100) + 5 + 10)
+    assert c.batch_cycles == pytest.approx(100 + 2 * 1000)
+    bad = dict(good, chains={"c": {"nfs": ["a", "zz"]}})
+    with pytest.raises(profile.ProfileError) as e:
+        profile.parse(bad)
+    assert e.value.field == "chains.c.nfs"
+    bad = dict(good, chains={"c": {"nfs": ["a"], "batch_size": 0}})
+    with pytest.raises(profile.ProfileError) as e:
+        profile.parse(bad)
+    assert e.value.field == "chains.c.batch_size"

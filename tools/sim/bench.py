@@ -1,0 +1,246 @@
+"""Figure 5 / Figure 4 of the paper in the simulator: p99 and cores vs SLO, per chain.
+
+For each canonical chain and each SLO, the chain alone on the cluster under
+the paper's ramp, once under Quadrant's policy and once under the
+Metron-style one (which ignores the SLO, so one run per chain serves every
+SLO), next to the oracle's cores.  Then, per chain, Quadrant once more with
+its SLO set to the p99 the Metron-style policy achieved: the "fewer cores at
+the latency it achieves" comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from tools.sim import profile, traffic
+from tools.sim.cluster import Config
+from tools.sim.runs import Setup, run_chain
+
+FULL_SLOS = (50, 75, 100, 125, 150, 175, 200)
+QUICK_SLOS = (50, 100, 200)
+
+
+def bench(
+    slos=FULL_SLOS,
+    chains=profile.CANONICAL,
+    alpha=0.6,
+    beta=0.9,
+    seed=1,
+    cores_at_peak=24.0,
+    ramp_s=60.0,
+    steady_s=60.0,
+    dt=1e-3,
+    match_iters=4,
+    load_cap=0.9,
+    log=print,
+):
+    setup = Setup.load()
+    cfg = Config(workers=16, cores=16, seed=seed, dt=dt)
+    out = {}
+    for name in chains:
+        tab = setup.table(name)
+        tr = traffic.Ramp(peak_pps=cores_at_peak * tab.r_max, ramp_s=ramp_s, steady_s=steady_s)
+        row = {}
+        metron = run_chain(setup, name, slos[0], "metron", tr, cfg, alpha, beta, with_oracle=False)
+        m = metron.chains[name]
+        for slo in slos:
+            q = run_chain(setup, name, slo, "quadrant", tr, cfg, alpha, beta, load_cap=load_cap)
+            c = q.chains[name]
+            mj = m.to_json()
+            mj["slo_us"] = slo
+            mj["oracle_cores_avg"] = c.to_json()["oracle_cores_avg"]
+            row[str(slo)] = {"quadrant": c.to_json(), "metron": mj, "counts": q.counts}
+            log(
+                f"{name} slo={slo:>3}us  quadrant p99={c.p99_us:6.1f} cores={c.cores_avg:6.2f} "
+                f"oracle={c.oracle_cores_avg:6.2f}  metron p99={m.p99_us:6.1f} "
+                f"cores={m.cores_avg:6.2f}  ({q.wall_s:.1f}s)"
+            )
+        qm = match_p99(setup, name, m.p99_us, tr, cfg, alpha, beta, match_iters, load_cap)
+        row["at_metron_p99"] = {"quadrant": qm.to_json(), "metron": m.to_json()}
+        log(
+            f"{name} at Metron-style's p99 {m.p99_us:.1f}us: quadrant SLO {qm.slo_us:.1f}us "
+            f"p99={qm.p99_us:.1f} cores={qm.cores_avg:.2f} vs {m.cores_avg:.2f}"
+        )
+        row["_windows"] = {"metron": m.windows}
+        out[name] = row
+    return out
+
+
+def match_p99(setup, name, target_us, tr, cfg, alpha, beta, iters, load_cap=0.9):
+    """Quadrant with the loosest SLO (bisection) whose achieved p99 is <= ``target_us``."""
+
+    def once(slo):
+        res = run_chain(
+            setup, name, slo, "quadrant", tr, cfg, alpha, beta, with_oracle=False, load_cap=load_cap
+        )
+        return res.chains[name]
+
+    best = once(target_us)
+    if best.p99_us > target_us:
+        return best
+    lo, hi = target_us, 3 * target_us
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        c = once(mid)
+        if c.p99_us <= target_us:
+            lo, best = mid, c
+        else:
+            hi = mid
+    return best
+
+
+def table(res) -> str:
+    lines = [
+        f"{'chain':<7} {'SLO':>4} | {'Q p99':>6} {'Q cores':>7} {'Q max':>5} {'Q loss':>8} | "
+        f"{'oracle':>6} {'Q/or':>5} | {'M p99':>6} {'M cores':>7} {'M max':>5} {'M loss':>8}"
+    ]
+    for name, row in res.items():
+        for slo, r in row.items():
+            if slo.startswith("_"):
+                continue
+            q, m = r["quadrant"], r["metron"]
+            o = q["oracle_cores_avg"]
+            ratio = f"{q['cores_avg'] / o:5.2f}" if o else "  n/a"
+            label = slo if slo != "at_metron_p99" else f"~{q['slo_us']:.0f}"
+            lines.append(
+                f"{name:<7} {label:>4} | {q['p99_us']:6.1f} {q['cores_avg']:7.2f} "
+                f"{q['cores_max']:5d} {q['loss']:8.1e} | {o or 0:6.2f} {ratio} | "
+                f"{m['p99_us']:6.1f} {m['cores_avg']:7.2f} {m['cores_max']:5d} {m['loss']:8.1e}"
+            )
+    lines.append(
+        "Q = Quadrant's policy, M = Metron-style; '~N' rows: Quadrant with the loosest SLO N "
+        "(bisection) at which its p99 is no worse than M's"
+    )
+    return "\n".join(lines)
+
+
+def goals(res) -> list[str]:
+    """The issue's three goals, checked against the results, one line each."""
+    miss, far, worse = [], [], []
+    for name, row in res.items():
+        for slo, r in row.items():
+            if slo.startswith("_") or slo == "at_metron_p99":
+                continue
+            q = r["quadrant"]
+            if q["p99_us"] > q["slo_us"]:
+                miss.append(f"{name}@{slo}: {q['p99_us']}")
+            o = q["oracle_cores_avg"]
+            if o and q["cores_avg"] > 1.15 * o:
+                far.append(f"{name}@{slo}: {q['cores_avg'] / o:.2f}x")
+        at = row["at_metron_p99"]
+        if at["quadrant"]["cores_avg"] >= at["metron"]["cores_avg"]:
+            worse.append(
+                f"{name}: {at['quadrant']['cores_avg']:.2f} vs {at['metron']['cores_avg']:.2f}"
+            )
+
+    def say(ok, text, bad):
+        return ("met     " if ok else "NOT MET ") + text + ("" if ok else ": " + ", ".join(bad))
+
+    return [
+        say(not miss, "p99 <= SLO for every chain and SLO", miss),
+        say(not far, "cores within 15% of the oracle", far),
+        say(not worse, "fewer cores than Metron-style at the p99 it achieves", worse),
+    ]
+
+
+def plot(res, outdir: str, slos) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(outdir, exist_ok=True)
+    names = list(res)
+    paths = []
+    for metric, fname, ylabel in (
+        ("p99_us", "scaling-fig5-p99.png", "p99 latency (µs)"),
+        ("cores_avg", "scaling-fig4-cores.png", "time-averaged cores"),
+    ):
+        fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
+        for ax, name in zip(axes[0], names, strict=True):
+            xs = [s for s in slos if str(s) in res[name]]
+            q = [res[name][str(s)]["quadrant"][metric] for s in xs]
+            m = [res[name][str(s)]["metron"][metric] for s in xs]
+            ax.plot(xs, q, "o-", label="Quadrant")
+            ax.plot(xs, m, "s--", label="Metron-style")
+            if metric == "p99_us":
+                ax.plot(xs, xs, ":", color="grey", label="SLO")
+            else:
+                o = [res[name][str(s)]["quadrant"]["oracle_cores_avg"] for s in xs]
+                ax.plot(xs, o, "^:", label="oracle")
+                ax.set_ylim(bottom=0)
+            ax.set_title(name)
+            ax.set_xlabel("SLO (µs)")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(outdir, fname)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot_run(chain, path: str) -> str:
+    """Cores (vs the oracle) and p99 per window (vs the SLO) over one run's time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [w[0] for w in chain.windows]
+    fig, (a, b) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    a.plot(t, [w[2] for w in chain.windows], label="cores")
+    if chain.oracle_cores_avg is not None:
+        a.plot(t, [w[3] for w in chain.windows], ":", label="oracle")
+    a.set_ylabel("cores (1 s average)")
+    a.legend(fontsize=8)
+    a.grid(alpha=0.3)
+    b.plot(t, [w[1] for w in chain.windows], label="p99 per 1 s window")
+    b.axhline(chain.slo_us, color="grey", ls=":", label="SLO")
+    b.set_ylabel("µs")
+    b.set_xlabel("time (s)")
+    b.legend(fontsize=8)
+    b.grid(alpha=0.3)
+    a.set_title(f"{chain.name}, SLO {chain.slo_us:g} µs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(args) -> int:
+    slos = tuple(args.slos) if args.slos else (QUICK_SLOS if args.quick else FULL_SLOS)
+    kw = dict(slos=slos, alpha=args.alpha, beta=args.beta, seed=args.seed, load_cap=args.load_cap)
+    if args.quick:
+        kw.update(ramp_s=30.0, steady_s=20.0, dt=2e-3, match_iters=3)
+    t0 = time.perf_counter()
+    res = bench(**kw)
+    print()
+    print(table(res))
+    print()
+    for line in goals(res):
+        print(line)
+    print(f"\n{time.perf_counter() - t0:.1f} s")
+    if args.json:
+        clean = {
+            name: {k: v for k, v in row.items() if not k.startswith("_")}
+            for name, row in res.items()
+        }
+        meta = {
+            "alpha": args.alpha,
+            "beta": args.beta,
+            "load_cap": args.load_cap,
+            "seed": args.seed,
+            "quick": args.quick,
+        }
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"meta": meta, "chains": clean}, f, indent=1)
+        print(f"wrote {args.json}")
+    if args.plots:
+        for p in plot(res, args.plots, slos):
+            print(f"wrote {p}")
+    return 0
