@@ -47,6 +47,7 @@ from pathlib import Path
 
 from cext import chainbuf
 from worker.coopsched import CoreScheduler
+from worker.launcher import Launcher, LaunchSpec, host_tid
 
 MODES = ("coop", "cfs", "copy", "single_thread")
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,6 +105,8 @@ class ChainInstance:
         memory_mb: int = 160,
         first_memory_mb: int | None = None,
         log_dir: str | None = None,
+        launcher: Launcher | None = None,
+        netns: str | None = None,
     ):
         if not nfs:
             raise ChainError("nfs: a chain has at least one NF")
@@ -133,6 +136,14 @@ class ChainInstance:
         n_first = len(nfs) if self.mode == "single_thread" else 1
         self.first_memory_mb = first_memory_mb or 96 + 96 * n_first
         self.log_dir = log_dir
+        # with a launcher every NF process is a container of its own (namespaces, a
+        # cgroup on its core, ``netns``): tids it reports are mapped to the host's
+        self.launcher = launcher
+        self.netns = netns
+        if netns and launcher is None:
+            raise ChainError("netns: needs a launcher")
+        self.handles: list = []
+        self.pids: list[int] = []
         self.buffers: dict[str, chainbuf.ChainBuffer] = {}
         self.procs: list[subprocess.Popen] = []
         self.tids: list[int] = []
@@ -248,17 +259,31 @@ class ChainInstance:
             path = os.path.join(self.log_dir, f"{self.name}-nf{spec['index']}.log")
             log = open(path, "w")  # noqa: SIM115 (handed to the child, closed below)
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        p = subprocess.Popen(
-            [sys.executable, "-m", "worker.chain_nf"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=log or subprocess.DEVNULL,
-            cwd=str(ROOT),
-            env=env,
-            text=True,
-        )
-        if log:
-            log.close()
+        argv = [sys.executable, "-m", "worker.chain_nf"]
+        pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE,
+                 "stderr": log or subprocess.DEVNULL, "text": True}  # fmt: skip
+        try:
+            if self.launcher is None:
+                p = subprocess.Popen(argv, cwd=str(ROOT), env=env, **pipes)
+            else:
+                mb = spec["eal"]["memory_mb"] + 256  # the EAL's memory + the interpreter
+                handle = self.launcher.popen(
+                    LaunchSpec(
+                        name=f"{self.prefix}-{self.name}-nf{spec['index']}",
+                        argv=tuple(argv),
+                        core=self.core,
+                        memory_bytes=mb << 20,
+                        env=(("PYTHONPATH", env["PYTHONPATH"]),),
+                        cwd=str(ROOT),
+                        netns=self.netns,
+                    ),
+                    **pipes,
+                )
+                self.handles.append(handle)
+                p = handle.proc
+        finally:
+            if log:
+                log.close()
         self.procs.append(p)
         p.stdin.write(json.dumps(spec))
         p.stdin.close()
@@ -283,7 +308,12 @@ class ChainInstance:
                 f"nfs[{i}] ({self.nfs[min(i, len(self.nfs) - 1)]['type']}): "
                 f"exited before ready (status {p.returncode}); see its log"
             )
-        return int(msg["tid"])
+        if self.launcher is None:
+            self.pids.append(int(msg.get("pid", p.pid)))
+            return int(msg["tid"])
+        # the NF saw its ids inside its own PID namespace; the scheduler needs the host's
+        self.pids.append(host_tid(p.pid, int(msg["pid"])))
+        return host_tid(p.pid, int(msg["tid"]))
 
     def attach(self) -> None:
         self._need("detached", "attach")
@@ -337,11 +367,14 @@ class ChainInstance:
                 pass
         deadline = time.monotonic() + timeout
         self.summaries = []
-        for p in self.procs:
+        for k, p in enumerate(self.procs):
             try:
                 out, _ = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                p.send_signal(signal.SIGKILL)
+                if k < len(self.handles):  # every process of its container, not only nfinit
+                    self.handles[k].stop(grace=0)
+                else:
+                    p.send_signal(signal.SIGKILL)
                 out, _ = p.communicate()
             summary = None
             for line in (out or "").splitlines():
@@ -352,6 +385,9 @@ class ChainInstance:
                 if msg.get("done"):
                     summary = msg
             self.summaries.append(summary)
+        for h in self.handles:  # whatever is left in each NF's cgroup, then the cgroup
+            h.stop(grace=0.5)
+        self.handles = []
         for path, b in self.buffers.items():
             b.close()
             try:

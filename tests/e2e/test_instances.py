@@ -1,0 +1,260 @@
+"""The worker side of the controller's commands with real parts: NF processes in their
+own containers (namespaces, cgroup on core 1) inside a worker network namespace made
+here, a macvlan VF opened by the first NF as net_af_packet, the real cooperative
+scheduler, traffic from tools.trafficgen, and the monitor reading the live counters.
+
+Namespace ``qw-<tag>``: veth ``up0`` (the worker's uplink) <-> ``tg0`` (the traffic
+generator's side), macvlans ``vf0``/``vf1`` on ``up0`` with the MACs of lab worker
+w1's first two VFs.  Frames sent on ``tg0`` to a VF's MAC reach the chain; what the
+chain sends out of the VF leaves through ``up0`` and is counted on ``tg0``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from quadrant_app import jsonrpc
+from quadrant_app.jsonrpc import RpcError
+from tests.conftest import ROOT, wait_for
+
+pytestmark = [
+    pytest.mark.dpdk,
+    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root"),
+]
+
+CORE = 1
+VF0, VF1 = "02:00:00:00:01:01", "02:00:00:00:01:02"
+NEXT_HOP = "02:00:00:00:0b:01"
+SRC_MAC = "02:00:00:00:0a:01"
+CHAIN1 = {
+    "id": 1,
+    "name": "web-tunnel",
+    "nfs": [
+        {"type": "tunnel", "config": {"vlan": 100}},
+        {"type": "ipforward",
+         "config": {"routes": [{"prefix": "10.2.0.0/16", "next_hop_mac": NEXT_HOP}]}},
+    ],
+}  # fmt: skip
+EMPTY2 = {"id": 2, "name": "e2", "nfs": [{"type": "empty"}, {"type": "empty"}]}
+
+
+def sh(*args):
+    subprocess.run(args, check=True, capture_output=True)
+
+
+@pytest.fixture
+def worker_ns():
+    tag = uuid.uuid4().hex[:6]
+    ns = f"qw-{tag}"
+    sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "-n", ns, "link", "add", "up0", "type", "veth", "peer", "name", "tg0")
+        for dev in ("lo", "up0", "tg0"):
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+        for i, mac in enumerate((VF0, VF1)):
+            sh("ip", "-n", ns, "link", "add", f"vf{i}", "link", "up0", "address", mac,
+               "type", "macvlan", "mode", "bridge")  # fmt: skip
+            sh("ip", "-n", ns, "link", "set", f"vf{i}", "up")
+        sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+        yield tag, ns
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def leftovers(prefix: str, cgroup_parent: str) -> list[str]:
+    """Files, cgroups and processes a prefix's instances could leave behind."""
+    found = [str(p) for d in ("/dev/shm", "/dev/hugepages") for p in Path(d).glob(f"{prefix}-*")]
+    for c in ("cpuset", "memory"):
+        d = Path("/sys/fs/cgroup") / c / cgroup_parent
+        if d.exists():
+            found += [str(x) for x in d.iterdir() if x.is_dir()]
+    out = subprocess.run(["pgrep", "-f", f"{prefix}-i"], capture_output=True, text=True)
+    found += [f"pid {p}" for p in out.stdout.split()]
+    return found
+
+
+@pytest.fixture
+def manager(worker_ns, tmp_path):
+    from worker.instances import InstanceManager
+    from worker.launcher import LocalLauncher
+
+    tag, ns = worker_ns
+    os.chmod(tmp_path, 0o755)
+    inv = {"vfs": [{"mac": VF0, "netdev": "vf0"}, {"mac": VF1, "netdev": "vf1"}]}
+    m = InstanceManager(inv, [CORE], launcher=LocalLauncher(cgroup_parent=f"qw-{tag}"),
+                        netns=ns, prefix=f"qw{tag}", uid_base=48100, log_dir=str(tmp_path),
+                        n_slots=512)  # fmt: skip
+    try:
+        yield m
+    finally:
+        m.close()
+        assert leftovers(f"qw{tag}", f"qw-{tag}") == []
+        for c in ("cpuset", "memory"):
+            assert not (Path("/sys/fs/cgroup") / c / f"qw-{tag}").exists()
+
+
+def traffic(ns, tmp_path, dst_mac, pps=1000, seconds=2.0, flows=4):
+    """Send stamped flows on tg0 to ``dst_mac``, count what comes back; the sink's report."""
+    tx, rx = tmp_path / "tx.json", tmp_path / "rx.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    sink = subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-m", "tools.trafficgen", "sink",
+         "--iface", "tg0", "--seconds", str(seconds + 8), "--idle", "1.0", "--sent", str(tx),
+         "--json", str(rx)],
+        stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert sink.stdout.readline().strip() == "ready"
+        subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "tools.trafficgen", "send",
+             "--iface", "tg0", "--src-mac", SRC_MAC, "--dst-mac", dst_mac,
+             "--src", "10.1.0.0/24", "--dst", "10.2.0.1", "--flows", str(flows),
+             "--pps", str(pps), "--seconds", str(seconds), "--size-median", "256",
+             "--json", str(tx)],
+            check=True, capture_output=True, env=env, cwd=ROOT, timeout=seconds + 20,
+        )  # fmt: skip
+        sink.wait(seconds + 20)
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()
+    return json.loads(rx.read_text())
+
+
+def netns_inode(ns):
+    return os.stat(f"/run/netns/{ns}").st_ino
+
+
+def test_chain_instance_processes_traffic_and_leaves_nothing(manager, worker_ns, tmp_path):
+    from worker.coopsched import PRIO_ATTACHED, PRIO_DETACHED
+    from worker.monitor import Monitor, Rates, Significance, tsc_hz
+
+    tag, ns = worker_ns
+    res = manager.prepare({"instance": 11, "chain": CHAIN1, "core": CORE, "vf": VF0,
+                           "batch": 32})  # fmt: skip
+    assert res["instance"] == 11 and res["state"] == "detached" and len(res["pids"]) == 2
+    inst = manager.entries[11].chain
+    for pid, tid in zip(res["pids"], inst.tids, strict=True):
+        # host ids, the NF in the worker's netns, in its own cgroup, confined to core 1
+        assert os.stat(f"/proc/{pid}/ns/net").st_ino == netns_inode(ns)
+        assert os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+        assert f"qw-{tag}/qw{tag}-i11-nf" in Path(f"/proc/{pid}/cgroup").read_text()
+        assert os.sched_getaffinity(tid) == {CORE}
+        assert os.sched_getparam(tid).sched_priority == PRIO_DETACHED
+    assert manager.list() == [{"id": 11, "chain_id": 1, "core": CORE, "vf": VF0,
+                               "state": "detached"}]  # fmt: skip
+
+    assert manager.attach({"instance": 11}) == {"instance": 11, "state": "attached"}
+    assert [os.sched_getparam(t).sched_priority for t in inst.tids] == [PRIO_ATTACHED] * 2
+    mon = Monitor(manager, Rates(tsc_hz()), Significance(summary_s=0.01))
+    mon.tick()
+    rows = []
+    import threading
+
+    def sample():
+        for _ in range(8):
+            time.sleep(0.25)
+            rows.append(mon.tick()[0])
+
+    t = threading.Thread(target=sample)
+    t.start()
+    report = traffic(ns, tmp_path, VF0, pps=1000, seconds=2.0)
+    t.join()
+
+    assert report["sent"] > 1500 and report["lost"] == 0, report
+    for flow in report["flows"].values():
+        assert flow["vlans"] == [100] and not flow["untagged"]  # the tunnel NF's tag
+        assert flow["ttls"] == [63]  # ipforward decremented it
+        assert flow["dst_macs"] == [NEXT_HOP]  # and set the next hop
+        assert flow["duplicates"] == 0 and flow["corrupted"] == 0
+    st = inst.stats()
+    assert st[0]["pkts"] == report["sent"] == st[0]["tx"]  # every packet counted, none dropped
+    assert st[1]["pkts"] == report["sent"] and st[0]["drops"] == st[1]["drops"] == 0
+    busy = [r[0] for r in rows if r and r[0]["pps"] > 0]
+    assert busy, rows
+    assert max(r["pps"] for r in busy) == pytest.approx(1000, rel=0.6)
+    assert all(r["p99_us"] > 0 and 0 < r["load"] < 1 and r["drops"] == 0 for r in busy)
+
+    assert manager.set_batch({"instance": 11, "batch": 8}) == {"instance": 11, "batch": 8}
+    assert inst.ctl.batch == 8
+    assert manager.detach({"instance": 11}) == {"instance": 11, "state": "detached"}
+    assert [s["state"] for s in inst.stats()] == ["parked", "parked"]
+    assert manager.teardown({"instance": 11}) == {"instance": 11, "state": "gone"}
+    assert manager.list() == []
+    for pid in res["pids"]:
+        assert not os.path.exists(f"/proc/{pid}")
+    assert leftovers(f"qw{tag}", f"qw-{tag}") == []
+
+
+def refused(fn, params, field):
+    with pytest.raises(RpcError) as e:
+        fn(params)
+    assert e.value.code == jsonrpc.REFUSED, e.value.message
+    assert e.value.message.startswith(field), e.value.message
+    return e.value.message
+
+
+def test_every_refusal_leaves_nothing(manager, worker_ns):
+    tag, _ns = worker_ns
+    prep = manager.prepare
+    ok = {"instance": 21, "chain": EMPTY2, "core": CORE, "vf": VF0}
+    refused(prep, {**ok, "core": 0}, "params.core")  # the housekeeping core
+    refused(prep, {**ok, "core": 7}, "params.core")
+    refused(prep, {**ok, "vf": "02:00:00:00:09:09"}, "params.vf")
+    refused(prep, {**ok, "vf": "vf0"}, "params.vf")
+    refused(prep, {**ok, "mode": "fast"}, "params.mode")
+    refused(prep, {**ok, "batch": 0}, "params.batch")
+    bad_type = {**EMPTY2, "nfs": [{"type": "empty"}, {"type": "urlfilter"}]}
+    assert "urlfilter" in refused(prep, {**ok, "chain": bad_type}, "params.chain.nfs[1].type")
+    py = {**EMPTY2, "nfs": [{"type": "python", "config": {}}]}
+    refused(prep, {**ok, "chain": py}, "params.chain.nfs[0].type")
+    refused(prep, {**ok, "chain": {**EMPTY2, "nfs": []}}, "params.chain.nfs")
+    refused(prep, {**ok, "chain": {**EMPTY2, "nfs": [{"type": "empty", "config": 3}]}},
+            "params.chain.nfs[0].config")  # fmt: skip
+    with pytest.raises(RpcError) as e:
+        prep({k: v for k, v in ok.items() if k != "vf"})
+    assert e.value.code == jsonrpc.INVALID_PARAMS and "params.vf" in e.value.message
+    assert manager.entries == {} and leftovers(f"qw{tag}", f"qw-{tag}") == []
+
+    # a config the NF refuses: found only once its process starts; nothing stays behind
+    bad_cfg = {**CHAIN1, "nfs": [{"type": "tunnel", "config": {"vlan": 5000}}, CHAIN1["nfs"][1]]}
+    msg = refused(prep, {**ok, "chain": bad_cfg}, "params.chain.nfs")
+    assert "vlan" in msg, msg
+    assert manager.entries == {} and leftovers(f"qw{tag}", f"qw-{tag}") == []
+    assert manager.schedulers[CORE].groups == {}
+
+    assert manager.prepare(ok)["state"] == "detached"
+    refused(prep, {**ok, "instance": 22}, "params.vf")  # VF in use
+    refused(prep, {**ok, "vf": VF1}, "params.instance")  # duplicate id
+    refused(manager.attach, {"instance": 99}, "params.instance")
+    refused(manager.detach, {"instance": 21}, "detach")  # not attached
+    refused(manager.set_batch, {"instance": 21, "batch": 5000}, "params.batch")
+    assert [e["id"] for e in manager.list()] == [21]
+    manager.teardown({"instance": 21})
+    refused(manager.teardown, {"instance": 21}, "params.instance")
+
+
+def test_dead_nf_is_reported_once(manager, worker_ns):
+    from worker.monitor import Monitor, Rates, Significance
+
+    res = manager.prepare({"instance": 31, "chain": EMPTY2, "core": CORE, "vf": VF1})
+    manager.attach({"instance": 31})
+    mon = Monitor(manager, Rates(2e9), Significance())
+    assert mon.tick() == ([{"id": 31, "pps": 0.0, "load": 0.0, "p99_us": 0.0, "drops": 0}], [])
+    os.kill(res["pids"][1], signal.SIGKILL)
+    events = wait_for(lambda: mon.tick()[1], 5, "the nf_failed event")
+    assert events[0]["kind"] == "nf_failed" and events[0]["instance"] == 31
+    assert mon.tick()[1] == []  # once
+    assert manager.list()[0]["state"] == "failed"
+    refused(manager.attach, {"instance": 31}, "params.instance")
+    assert manager.teardown({"instance": 31}) == {"instance": 31, "state": "gone"}
