@@ -349,8 +349,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"quadrant-agent: {args.token_file} is empty", file=sys.stderr)
         return 2
     inv["cores"] = cores  # what it manages: the controller places instances only there
-    # the agent, its monitor and its schedulers' master threads stay off the data cores
-    os.sched_setaffinity(0, os.sched_getaffinity(0) - set(cores))
 
     from worker.instances import InstanceManager
     from worker.launcher import LocalLauncher
@@ -370,13 +368,25 @@ def main(argv: list[str] | None = None) -> int:
     monitor = Monitor(
         manager,
         Rates(tsc_hz()),
-        Significance(fraction=args.report_fraction, summary_s=args.summary,
-                     thresholds={"p99_us": args.p99_threshold}),  # fmt: skip
+        Significance(
+            fraction=args.report_fraction,
+            summary_s=args.summary,
+            thresholds={"p99_us": args.p99_threshold},
+        ),  # fmt: skip
     )
     agent = Agent(args.controller, args.worker_id, token, inv, heartbeat_s=args.heartbeat,
                   instances=manager.list, monitor=monitor,
                   monitor_interval=args.monitor_interval)  # fmt: skip
     manager.register(agent.dispatcher)
+    try:
+        manager.start_schedulers()
+    except SchedError as exc:
+        manager.close()
+        print(f"quadrant-agent: {exc}", file=sys.stderr)
+        return 2
+    # the agent and its monitor stay off the data cores (the schedulers' enforcer threads
+    # pinned themselves to theirs; their master threads to the housekeeping cores)
+    os.sched_setaffinity(0, os.sched_getaffinity(0) - set(cores))
 
     async def run():
         loop = asyncio.get_running_loop()

@@ -28,7 +28,7 @@ from pathlib import Path
 from quadrant_app import jsonrpc
 from quadrant_app.jsonrpc import RpcError
 from worker.chain import MODES, ChainError, ChainIds, ChainInstance
-from worker.launcher import LaunchError, Launcher
+from worker.launcher import Launcher, LaunchError
 
 LOG = logging.getLogger("quadrant.instances")
 
@@ -98,6 +98,13 @@ class InstanceManager:
         self.lock = threading.RLock()
         self._ended: deque = deque()  # chains a core's watchdog ended, not yet reported
 
+    def start_schedulers(self) -> None:
+        """One cooperative scheduler per managed core, now (the agent calls this before it
+        pins itself to the housekeeping cores: a scheduler checks its core is usable)."""
+        with self.lock:
+            for core in self.cores:
+                self._scheduler(core)
+
     # -- registration on the agent ------------------------------------------------
     def register(self, dispatcher) -> None:
         for name in ("prepare", "attach", "detach", "set_batch", "teardown"):
@@ -107,8 +114,13 @@ class InstanceManager:
         """What runs here, for ``register``'s ``instances``."""
         with self.lock:
             return [
-                {"id": e.id, "chain_id": e.chain_id, "core": e.core, "vf": e.vf,
-                 "state": "failed" if e.failed else e.chain.state}  # fmt: skip
+                {
+                    "id": e.id,
+                    "chain_id": e.chain_id,
+                    "core": e.core,
+                    "vf": e.vf,
+                    "state": "failed" if e.failed else e.chain.state,
+                }  # fmt: skip
                 for e in self.entries.values()
             ]
 
@@ -149,8 +161,10 @@ class InstanceManager:
                 nfs,
                 core=core,
                 ports={"rx": self._port(self.vfs[mac], iid)},
-                ids=ChainIds(self.uid_base + slot * UIDS_PER_INSTANCE,
-                             self.uid_base + slot * UIDS_PER_INSTANCE),  # fmt: skip
+                ids=ChainIds(
+                    self.uid_base + slot * UIDS_PER_INSTANCE,
+                    self.uid_base + slot * UIDS_PER_INSTANCE,
+                ),  # fmt: skip
                 prefix=self.prefix,
                 mode=mode,
                 scheduler=sched,
@@ -286,7 +300,9 @@ class InstanceManager:
                 raise refuse(where, f"unknown field(s) {sorted(unknown)}")
             t = jsonrpc.require(nf, "type", str, where)
             if t not in AGENT_NF_TYPES:
-                raise refuse(f"{where}.type", f"unknown NF type {t!r} ({', '.join(AGENT_NF_TYPES)})")
+                raise refuse(
+                    f"{where}.type", f"unknown NF type {t!r} ({', '.join(AGENT_NF_TYPES)})"
+                )
             config = nf.get("config", {})
             if config is None:
                 config = {}
@@ -312,7 +328,9 @@ class InstanceManager:
             else:
                 from worker.coopsched import CoreScheduler
 
-                s = CoreScheduler(core, timeout=self.watchdog_timeout, on_event=self._on_sched_event)
+                s = CoreScheduler(
+                    core, timeout=self.watchdog_timeout, on_event=self._on_sched_event
+                )
                 s.start()
             self.schedulers[core] = s
         return s
@@ -334,4 +352,3 @@ class InstanceManager:
         LOG.warning("instance %d failed: %s", e.id, reason)
         return {"kind": "nf_failed", "instance": e.id, "chain_id": e.chain_id, "core": e.core,
                 "vf": e.vf, "reason": reason, **detail}  # fmt: skip
-

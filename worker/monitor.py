@@ -123,7 +123,7 @@ class Significance:
         floor: dict[str, float] | None = None,
         summary_s: float = 10.0,
     ):
-        if not 0 < fraction:
+        if fraction <= 0:
             raise ValueError(f"fraction: {fraction!r} must be > 0")
         if summary_s <= 0:
             raise ValueError(f"summary_s: {summary_s!r} must be > 0")

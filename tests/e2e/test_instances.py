@@ -258,3 +258,131 @@ def test_dead_nf_is_reported_once(manager, worker_ns):
     assert manager.list()[0]["state"] == "failed"
     refused(manager.attach, {"instance": 31}, "params.instance")
     assert manager.teardown({"instance": 31}) == {"instance": 31, "state": "gone"}
+
+
+# --- quadrant-agent itself, over the wire -------------------------------------------
+
+
+class Peer:
+    """Plays the controller: answers register, stats and event, sends commands."""
+
+    def __init__(self):
+        import asyncio
+
+        self.got: list[dict] = []
+        self.replies: dict[int, asyncio.Future] = {}
+        self.registered = asyncio.Queue()
+        self.conns = []
+        self.next_id = 1000
+
+    async def handler(self, ws):
+        self.conns.append(ws)
+        async for text in ws:
+            msg = json.loads(text)
+            self.got.append(msg)
+            if msg.get("method") == "register":
+                await ws.send(json.dumps(jsonrpc.result(msg["id"], {"heartbeat_s": 0.5})))
+                await self.registered.put(msg["params"])
+            elif msg.get("method") in ("stats", "event"):
+                await ws.send(json.dumps(jsonrpc.result(msg["id"], {"accepted": 1})))
+            elif "method" not in msg and msg.get("id") in self.replies:
+                self.replies.pop(msg["id"]).set_result(msg)
+
+    async def command(self, method, params, timeout=60):
+        import asyncio
+
+        self.next_id += 1
+        fut = asyncio.get_running_loop().create_future()
+        self.replies[self.next_id] = fut
+        ws = self.conns[-1]
+        await ws.send(json.dumps({"jsonrpc": "2.0", "method": method, "params": params,
+                                  "id": self.next_id}))  # fmt: skip
+        return await asyncio.wait_for(fut, timeout)
+
+    def stats_of(self, iid):
+        return [r for m in self.got if m.get("method") == "stats"
+                for r in m["params"]["instances"] if r["id"] == iid]  # fmt: skip
+
+
+def test_quadrant_agent_serves_commands_over_the_wire(worker_ns, tmp_path):
+    import asyncio
+
+    from websockets.asyncio.server import serve
+
+    tag, ns = worker_ns
+    os.chmod(tmp_path, 0o755)
+    token = tmp_path / "token"
+    token.write_text("qw-token-0123456789\n")
+    peer = Peer()
+
+    async def scenario():
+        async with serve(peer.handler, "127.0.0.1", 0) as srv:
+            port = srv.sockets[0].getsockname()[1]
+            agent = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "worker.agent", "--controller",
+                f"ws://127.0.0.1:{port}/v1/agents", "--worker-id", "w1",
+                "--token-file", str(token), "--topology", str(ROOT / "topologies/lab.yaml"),
+                "--netns", ns, "--cores", str(CORE), "--prefix", f"qw{tag}",
+                "--uid-base", "48200", "--log-dir", str(tmp_path),
+                "--monitor-interval", "0.2", "--summary", "1",
+                cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            )  # fmt: skip
+            try:
+                reg = await asyncio.wait_for(peer.registered.get(), 20)
+                assert reg["inventory"]["cores"] == [CORE]  # what it manages, not [0, 1]
+                assert reg["instances"] == []
+                r = await peer.command("prepare", {"instance": 5, "chain": CHAIN1,
+                                                   "core": CORE, "vf": VF0})  # fmt: skip
+                assert r.get("result", {}).get("state") == "detached", r
+                pids = r["result"]["pids"]
+                r = await peer.command("prepare", {"instance": 6, "chain": CHAIN1,
+                                                   "core": CORE, "vf": VF0})  # fmt: skip
+                assert (
+                    r["error"]["code"] == jsonrpc.REFUSED and "params.vf" in r["error"]["message"]
+                )
+                r = await peer.command("attach", {"instance": 5})
+                assert r["result"] == {"instance": 5, "state": "attached"}
+                loop = asyncio.get_running_loop()
+                report = await loop.run_in_executor(
+                    None, lambda: traffic(ns, tmp_path, VF0, pps=800, seconds=1.5, flows=2)
+                )
+                assert report["lost"] == 0 and report["sent"] > 800, report
+                await asyncio.sleep(0.5)
+                busy = [s for s in peer.stats_of(5) if s["pps"] > 0]
+                assert busy and max(s["pps"] for s in busy) > 200, peer.stats_of(5)
+
+                # the controller goes away and comes back: the instance keeps running
+                await peer.conns[-1].close()
+                reg = await asyncio.wait_for(peer.registered.get(), 20)
+                assert reg["instances"] == [{"id": 5, "chain_id": 1, "core": CORE, "vf": VF0,
+                                             "state": "attached"}]  # fmt: skip
+                assert all(os.path.exists(f"/proc/{p}") for p in pids)
+
+                r = await peer.command("set_batch", {"instance": 5, "batch": 16})
+                assert r["result"] == {"instance": 5, "batch": 16}
+                r = await peer.command("teardown", {"instance": 5})
+                assert r["result"] == {"instance": 5, "state": "gone"}
+                assert not any(os.path.exists(f"/proc/{p}") for p in pids)
+                # one left prepared: the agent's exit takes it down
+                r = await peer.command("prepare", {"instance": 7, "chain": EMPTY2,
+                                                   "core": CORE, "vf": VF1})  # fmt: skip
+                assert r.get("result", {}).get("state") == "detached", r
+                pids = r["result"]["pids"]
+                os.kill(pids[1], signal.SIGKILL)  # an NF dies: the controller hears of it
+                for _ in range(50):
+                    events = [m["params"] for m in peer.got if m.get("method") == "event"]
+                    if events:
+                        break
+                    await asyncio.sleep(0.1)
+                assert events and events[0]["kind"] == "nf_failed", peer.got[-5:]
+                assert events[0]["instance"] == 7 and events[0]["nfs"] == [1]
+            finally:
+                if agent.returncode is None:
+                    agent.send_signal(signal.SIGTERM)
+                    assert await asyncio.wait_for(agent.wait(), 30) == 0
+        assert not any(os.path.exists(f"/proc/{p}") for p in pids)
+
+    asyncio.run(asyncio.wait_for(scenario(), 120))
+    assert leftovers(f"qw{tag}", f"qw{tag}") == []
+    for c in ("cpuset", "memory"):
+        assert not (Path("/sys/fs/cgroup") / c / f"qw{tag}").exists()
