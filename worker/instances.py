@@ -20,9 +20,10 @@ import logging
 import os
 import re
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from quadrant_app import jsonrpc
@@ -64,6 +65,8 @@ class Entry:
     chain: ChainInstance
     slot: int  # which uid/gid range it holds
     failed: str = ""  # why it died, once it has
+    ready: bool = False  # prepared (until then it only reserves its id, VF and uids)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one command at a time
 
 
 class InstanceManager:
@@ -122,6 +125,7 @@ class InstanceManager:
                     "state": "failed" if e.failed else e.chain.state,
                 }  # fmt: skip
                 for e in self.entries.values()
+                if e.ready
             ]
 
     # -- commands ---------------------------------------------------------------
@@ -156,15 +160,13 @@ class InstanceManager:
             except Exception as exc:
                 raise refuse("params.core", f"no scheduler on core {core}: {exc}") from None
             os.makedirs(self.log_dir, mode=0o755, exist_ok=True)
+            uid = self.uid_base + slot * UIDS_PER_INSTANCE
             inst = ChainInstance(
                 f"i{iid}",
                 nfs,
                 core=core,
                 ports={"rx": self._port(self.vfs[mac], iid)},
-                ids=ChainIds(
-                    self.uid_base + slot * UIDS_PER_INSTANCE,
-                    self.uid_base + slot * UIDS_PER_INSTANCE,
-                ),  # fmt: skip
+                ids=ChainIds(uid, uid),
                 prefix=self.prefix,
                 mode=mode,
                 scheduler=sched,
@@ -174,14 +176,25 @@ class InstanceManager:
                 launcher=self.launcher,
                 netns=self.netns,
             )
+            # reserve the id, the VF and the uids; start the processes outside the manager's
+            # lock, so commands on other instances (an attach from the warm pool) never wait
+            e = Entry(iid, chain_id, chain_name, core, mac, inst, slot)
+            e.lock.acquire()
+            self.entries[iid] = e
+        try:
+            t0 = time.monotonic()
             try:
                 inst.prepare()
             except (ChainError, LaunchError, OSError) as exc:
+                with self.lock:
+                    self.entries.pop(iid, None)
                 raise refuse("params.chain.nfs", f"{exc}{self._log_tail(inst)}") from None
-            self.entries[iid] = Entry(iid, chain_id, chain_name, core, mac, inst, slot)
-            LOG.info("prepared instance %d (chain %s) on core %d, VF %s: pids %s", iid,
-                     chain_name, core, mac, inst.pids)  # fmt: skip
-            return {"instance": iid, "state": inst.state, "pids": list(inst.pids)}
+            e.ready = True
+        finally:
+            e.lock.release()
+        LOG.info("prepared instance %d (chain %s) on core %d, VF %s in %.1f s: pids %s", iid,
+                 chain_name, core, mac, time.monotonic() - t0, inst.pids)  # fmt: skip
+        return {"instance": iid, "state": inst.state, "pids": list(inst.pids)}
 
     def attach(self, params) -> dict:
         e = self._entry(params)
@@ -208,7 +221,7 @@ class InstanceManager:
     # -- used by the monitor and the agent ----------------------------------------
     def snapshot(self) -> list[tuple[int, ChainInstance]]:
         with self.lock:
-            return [(e.id, e.chain) for e in self.entries.values() if not e.failed]
+            return [(e.id, e.chain) for e in self.entries.values() if e.ready and not e.failed]
 
     def check_alive(self) -> list[dict]:
         """Mark instances whose processes died or whose core's watchdog ended them;
@@ -219,8 +232,14 @@ class InstanceManager:
             ended.setdefault(ev.get("chain", ""), ev)
         events = []
         with self.lock:
-            for e in self.entries.values():
-                if e.failed or e.chain.state not in ("detached", "attached"):
+            entries = list(self.entries.values())
+        for e in entries:
+            if not e.lock.acquire(blocking=False):
+                if e.chain.name in ended:  # busy (a command): look again next tick
+                    self._ended.append(ended[e.chain.name])
+                continue
+            try:
+                if not e.ready or e.failed or e.chain.state not in ("detached", "attached"):
                     continue
                 ev = ended.get(e.chain.name)
                 dead = [i for i, p in enumerate(e.chain.procs) if p.poll() is not None]
@@ -230,6 +249,8 @@ class InstanceManager:
                 elif dead:
                     e.failed = f"NF process(es) {dead} exited"
                     events.append(self._failed_event(e, e.failed, nfs=dead))
+            finally:
+                e.lock.release()
         return events
 
     def _on_sched_event(self, ev: dict) -> None:
@@ -240,8 +261,10 @@ class InstanceManager:
     def close(self) -> None:
         """Tear down every instance and stop the schedulers (agent exit)."""
         with self.lock:
-            for e in list(self.entries.values()):
-                self._remove(e)
+            entries = list(self.entries.values())
+        for e in entries:
+            self._remove(e)
+        with self.lock:
             for s in self.schedulers.values():
                 s.stop()
             self.schedulers = {}
@@ -269,20 +292,23 @@ class InstanceManager:
         return e
 
     def _run(self, e: Entry, what: str, fn) -> None:
-        with self.lock:
+        with e.lock:
+            if not e.ready:
+                raise refuse("params.instance", f"instance {e.id} failed to prepare")
             if e.failed:
                 raise refuse("params.instance", f"instance {e.id} failed: {e.failed}")
             try:
                 fn()
             except (ChainError, ValueError, OSError, RuntimeError) as exc:
-                raise refuse(f"{what}", str(exc)) from None
+                raise refuse("params.instance", f"{what}: {exc}") from None
 
     def _remove(self, e: Entry) -> None:
-        with self.lock:
+        with e.lock:
             try:
                 e.chain.teardown()
             finally:
-                self.entries.pop(e.id, None)
+                with self.lock:
+                    self.entries.pop(e.id, None)
         LOG.info("instance %d torn down", e.id)
 
     def _nfs(self, raw: list) -> list[dict]:

@@ -237,7 +237,7 @@ def test_every_refusal_leaves_nothing(manager, worker_ns):
     refused(prep, {**ok, "instance": 22}, "params.vf")  # VF in use
     refused(prep, {**ok, "vf": VF1}, "params.instance")  # duplicate id
     refused(manager.attach, {"instance": 99}, "params.instance")
-    refused(manager.detach, {"instance": 21}, "detach")  # not attached
+    assert "not attached" in refused(manager.detach, {"instance": 21}, "params.instance")
     refused(manager.set_batch, {"instance": 21, "batch": 5000}, "params.batch")
     assert [e["id"] for e in manager.list()] == [21]
     manager.teardown({"instance": 21})
