@@ -188,7 +188,7 @@ class InstanceManager:
             except (ChainError, LaunchError, OSError) as exc:
                 with self.lock:
                     self.entries.pop(iid, None)
-                raise refuse("params.chain.nfs", f"{exc}{self._log_tail(inst)}") from None
+                raise refuse("params.chain.nfs", f"{exc}{self._log_tail(inst, str(exc))}") from None
             e.ready = True
         finally:
             e.lock.release()
@@ -361,10 +361,11 @@ class InstanceManager:
             self.schedulers[core] = s
         return s
 
-    def _log_tail(self, inst: ChainInstance) -> str:
-        """The last line an NF wrote before it failed (its error), for the refusal."""
+    def _log_tail(self, inst: ChainInstance, error: str) -> str:
+        """The last line the failed NF wrote (its error), for the refusal."""
         lines = []
-        for i in range(len(inst.nfs)):
+        named = re.match(r"nfs\[(\d+)\]", error)
+        for i in [int(named.group(1))] if named else range(len(inst.nfs)):
             path = os.path.join(self.log_dir, f"{inst.name}-nf{i}.log")
             try:
                 text = Path(path).read_text().strip().splitlines()
