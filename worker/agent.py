@@ -291,6 +291,13 @@ def managed_cores(topology_cores: list[int], wanted: list[int] | None) -> list[i
     return sorted(set(wanted))
 
 
+def default_uid_base(topology, worker_id: str) -> int:
+    """Disjoint NF uid ranges for the workers of one topology (the lab runs them all on
+    one machine): 256 instances of 16 uids each per worker."""
+    names = [w.name for w in topology.workers]
+    return 480000 + 4096 * names.index(worker_id)
+
+
 def _cores(text: str) -> list[int]:
     try:
         return [int(c) for c in text.split(",") if c.strip()]
@@ -310,8 +317,9 @@ def main(argv: list[str] | None = None) -> int:
                     "cores but the housekeeping one)")  # fmt: skip
     ap.add_argument("--prefix", help="names of cgroups, buffer files, DPDK file prefixes "
                     "(default quadrant-WORKER)")  # fmt: skip
-    ap.add_argument("--uid-base", type=int, default=480000,
-                    help="NF uids/gids are allocated from here, 16 per instance")  # fmt: skip
+    ap.add_argument("--uid-base", type=int,
+                    help="NF uids/gids are allocated from here, 16 per instance (default "
+                    "480000 + 4096 x the worker's position in the topology)")  # fmt: skip
     ap.add_argument("--log-dir", help="NF logs (default /tmp/PREFIX-nf-logs)")
     ap.add_argument("--watchdog-timeout", type=float, default=0.25,
                     help="seconds an NF may hold its core without yielding")  # fmt: skip
@@ -340,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--netns {args.netns!r}: no such network namespace (/run/netns)")
     try:
         token = Path(args.token_file).read_text().strip()
-        inv = inventory(load(args.topology), args.worker_id)
+        topo = load(args.topology)
+        inv = inventory(topo, args.worker_id)
         cores = managed_cores(inv["cores"], args.cores)
     except (OSError, TopologyError, ValueError, SchedError) as exc:
         print(f"quadrant-agent: {exc}", file=sys.stderr)
@@ -361,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         launcher=LocalLauncher(cgroup_parent=prefix),
         netns=args.netns,
         prefix=prefix,
-        uid_base=args.uid_base,
+        uid_base=args.uid_base
+        if args.uid_base is not None
+        else default_uid_base(topo, args.worker_id),
         log_dir=args.log_dir,
         watchdog_timeout=args.watchdog_timeout,
     )

@@ -107,6 +107,7 @@ class ChainInstance:
         log_dir: str | None = None,
         launcher: Launcher | None = None,
         netns: str | None = None,
+        startup_cpus: tuple[int, ...] = (),
     ):
         if not nfs:
             raise ChainError("nfs: a chain has at least one NF")
@@ -140,8 +141,10 @@ class ChainInstance:
         # cgroup on its core, ``netns``): tids it reports are mapped to the host's
         self.launcher = launcher
         self.netns = netns
-        if netns and launcher is None:
-            raise ChainError("netns: needs a launcher")
+        # CPUs (off the data core) the NFs set up on before the launcher confines them
+        self.startup_cpus = tuple(c for c in startup_cpus if c != core)
+        if (netns or self.startup_cpus) and launcher is None:
+            raise ChainError("netns, startup_cpus: need a launcher")
         self.handles: list = []
         self.pids: list[int] = []
         self.buffers: dict[str, chainbuf.ChainBuffer] = {}
@@ -224,6 +227,8 @@ class ChainInstance:
             for spec in specs:
                 self._spawn(spec)
             self.tids = [self._await_ready(i, p, timeout) for i, p in enumerate(self.procs)]
+            for h in self.handles:  # set up: now onto the core, every thread of it
+                h.settle()
             if self.scheduler is not None:
                 self.scheduler.register(self.name, self.tids, ctl)
             else:
@@ -249,6 +254,8 @@ class ChainInstance:
                 "memory_mb": self.first_memory_mb if i == 0 else self.memory_mb,
             },
         }
+        if self.startup_cpus:
+            spec["eal"]["lcores"] = sorted({self.core, *self.startup_cpus})
         if i == 0:
             spec["ports"] = self.ports
         return spec
@@ -276,6 +283,7 @@ class ChainInstance:
                         env=(("PYTHONPATH", env["PYTHONPATH"]),),
                         cwd=str(ROOT),
                         netns=self.netns,
+                        startup_cpus=self.startup_cpus,
                     ),
                     **pipes,
                 )

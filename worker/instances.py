@@ -87,6 +87,8 @@ class InstanceManager:
     ):
         self.vfs = {vf["mac"].lower(): vf for vf in inventory.get("vfs", [])}
         self.cores = sorted(cores)
+        # NFs set up on the housekeeping CPUs, not on a data core busy with SCHED_FIFO chains
+        self.startup_cpus = tuple(sorted(os.sched_getaffinity(0) - set(self.cores)))
         self.launcher = launcher
         self.netns = netns
         self.prefix = prefix
@@ -175,6 +177,7 @@ class InstanceManager:
                 log_dir=self.log_dir,
                 launcher=self.launcher,
                 netns=self.netns,
+                startup_cpus=self.startup_cpus if self.launcher is not None else (),
             )
             # reserve the id, the VF and the uids; start the processes outside the manager's
             # lock, so commands on other instances (an attach from the warm pool) never wait

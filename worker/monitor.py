@@ -97,8 +97,8 @@ class Rates:
             rows.append({
                 "id": iid,
                 "pps": round(max(0.0, pps), 1),
-                "load": round(min(1.0, max(0.0, cycles / self.hz / dt)), 4),
-                "p99_us": round(percentile(prev.p99_samples, 0.99), 2),
+                "load": round(min(1.0, max(0.0, cycles / self.hz / dt)), 6),
+                "p99_us": round(percentile(prev.p99_samples, 0.99), 3),
                 "drops": drops,
             })  # fmt: skip
         for gone in set(self.tracks) - set(readings):

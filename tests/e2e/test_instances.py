@@ -151,6 +151,9 @@ def test_chain_instance_processes_traffic_and_leaves_nothing(manager, worker_ns,
         assert f"qw-{tag}/qw{tag}-i11-nf" in Path(f"/proc/{pid}/cgroup").read_text()
         assert os.sched_getaffinity(tid) == {CORE}
         assert os.sched_getparam(tid).sched_priority == PRIO_DETACHED
+    for i in range(2):  # set up on the housekeeping CPU, then confined to the core
+        cpus = Path(f"/sys/fs/cgroup/cpuset/qw-{tag}/qw{tag}-i11-nf{i}/cpuset.cpus")
+        assert cpus.read_text().strip() == str(CORE)
     assert manager.list() == [{"id": 11, "chain_id": 1, "core": CORE, "vf": VF0,
                                "state": "detached"}]  # fmt: skip
 
@@ -183,7 +186,7 @@ def test_chain_instance_processes_traffic_and_leaves_nothing(manager, worker_ns,
     busy = [r[0] for r in rows if r and r[0]["pps"] > 0]
     assert busy, rows
     assert max(r["pps"] for r in busy) == pytest.approx(1000, rel=0.6)
-    assert all(r["p99_us"] > 0 and 0 < r["load"] < 1 and r["drops"] == 0 for r in busy)
+    assert all(r["p99_us"] > 0 and 0 < r["load"] < 1 and r["drops"] == 0 for r in busy), busy
 
     assert manager.set_batch({"instance": 11, "batch": 8}) == {"instance": 11, "batch": 8}
     assert inst.ctl.batch == 8
