@@ -373,6 +373,11 @@ class ChainInstance:
                 self.scheduler.unregister(self.name)
             except Exception:
                 pass
+        for h in self.handles:  # off SCHED_FIFO now: shut down on the startup CPUs
+            try:
+                h.unsettle()
+            except Exception:
+                pass
         deadline = time.monotonic() + timeout
         self.summaries = []
         for k, p in enumerate(self.procs):

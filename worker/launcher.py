@@ -69,6 +69,9 @@ class Handle(abc.ABC):
     def settle(self) -> None:  # noqa: B027 (optional: a launcher without startup CPUs)
         """Confine the NF to its core once its setup is done (see LaunchSpec.startup_cpus)."""
 
+    def unsettle(self) -> None:  # noqa: B027
+        """Give it its startup CPUs back to shut down on (no longer scheduled: SCHED_OTHER)."""
+
 
 class Launcher(abc.ABC):
     @abc.abstractmethod
@@ -115,10 +118,10 @@ class Cgroup:
             _write(self.dirs["cpuset"] / "cpuset.mems", _mems(self.dirs["cpuset"].parent))
             _write(self.dirs["memory"] / "memory.limit_in_bytes", str(memory_bytes))
 
-    def pin(self, core: int) -> None:
-        """Narrow the cpuset to ``core`` (moves every task of the cgroup onto it)."""
+    def set_cpus(self, core: int, extra=()) -> None:
+        """Set the cpuset to ``core`` and ``extra`` (moves every task of the cgroup)."""
         d = self.dirs.get("unified") or self.dirs["cpuset"]
-        _write(d / "cpuset.cpus", str(core))
+        _write(d / "cpuset.cpus", _cpus(core, extra))
 
     def join(self) -> None:
         """Move the calling process in (run in the child before exec)."""
@@ -180,7 +183,11 @@ class LocalHandle(Handle):
 
     def settle(self) -> None:
         if self.spec.startup_cpus:
-            self.cgroup.pin(self.spec.core)
+            self.cgroup.set_cpus(self.spec.core)
+
+    def unsettle(self) -> None:
+        if self.spec.startup_cpus and self.proc.poll() is None:
+            self.cgroup.set_cpus(self.spec.core, self.spec.startup_cpus)
 
     def stop(self, grace: float = 5.0) -> int:
         """SIGTERM, then SIGKILL after ``grace`` seconds; returns the exit code."""
