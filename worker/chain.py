@@ -11,6 +11,10 @@ What the agent (issue 6) calls, in order::
     inst.detach()       # drains in-flight batches, parks every NF
     inst.teardown()     # STOP, processes reaped, buffer files removed
 
+The agent adds ``launcher=`` (each NF a container: namespaces, a cgroup on
+the core), ``netns=`` (the worker's network namespace) and ``startup_cpus=``
+(where the NFs set up before their cgroup confines them to the core).
+
 ``mode`` picks how the NFs are isolated (the variants of
 tools/bench/chain_isolation.py):
 
