@@ -256,8 +256,14 @@ def test_dead_nf_is_reported_once(manager, worker_ns):
     mon = Monitor(manager, Rates(2e9), Significance())
     assert mon.tick() == ([{"id": 31, "pps": 0.0, "load": 0.0, "p99_us": 0.0, "drops": 0}], [])
     os.kill(res["pids"][1], signal.SIGKILL)
-    events = wait_for(lambda: mon.tick()[1], 5, "the nf_failed event")
-    assert events[0]["kind"] == "nf_failed" and events[0]["instance"] == 31
+    # the core's watchdog sees the thread gone and ends the chain (every process of it)
+    sched = manager.schedulers[CORE]
+    wait_for(lambda: any(e["chain"] == "i31" for e in sched.events), 5, "the watchdog")
+    wait_for(lambda: manager.entries[31].chain.procs[0].poll() is not None, 5, "NF 0 ended")
+    events = mon.tick()[1]
+    assert len(events) == 1 and events[0]["kind"] == "nf_failed", events
+    assert events[0]["instance"] == 31 and events[0]["watchdog"] is True
+    assert "NF 1" in events[0]["reason"] and events[0]["nfs"] == [0, 1]
     assert mon.tick()[1] == []  # once
     assert manager.list()[0]["state"] == "failed"
     refused(manager.attach, {"instance": 31}, "params.instance")
