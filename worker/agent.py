@@ -323,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-dir", help="NF logs (default /tmp/PREFIX-nf-logs)")
     ap.add_argument("--watchdog-timeout", type=float, default=0.25,
                     help="seconds an NF may hold its core without yielding")  # fmt: skip
+    ap.add_argument("--prepare-timeout", type=float, default=8.0,
+                    help="seconds for a prepare's NFs to be ready (below the controller's call "
+                    "timeout)")  # fmt: skip
     ap.add_argument("--monitor-interval", type=float, default=0.5,
                     help="seconds between counter readings")  # fmt: skip
     ap.add_argument("--report-fraction", type=float, default=0.2,
@@ -375,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         else default_uid_base(topo, args.worker_id),
         log_dir=args.log_dir,
         watchdog_timeout=args.watchdog_timeout,
+        prepare_timeout=args.prepare_timeout,
     )
     monitor = Monitor(
         manager,

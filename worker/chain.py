@@ -212,7 +212,8 @@ class ChainInstance:
 
     # -- life cycle ---------------------------------------------------------
     def prepare(self, timeout: float = 60.0) -> None:
-        """Make the buffer(s), start and confine every NF process; leave them parked."""
+        """Make the buffer(s), start and confine every NF process; leave them parked.
+        ``timeout``: seconds for every NF of the chain to be ready."""
         if self.state != "new":
             raise ChainError(f"prepare: instance {self.name} is {self.state}")
         self.state = "preparing"
@@ -230,7 +231,11 @@ class ChainInstance:
                     specs.append(self._spec(i, [nf], layout[i]))
             for spec in specs:
                 self._spawn(spec)
-            self.tids = [self._await_ready(i, p, timeout) for i, p in enumerate(self.procs)]
+            deadline = time.monotonic() + timeout  # for the whole chain: NFs start together
+            self.tids = [
+                self._await_ready(i, p, max(0.1, deadline - time.monotonic()))
+                for i, p in enumerate(self.procs)
+            ]
             for h in self.handles:  # set up: now onto the core, every thread of it
                 h.settle()
             if self.scheduler is not None:

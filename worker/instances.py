@@ -83,6 +83,7 @@ class InstanceManager:
         n_slots: int = 2048,
         scheduler_factory: Callable | None = None,
         watchdog_timeout: float = 0.25,
+        prepare_timeout: float = 8.0,
         on_event: Callable[[dict], None] | None = None,
     ):
         self.vfs = {vf["mac"].lower(): vf for vf in inventory.get("vfs", [])}
@@ -97,6 +98,9 @@ class InstanceManager:
         self.n_slots = n_slots
         self.scheduler_factory = scheduler_factory
         self.watchdog_timeout = watchdog_timeout
+        # below the controller's call timeout (10 s): a prepare the controller gave up on
+        # must not live on here as an instance it does not know
+        self.prepare_timeout = prepare_timeout
         self.on_event = on_event or (lambda ev: None)
         self.entries: dict[int, Entry] = {}
         self.schedulers: dict[int, object] = {}
@@ -187,7 +191,7 @@ class InstanceManager:
         try:
             t0 = time.monotonic()
             try:
-                inst.prepare()
+                inst.prepare(timeout=self.prepare_timeout)
             except (ChainError, LaunchError, OSError) as exc:
                 with self.lock:
                     self.entries.pop(iid, None)

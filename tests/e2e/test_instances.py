@@ -263,7 +263,7 @@ def test_dead_nf_is_reported_once(manager, worker_ns):
     events = mon.tick()[1]
     assert len(events) == 1 and events[0]["kind"] == "nf_failed", events
     assert events[0]["instance"] == 31 and events[0]["watchdog"] is True
-    assert "NF 1" in events[0]["reason"] and events[0]["nfs"] == [0, 1]
+    assert "NF" in events[0]["reason"] and events[0]["nfs"] == [0, 1]  # exited, or a zombie
     assert mon.tick()[1] == []  # once
     assert manager.list()[0]["state"] == "failed"
     refused(manager.attach, {"instance": 31}, "params.instance")
