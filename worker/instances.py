@@ -117,7 +117,22 @@ class InstanceManager:
     # -- registration on the agent ------------------------------------------------
     def register(self, dispatcher) -> None:
         for name in ("prepare", "attach", "detach", "set_batch", "teardown"):
-            dispatcher.add(name, getattr(self, name))
+            dispatcher.add(name, self._guarded(name, getattr(self, name)))
+
+    @staticmethod
+    def _guarded(name: str, fn):
+        """Every command gets an answer: an unexpected failure is an internal error."""
+
+        def call(params):
+            try:
+                return fn(params)
+            except RpcError:
+                raise
+            except Exception as exc:
+                LOG.exception("%s failed", name)
+                raise RpcError(jsonrpc.INTERNAL_ERROR, f"{name}: {exc}") from None
+
+        return call
 
     def list(self) -> list[dict]:
         """What runs here, for ``register``'s ``instances``."""
@@ -192,9 +207,11 @@ class InstanceManager:
             t0 = time.monotonic()
             try:
                 inst.prepare(timeout=self.prepare_timeout)
-            except (ChainError, LaunchError, OSError) as exc:
+            except Exception as exc:  # prepare() has torn down what it started
                 with self.lock:
                     self.entries.pop(iid, None)
+                if not isinstance(exc, (ChainError, LaunchError, OSError)):
+                    raise
                 raise refuse("params.chain.nfs", f"{exc}{self._log_tail(inst, str(exc))}") from None
             e.ready = True
         finally:

@@ -68,3 +68,19 @@ def test_commands_on_unknown_instances_and_registration(manager):
         manager.attach(["not", "an", "object"])
     assert e.value.code == jsonrpc.INVALID_PARAMS
     assert manager.list() == []
+
+
+def test_a_scheduler_that_cannot_start_refuses_the_core(manager):
+    manager.scheduler_factory = lambda core, on_event: 1 / 0
+    multi = {**OK, "chain": {"id": 1, "name": "c", "nfs": [{"type": "empty"}] * 2}}
+    with pytest.raises(RpcError) as e:
+        manager.prepare(multi)
+    assert e.value.code == jsonrpc.REFUSED and "no scheduler on core 1" in e.value.message
+    assert manager.entries == {}
+
+
+def test_an_unexpected_failure_is_still_answered():
+    guarded = InstanceManager._guarded("attach", lambda params: params["missing"])
+    with pytest.raises(RpcError) as e:
+        guarded({})
+    assert e.value.code == jsonrpc.INTERNAL_ERROR and e.value.message.startswith("attach:")
