@@ -18,8 +18,9 @@ the NF; see docs/chains.rst) and turns two readings into, per instance:
     histogram (the single-NF counter block of :mod:`worker.nf_stats`
     does), so this is a percentile of tick means, not of single batches;
 ``drops``
-    packets dropped by the chain since it was prepared (every NF's drops
-    plus refused descriptors), a running total.
+    packets dropped by the chain since it was prepared, a running total: the
+    first NF's drop count (which includes what later NFs dropped: their slots
+    come back to it flagged) plus descriptors any NF refused as invalid.
 
 The NIC queue length is not reported: the first NF owns its port, and
 ``rte_eth_rx_queue_count`` works only in that process (and not at all on
@@ -75,7 +76,10 @@ class Rates:
         rows = []
         for iid, nfs in readings.items():
             prev = self.tracks.get(iid)
-            drops = sum(n["drops"] + n["bad"] for n in nfs)
+            # NF 0 counts every packet of the chain that did not leave: its own verdicts,
+            # no free slot, TX refused, and slots a later NF flagged dropped when they
+            # come back; later NFs' own drop counts are already in it
+            drops = nfs[0]["drops"] + sum(n["bad"] for n in nfs)
             if prev is None:
                 track = _Track(now, nfs, deque(maxlen=self.window))
                 self.tracks[iid] = track
