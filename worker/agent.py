@@ -23,9 +23,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import random
 import signal
 import sys
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -86,6 +88,8 @@ class Agent:
         heartbeat_s: float = 1.0,
         call_timeout: float = 10.0,
         instances: Callable[[], list] = list,
+        monitor=None,
+        monitor_interval: float = 0.5,
     ):
         self.url = url
         self.worker_id = worker_id
@@ -101,6 +105,10 @@ class Agent:
         self.registered = asyncio.Event()
         self.sessions = 0  # how many times it registered (tests, logs)
         self.backoff = Backoff()
+        self.monitor = monitor  # worker.monitor.Monitor, or None
+        self.monitor_interval = monitor_interval
+        self.events: deque = deque(maxlen=256)  # nf_failed & co. not yet delivered
+        self.reported = 0  # stats calls the controller accepted (tests, logs)
         self._stop = asyncio.Event()
 
     # -- calls to the controller ---------------------------------------------------
@@ -144,6 +152,32 @@ class Agent:
             seq += 1
             await self.notify("heartbeat", {"worker": self.worker_id, "seq": seq})
 
+    async def _monitor_loop(self) -> None:
+        """Every ``monitor_interval``: read the counters (executor thread), send what is
+        significant and every pending event while a session is up."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.monitor_interval)
+            up = self.registered.is_set()
+            try:
+                rows, events = await loop.run_in_executor(None, self.monitor.tick, None, up)
+            except Exception:
+                LOG.exception("monitor tick failed")
+                continue
+            self.events.extend(events)
+            if not self.registered.is_set():
+                continue
+            try:
+                while self.events:
+                    await self.call("event", self.events[0])
+                    self.events.popleft()
+                if rows:
+                    await self.call("stats", {"instances": rows})
+                    self.reported += 1
+            except (RpcError, ConnectionError, TimeoutError, OSError) as exc:
+                LOG.warning("report to the controller failed: %s", exc)
+                self.monitor.resync()  # send everything again once it works
+
     async def _session(self, ws) -> None:
         self.ws = ws
         reader = asyncio.create_task(self._reader(ws))
@@ -164,6 +198,8 @@ class Agent:
         if isinstance(result, dict) and isinstance(result.get("heartbeat_s"), (int, float)):
             self.heartbeat_s = float(result["heartbeat_s"])
         self.sessions += 1
+        if self.monitor is not None:
+            self.monitor.resync()
         self.registered.set()
         self.backoff.reset()
         LOG.info("registered with %s as %s (session %d)", self.url, self.worker_id, self.sessions)
@@ -191,6 +227,14 @@ class Agent:
         from websockets.asyncio.client import connect
         from websockets.exceptions import InvalidStatus, WebSocketException
 
+        monitor = asyncio.create_task(self._monitor_loop()) if self.monitor else None
+        try:
+            await self._connect_loop(connect, InvalidStatus, WebSocketException)
+        finally:
+            if monitor is not None:
+                monitor.cancel()
+
+    async def _connect_loop(self, connect, InvalidStatus, WebSocketException) -> None:  # noqa: N803
         while not self._stop.is_set():
             try:
                 async with connect(
@@ -229,6 +273,38 @@ class Agent:
         self._stop.set()
 
 
+def managed_cores(topology_cores: list[int], wanted: list[int] | None) -> list[int]:
+    """The data cores this agent manages: ``wanted`` (each in the topology's list) or the
+    topology's cores except the lowest CPU this process may use (the housekeeping core);
+    refused by :func:`worker.coopsched.check_cores` if none would be left for housekeeping."""
+    from worker.coopsched import check_cores
+
+    if wanted is None:
+        housekeeping = min(os.sched_getaffinity(0))
+        wanted = [c for c in topology_cores if c != housekeeping]
+    for c in wanted:
+        if c not in topology_cores:
+            raise ValueError(f"--cores: {c} is not one of the worker's cores {topology_cores}")
+    if not wanted:
+        raise ValueError(f"--cores: no data core left in {topology_cores}")
+    check_cores(wanted)
+    return sorted(set(wanted))
+
+
+def default_uid_base(topology, worker_id: str) -> int:
+    """Disjoint NF uid ranges for the workers of one topology (the lab runs them all on
+    one machine): 256 instances of 16 uids each per worker."""
+    names = [w.name for w in topology.workers]
+    return 480000 + 4096 * names.index(worker_id)
+
+
+def _cores(text: str) -> list[int]:
+    try:
+        return [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of cores") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="quadrant-agent", description=__doc__.splitlines()[0])
     ap.add_argument("--controller", required=True, help="ws://HOST:PORT/v1/agents")
@@ -236,6 +312,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--token-file", required=True, help="file holding the agent's bearer token")
     ap.add_argument("--topology", required=True, help="topology file (for the inventory)")
     ap.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
+    ap.add_argument("--netns", help="network namespace the NFs run in (the lab's worker)")
+    ap.add_argument("--cores", type=_cores, help="data cores to manage (default: the worker's "
+                    "cores but the housekeeping one)")  # fmt: skip
+    ap.add_argument("--prefix", help="names of cgroups, buffer files, DPDK file prefixes "
+                    "(default quadrant-WORKER)")  # fmt: skip
+    ap.add_argument("--uid-base", type=int,
+                    help="NF uids/gids are allocated from here, 16 per instance (default "
+                    "480000 + 4096 x the worker's position in the topology)")  # fmt: skip
+    ap.add_argument("--log-dir", help="NF logs (default /tmp/PREFIX-nf-logs)")
+    ap.add_argument("--watchdog-timeout", type=float, default=0.25,
+                    help="seconds an NF may hold its core without yielding")  # fmt: skip
+    ap.add_argument("--prepare-timeout", type=float, default=8.0,
+                    help="seconds for a prepare's NFs to be ready (below the controller's call "
+                    "timeout)")  # fmt: skip
+    ap.add_argument("--monitor-interval", type=float, default=0.5,
+                    help="seconds between counter readings")  # fmt: skip
+    ap.add_argument("--report-fraction", type=float, default=0.2,
+                    help="report a value that changed by more than this fraction")  # fmt: skip
+    ap.add_argument("--p99-threshold", type=float, action="append", default=[],
+                    help="report when p99_us crosses this (µs; repeatable)")  # fmt: skip
+    ap.add_argument("--summary", type=float, default=10.0,
+                    help="seconds between full summaries")  # fmt: skip
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(
@@ -243,19 +341,67 @@ def main(argv: list[str] | None = None) -> int:
         format=f"quadrant-agent {args.worker_id}: %(message)s",
     )
     from quadrant_app.topology import TopologyError, load
+    from worker.coopsched import SchedError
 
     if not args.controller.startswith(("ws://", "wss://")):
         ap.error(f"--controller {args.controller!r}: must be a ws:// or wss:// URL")
+    if args.monitor_interval <= 0:
+        ap.error("--monitor-interval: must be > 0")
+    if args.netns and not os.path.exists(f"/run/netns/{args.netns}"):
+        ap.error(f"--netns {args.netns!r}: no such network namespace (/run/netns)")
     try:
         token = Path(args.token_file).read_text().strip()
-        inv = inventory(load(args.topology), args.worker_id)
-    except (OSError, TopologyError, ValueError) as exc:
+        topo = load(args.topology)
+        inv = inventory(topo, args.worker_id)
+        cores = managed_cores(inv["cores"], args.cores)
+    except (OSError, TopologyError, ValueError, SchedError) as exc:
         print(f"quadrant-agent: {exc}", file=sys.stderr)
         return 2
     if not token:
         print(f"quadrant-agent: {args.token_file} is empty", file=sys.stderr)
         return 2
-    agent = Agent(args.controller, args.worker_id, token, inv, heartbeat_s=args.heartbeat)
+    inv["cores"] = cores  # what it manages: the controller places instances only there
+
+    from worker.instances import InstanceManager
+    from worker.launcher import LocalLauncher
+    from worker.monitor import Monitor, Rates, Significance, tsc_hz
+
+    prefix = args.prefix or f"quadrant-{args.worker_id}"
+    manager = InstanceManager(
+        inv,
+        cores,
+        launcher=LocalLauncher(cgroup_parent=prefix),
+        netns=args.netns,
+        prefix=prefix,
+        uid_base=args.uid_base
+        if args.uid_base is not None
+        else default_uid_base(topo, args.worker_id),
+        log_dir=args.log_dir,
+        watchdog_timeout=args.watchdog_timeout,
+        prepare_timeout=args.prepare_timeout,
+    )
+    monitor = Monitor(
+        manager,
+        Rates(tsc_hz()),
+        Significance(
+            fraction=args.report_fraction,
+            summary_s=args.summary,
+            thresholds={"p99_us": args.p99_threshold},
+        ),  # fmt: skip
+    )
+    agent = Agent(args.controller, args.worker_id, token, inv, heartbeat_s=args.heartbeat,
+                  instances=manager.list, monitor=monitor,
+                  monitor_interval=args.monitor_interval)  # fmt: skip
+    manager.register(agent.dispatcher)
+    try:
+        manager.start_schedulers()
+    except SchedError as exc:
+        manager.close()
+        print(f"quadrant-agent: {exc}", file=sys.stderr)
+        return 2
+    # the agent and its monitor stay off the data cores (the schedulers' enforcer threads
+    # pinned themselves to theirs; their master threads to the housekeeping cores)
+    os.sched_setaffinity(0, os.sched_getaffinity(0) - set(cores))
 
     async def run():
         loop = asyncio.get_running_loop()
@@ -268,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     except AgentAuthError as exc:
         print(f"quadrant-agent: {exc}", file=sys.stderr)
         return 2
+    finally:
+        manager.close()  # no NF outlives its agent (nor its watchdog)
     return 0
 
 

@@ -11,6 +11,10 @@ What the agent (issue 6) calls, in order::
     inst.detach()       # drains in-flight batches, parks every NF
     inst.teardown()     # STOP, processes reaped, buffer files removed
 
+The agent adds ``launcher=`` (each NF a container: namespaces, a cgroup on
+the core), ``netns=`` (the worker's network namespace) and ``startup_cpus=``
+(where the NFs set up before their cgroup confines them to the core).
+
 ``mode`` picks how the NFs are isolated (the variants of
 tools/bench/chain_isolation.py):
 
@@ -47,6 +51,7 @@ from pathlib import Path
 
 from cext import chainbuf
 from worker.coopsched import CoreScheduler
+from worker.launcher import Launcher, LaunchSpec, host_tid
 
 MODES = ("coop", "cfs", "copy", "single_thread")
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,6 +109,9 @@ class ChainInstance:
         memory_mb: int = 160,
         first_memory_mb: int | None = None,
         log_dir: str | None = None,
+        launcher: Launcher | None = None,
+        netns: str | None = None,
+        startup_cpus: tuple[int, ...] = (),
     ):
         if not nfs:
             raise ChainError("nfs: a chain has at least one NF")
@@ -133,6 +141,16 @@ class ChainInstance:
         n_first = len(nfs) if self.mode == "single_thread" else 1
         self.first_memory_mb = first_memory_mb or 96 + 96 * n_first
         self.log_dir = log_dir
+        # with a launcher every NF process is a container of its own (namespaces, a
+        # cgroup on its core, ``netns``): tids it reports are mapped to the host's
+        self.launcher = launcher
+        self.netns = netns
+        # CPUs (off the data core) the NFs set up on before the launcher confines them
+        self.startup_cpus = tuple(c for c in startup_cpus if c != core)
+        if (netns or self.startup_cpus) and launcher is None:
+            raise ChainError("netns, startup_cpus: need a launcher")
+        self.handles: list = []
+        self.pids: list[int] = []
         self.buffers: dict[str, chainbuf.ChainBuffer] = {}
         self.procs: list[subprocess.Popen] = []
         self.tids: list[int] = []
@@ -194,7 +212,8 @@ class ChainInstance:
 
     # -- life cycle ---------------------------------------------------------
     def prepare(self, timeout: float = 60.0) -> None:
-        """Make the buffer(s), start and confine every NF process; leave them parked."""
+        """Make the buffer(s), start and confine every NF process; leave them parked.
+        ``timeout``: seconds for every NF of the chain to be ready."""
         if self.state != "new":
             raise ChainError(f"prepare: instance {self.name} is {self.state}")
         self.state = "preparing"
@@ -212,7 +231,13 @@ class ChainInstance:
                     specs.append(self._spec(i, [nf], layout[i]))
             for spec in specs:
                 self._spawn(spec)
-            self.tids = [self._await_ready(i, p, timeout) for i, p in enumerate(self.procs)]
+            deadline = time.monotonic() + timeout  # for the whole chain: NFs start together
+            self.tids = [
+                self._await_ready(i, p, max(0.1, deadline - time.monotonic()))
+                for i, p in enumerate(self.procs)
+            ]
+            for h in self.handles:  # set up: now onto the core, every thread of it
+                h.settle()
             if self.scheduler is not None:
                 self.scheduler.register(self.name, self.tids, ctl)
             else:
@@ -238,6 +263,8 @@ class ChainInstance:
                 "memory_mb": self.first_memory_mb if i == 0 else self.memory_mb,
             },
         }
+        if self.startup_cpus:
+            spec["eal"]["lcores"] = sorted({self.core, *self.startup_cpus})
         if i == 0:
             spec["ports"] = self.ports
         return spec
@@ -248,17 +275,32 @@ class ChainInstance:
             path = os.path.join(self.log_dir, f"{self.name}-nf{spec['index']}.log")
             log = open(path, "w")  # noqa: SIM115 (handed to the child, closed below)
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        p = subprocess.Popen(
-            [sys.executable, "-m", "worker.chain_nf"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=log or subprocess.DEVNULL,
-            cwd=str(ROOT),
-            env=env,
-            text=True,
-        )
-        if log:
-            log.close()
+        argv = [sys.executable, "-m", "worker.chain_nf"]
+        pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE,
+                 "stderr": log or subprocess.DEVNULL, "text": True}  # fmt: skip
+        try:
+            if self.launcher is None:
+                p = subprocess.Popen(argv, cwd=str(ROOT), env=env, **pipes)
+            else:
+                mb = spec["eal"]["memory_mb"] + 256  # the EAL's memory + the interpreter
+                handle = self.launcher.popen(
+                    LaunchSpec(
+                        name=f"{self.prefix}-{self.name}-nf{spec['index']}",
+                        argv=tuple(argv),
+                        core=self.core,
+                        memory_bytes=mb << 20,
+                        env=(("PYTHONPATH", env["PYTHONPATH"]),),
+                        cwd=str(ROOT),
+                        netns=self.netns,
+                        startup_cpus=self.startup_cpus,
+                    ),
+                    **pipes,
+                )
+                self.handles.append(handle)
+                p = handle.proc
+        finally:
+            if log:
+                log.close()
         self.procs.append(p)
         p.stdin.write(json.dumps(spec))
         p.stdin.close()
@@ -283,7 +325,12 @@ class ChainInstance:
                 f"nfs[{i}] ({self.nfs[min(i, len(self.nfs) - 1)]['type']}): "
                 f"exited before ready (status {p.returncode}); see its log"
             )
-        return int(msg["tid"])
+        if self.launcher is None:
+            self.pids.append(int(msg.get("pid", p.pid)))
+            return int(msg["tid"])
+        # the NF saw its ids inside its own PID namespace; the scheduler needs the host's
+        self.pids.append(host_tid(p.pid, int(msg["pid"])))
+        return host_tid(p.pid, int(msg["tid"]))
 
     def attach(self) -> None:
         self._need("detached", "attach")
@@ -335,13 +382,21 @@ class ChainInstance:
                 self.scheduler.unregister(self.name)
             except Exception:
                 pass
+        for h in self.handles:  # off SCHED_FIFO now: shut down on the startup CPUs
+            try:
+                h.unsettle()
+            except Exception:
+                pass
         deadline = time.monotonic() + timeout
         self.summaries = []
-        for p in self.procs:
+        for k, p in enumerate(self.procs):
             try:
                 out, _ = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                p.send_signal(signal.SIGKILL)
+                if k < len(self.handles):  # every process of its container, not only nfinit
+                    self.handles[k].stop(grace=0)
+                else:
+                    p.send_signal(signal.SIGKILL)
                 out, _ = p.communicate()
             summary = None
             for line in (out or "").splitlines():
@@ -352,6 +407,9 @@ class ChainInstance:
                 if msg.get("done"):
                     summary = msg
             self.summaries.append(summary)
+        for h in self.handles:  # whatever is left in each NF's cgroup, then the cgroup
+            h.stop(grace=0.5)
+        self.handles = []
         for path, b in self.buffers.items():
             b.close()
             try:

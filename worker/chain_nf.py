@@ -30,7 +30,11 @@ import threading
 
 def _eal_args(spec: dict) -> list[str]:
     e = spec.get("eal", {})
-    args = ["quadrant-chain-nf", "-l", str(spec["core"]), "--file-prefix", e["file_prefix"]]
+    # "lcores": the EAL thread may run on these CPUs during setup (the agent pins it to
+    # the core afterwards); otherwise it is pinned to the core from the start
+    lcore = (["--lcores", f"{spec['core']}@({','.join(map(str, e['lcores']))})"]
+             if e.get("lcores") else ["-l", str(spec["core"])])  # fmt: skip
+    args = ["quadrant-chain-nf", *lcore, "--file-prefix", e["file_prefix"]]
     args += ["--no-telemetry", "-m", str(e.get("memory_mb", 64))]
     # no file of this EAL for another process to open: hugepages through memfd
     # (--in-memory), or anonymous memory and no shared config (--no-huge --no-shconf)

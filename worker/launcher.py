@@ -38,6 +38,10 @@ class LaunchSpec:
     cwd: str | None = None
     log: str | None = None  # stdout+stderr go here (default: inherited)
     netns: str | None = None  # a named network namespace to run in (the lab's worker)
+    # CPUs it may also use until Handle.settle() confines it to ``core``: its privileged
+    # setup (interpreter, EAL, tables, mlockall) then runs off a data core whose
+    # SCHED_FIFO chains would leave it only the RT-throttling remainder
+    startup_cpus: tuple[int, ...] = ()
 
     def __post_init__(self):
         if not NAME_RE.match(self.name):
@@ -46,6 +50,8 @@ class LaunchSpec:
             raise LaunchError(f"{self.name}: argv is empty")
         if self.core < 0:
             raise LaunchError(f"{self.name}: core {self.core} is not a core number")
+        if any(c < 0 for c in self.startup_cpus):
+            raise LaunchError(f"{self.name}: startup_cpus {self.startup_cpus} are not cores")
         if self.memory_bytes < 16 << 20:
             raise LaunchError(f"{self.name}: memory_bytes below 16 MiB")
 
@@ -59,6 +65,12 @@ class Handle(abc.ABC):
 
     @abc.abstractmethod
     def stop(self, grace: float = 5.0) -> int: ...
+
+    def settle(self) -> None:  # noqa: B027 (optional: a launcher without startup CPUs)
+        """Confine the NF to its core once its setup is done (see LaunchSpec.startup_cpus)."""
+
+    def unsettle(self) -> None:  # noqa: B027
+        """Give it its startup CPUs back to shut down on (no longer scheduled: SCHED_OTHER)."""
 
 
 class Launcher(abc.ABC):
@@ -80,7 +92,7 @@ class Cgroup:
         else:
             self.dirs = {c: root / c / parent / name for c in ("cpuset", "memory")}
 
-    def create(self, core: int, memory_bytes: int) -> None:
+    def create(self, core: int, memory_bytes: int, startup_cpus=()) -> None:
         if not os.access(self.root, os.W_OK) and not self.v2:
             raise LaunchError(f"{self.root} is not writable: the agent needs root for cgroups")
         for kind, d in self.dirs.items():
@@ -99,12 +111,17 @@ class Cgroup:
             d.mkdir(exist_ok=True)
         if self.v2:
             d = self.dirs["unified"]
-            _write(d / "cpuset.cpus", str(core))
+            _write(d / "cpuset.cpus", _cpus(core, startup_cpus))
             _write(d / "memory.max", str(memory_bytes))
         else:
-            _write(self.dirs["cpuset"] / "cpuset.cpus", str(core))
+            _write(self.dirs["cpuset"] / "cpuset.cpus", _cpus(core, startup_cpus))
             _write(self.dirs["cpuset"] / "cpuset.mems", _mems(self.dirs["cpuset"].parent))
             _write(self.dirs["memory"] / "memory.limit_in_bytes", str(memory_bytes))
+
+    def set_cpus(self, core: int, extra=()) -> None:
+        """Set the cpuset to ``core`` and ``extra`` (moves every task of the cgroup)."""
+        d = self.dirs.get("unified") or self.dirs["cpuset"]
+        _write(d / "cpuset.cpus", _cpus(core, extra))
 
     def join(self) -> None:
         """Move the calling process in (run in the child before exec)."""
@@ -129,6 +146,10 @@ class Cgroup:
             return [int(x) for x in (d / "cgroup.procs").read_text().split()]
         except FileNotFoundError:
             return []
+
+
+def _cpus(core: int, extra=()) -> str:
+    return ",".join(str(c) for c in sorted({core, *extra}))
 
 
 def _mems(parent: Path) -> str:
@@ -159,6 +180,14 @@ class LocalHandle(Handle):
         if code is not None:
             self.cgroup.remove()
         return code
+
+    def settle(self) -> None:
+        if self.spec.startup_cpus:
+            self.cgroup.set_cpus(self.spec.core)
+
+    def unsettle(self) -> None:
+        if self.spec.startup_cpus and self.proc.poll() is None:
+            self.cgroup.set_cpus(self.spec.core, self.spec.startup_cpus)
 
     def stop(self, grace: float = 5.0) -> int:
         """SIGTERM, then SIGKILL after ``grace`` seconds; returns the exit code."""
@@ -196,7 +225,7 @@ class LocalLauncher(Launcher):
     def popen(self, spec: LaunchSpec, **popen_kwargs) -> LocalHandle:
         """Start the NF with the given ``subprocess.Popen`` arguments (pipes, ...)."""
         cgroup = Cgroup(self.cgroup_parent, spec.name)
-        cgroup.create(spec.core, spec.memory_bytes)
+        cgroup.create(spec.core, spec.memory_bytes, spec.startup_cpus)
         argv = [sys.executable, "-m", "worker.nfinit", "--hostname", spec.name]
         if spec.netns:
             argv += ["--netns", spec.netns]

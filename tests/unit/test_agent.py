@@ -145,3 +145,74 @@ def test_register_refused_by_rpc_error():
                 await agent.run()
 
     run(scenario())
+
+
+class TickingMonitor:
+    """Stands in for worker.monitor.Monitor: a row per tick, one event on the second."""
+
+    def __init__(self):
+        self.ticks = []
+        self.resyncs = 0
+
+    def resync(self):
+        self.resyncs += 1
+
+    def tick(self, now=None, report=True):
+        self.ticks.append(report)
+        events = [{"kind": "nf_failed", "instance": 3}] if len(self.ticks) == 2 else []
+        return ([{"id": 3, "pps": float(len(self.ticks))}] if report else []), events
+
+
+def test_monitor_rows_go_out_as_stats_and_events_as_event_calls():
+    class StatsPeer(Peer):
+        async def handler(self, ws):
+            self.conns.append(ws)
+            async for text in ws:
+                msg = json.loads(text)
+                self.got.append(msg)
+                if msg.get("method") == "register":
+                    await ws.send(json.dumps(jsonrpc.result(msg["id"], {"heartbeat_s": 1})))
+                elif msg.get("method") in ("stats", "event"):
+                    await ws.send(json.dumps(jsonrpc.result(msg["id"], {"accepted": 1})))
+
+    async def scenario():
+        peer = StatsPeer()
+        async with serve(peer.handler, "127.0.0.1", 0, process_request=peer.process_request) as srv:
+            port = srv.sockets[0].getsockname()[1]
+            mon = TickingMonitor()
+            agent = Agent(f"ws://127.0.0.1:{port}/", "w1", TOKEN, {}, monitor=mon,
+                          monitor_interval=0.05)  # fmt: skip
+            task = asyncio.create_task(agent.run())
+            await asyncio.wait_for(agent.registered.wait(), 5)
+            for _ in range(100):
+                if agent.reported >= 4:
+                    break
+                await asyncio.sleep(0.05)
+            agent.stop()
+            await task
+        calls = [m for m in peer.got if m.get("method") in ("stats", "event")]
+        assert calls and all("id" in m for m in calls)  # requests: the controller acknowledges
+        events = [m["params"] for m in calls if m["method"] == "event"]
+        assert events == [{"kind": "nf_failed", "instance": 3}]
+        stats = [m["params"]["instances"][0]["pps"] for m in calls if m["method"] == "stats"]
+        assert len(stats) >= 4 and stats == sorted(stats)
+        assert mon.resyncs >= 1  # a new session asks for a full summary
+
+    run(scenario())
+
+
+def test_managed_cores():
+    import os
+
+    from worker.agent import managed_cores
+    from worker.coopsched import SchedError
+
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("needs two CPUs")
+    assert managed_cores(allowed, None) == allowed[1:]  # all but the housekeeping CPU
+    assert managed_cores(allowed, [allowed[-1]]) == [allowed[-1]]
+    with pytest.raises(ValueError, match="--cores: 99"):
+        managed_cores(allowed, [99])
+    with pytest.raises(SchedError, match="no CPU for the kernel"):
+        managed_cores(allowed, allowed)
