@@ -176,7 +176,8 @@ class AgentSession:
     def __init__(self, ws, worker: str, hub: AgentHub, clock: Callable[[], float],
                  on_stats: Callable[[str, list], None] | None = None,
                  call_timeout: float = 10.0,
-                 on_register: Callable[[str, list], None] | None = None):  # fmt: skip
+                 on_register: Callable[[str, list], None] | None = None,
+                 on_event: Callable[[str, dict], None] | None = None):  # fmt: skip
         import eventlet.event
 
         self._event_cls = eventlet.event.Event
@@ -186,6 +187,7 @@ class AgentSession:
         self.clock = clock
         self.on_stats = on_stats or (lambda worker, rows: None)
         self.on_register = on_register or (lambda worker, instances: None)
+        self.on_event = on_event or (lambda worker, event: None)
         self.call_timeout = call_timeout
         self.ids = Ids()
         self.pending: dict[int, object] = {}
@@ -193,12 +195,17 @@ class AgentSession:
         self.dispatcher.add("register", self._register)
         self.dispatcher.add("heartbeat", lambda p: hub.heartbeat(worker, p, clock()))
         self.dispatcher.add("stats", self._stats)
-        self.dispatcher.add("event", lambda p: hub.event(worker, p, clock()))
+        self.dispatcher.add("event", self._event)
 
     def _register(self, params) -> dict:
         result = self.hub.register(self.worker, params, self.clock())
         self.on_register(self.worker, params["instances"])
         return result
+
+    def _event(self, params) -> dict:
+        ev = self.hub.event(self.worker, params, self.clock())
+        self.on_event(self.worker, ev)
+        return {"received": ev["kind"]}
 
     def _stats(self, params) -> dict:
         rows = self.hub.stats(self.worker, params, self.clock())
@@ -252,14 +259,16 @@ def bearer(environ) -> str | None:
 
 def wsgi_app(hub: AgentHub, worker_of_token: Callable[[str | None], str | None],
              sessions: dict, clock: Callable[[], float], on_stats=None, on_register=None,
-             call_timeout: float = 10.0):  # fmt: skip
+             call_timeout: float = 10.0, on_event=None):  # fmt: skip
     """The ``/v1/agents`` endpoint: bearer token first, then the WebSocket."""
     import eventlet.websocket
 
     def handler(ws):
         worker = ws.environ["quadrant.worker"]
         old = sessions.get(worker)
-        session = AgentSession(ws, worker, hub, clock, on_stats, call_timeout, on_register)
+        session = AgentSession(
+            ws, worker, hub, clock, on_stats, call_timeout, on_register, on_event
+        )
         sessions[worker] = session
         if old is not None:
             LOG.warning("agent %s connected again: closing its previous session", worker)

@@ -76,6 +76,7 @@ class QuadrantApp(app_manager.OSKenApp):
                 on_stats=self._agent_stats,
                 on_register=self._agent_registered,
                 call_timeout=opts.agent_call_timeout,
+                on_event=self._agent_event,
             )
         if tokens is not None:
             self.rest = RestApi(
@@ -118,6 +119,12 @@ class QuadrantApp(app_manager.OSKenApp):
 
     def _agent_stats(self, worker, rows):
         self.send(self.orchestrator.stats(worker, rows, _monotonic()))
+
+    def _agent_event(self, worker, event):
+        if event["kind"] == "nf_failed":
+            self.send(self.orchestrator.failed(worker, event, _monotonic()))
+            for cmd in self.orchestrator.requests():
+                hub.spawn(self._command, cmd)
 
     def _agent_registered(self, worker, instances):
         cmds, msgs = self.orchestrator.registered(worker, instances, _monotonic())

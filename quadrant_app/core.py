@@ -277,8 +277,9 @@ class Core:
         self._out_templates.pop(instance_id, None)
         return [(inst.dpid, ofbuild.delete_instance_flows(instance_id))]
 
-    def update_stats(self, instance_id: int, now: float, load=None, p99_us=None) -> list:
-        inst = self.instances.update_stats(instance_id, now, load=load, p99_us=p99_us)
+    def update_stats(self, instance_id: int, now: float, load=None, p99_us=None, pps=None):
+        """An instance's latest figures; returns the messages for flows it can now take."""
+        inst = self.instances.update_stats(instance_id, now, load=load, p99_us=p99_us, pps=pps)
         return self._release(self.chains.by_id[inst.chain_id], now)
 
     def attach(self, instance_id: int, now: float) -> list:

@@ -104,6 +104,7 @@ class Instance:
     attached: bool
     load: float = 0.0  # share of the core's capacity, 0..1
     p99_us: float = 0.0  # estimated p99 latency
+    pps: float = 0.0  # packet rate its agent last reported
     stats_at: float | None = None
     flows: int = 0
     setups: int = 0
@@ -118,6 +119,7 @@ class Instance:
             "attached": self.attached,
             "load": self.load,
             "p99_us": self.p99_us,
+            "pps": self.pps,
             "flows": self.flows,
         }
 
@@ -199,8 +201,12 @@ class InstanceRegistry:
         self.refresh(inst.chain_id)
         return inst
 
-    def update_stats(self, instance_id: int, now: float, load=None, p99_us=None) -> Instance:
+    def update_stats(
+        self, instance_id: int, now: float, load=None, p99_us=None, pps=None
+    ) -> Instance:
         inst = self.by_id[instance_id]
+        if pps is not None:
+            inst.pps = float(pps)
         if load is not None:
             inst.load = float(load)
         if p99_us is not None:

@@ -155,9 +155,24 @@ class Orchestrator:
             if inst is None or inst.worker != worker:
                 continue  # not (or no longer) ours: ignore, never trust a report blindly
             msgs += self.core.update_stats(
-                inst.id, now, load=row.get("load"), p99_us=row.get("p99_us")
+                inst.id, now, load=row.get("load"), p99_us=row.get("p99_us"), pps=row.get("pps")
             )
         return msgs
+
+    def failed(self, worker: str, event: dict, now: float) -> list:
+        """An agent reports an instance failed: forget it and have the agent tear it down.
+
+        Its flows' rules are deleted, so their next packets reach the
+        controller and go to another instance; the warm pool refills at the
+        next tick.  (Moving the flows' state first is the state layer's part.)
+        """
+        iid = event.get("instance")
+        inst = self.core.instances.by_id.get(iid) if isinstance(iid, int) else None
+        if inst is None or inst.worker != worker:
+            return []
+        LOG.warning("instance %d on %s failed (%s): removing it", iid, worker,
+                    event.get("reason", "no reason given"))  # fmt: skip
+        return self.core.remove_instance(iid, now)
 
     def registered(self, worker: str, reported: list, now: float) -> tuple[list[Command], list]:
         """Reconcile after an agent (re)registers with the instances it still runs.

@@ -80,17 +80,18 @@ def bar(fraction: float, width: int = 30) -> str:
 def table(stack: Stack, chains: dict[int, dict]) -> list[str]:
     insts = stack.admin.get("/v1/instances")["instances"]
     rows = [f"  {'chain':30s} {'inst':>4s} {'warm':>4s} {'cores':>5s} {'flows':>5s} "
-            f"{'load':>5s} {'p99 us':>7s} {'SLO us':>7s}"]  # fmt: skip
+            f"{'pps':>7s} {'load':>6s} {'p99 us':>7s} {'SLO us':>7s}"]  # fmt: skip
     for cid, spec in chains.items():
         mine = [i for i in insts if i["chain_id"] == cid]
         att = [i for i in mine if i["attached"]]
         chain = stack.admin.get(f"/v1/chains/{cid}")
         p99 = max((i["p99_us"] for i in att), default=0.0)
         load = sum(i["load"] for i in att)
+        pps = sum(i.get("pps", 0.0) for i in att)
         rows.append(
             f"  {spec['name'][:30]:30s} {len(att):4d} {len(mine) - len(att):4d} "
             f"{len({(i['worker'], i['core']) for i in mine}):5d} {chain['flows']:5d} "
-            f"{load:5.2f} {p99:7.1f} {spec['slo_us']:7d}"
+            f"{pps:7.0f} {load:6.3f} {p99:7.1f} {spec['slo_us']:7d}"
         )
     return rows
 
@@ -155,16 +156,20 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         start = time.monotonic()
         shown = 0
+        tty = sys.stdout.isatty()
         while send.poll() is None:
-            time.sleep(1.0)
+            time.sleep(1.0 if tty else 2.0)
             elapsed = time.monotonic() - start
             rows = table(stack, registered)
-            if shown:
-                print(f"\x1b[{shown}A", end="")
             lines = [f"  {bar(elapsed / args.seconds)} {elapsed:5.1f} / {args.seconds:.0f} s",
                      *rows]  # fmt: skip
-            print("\n".join(line + "\x1b[K" for line in lines), flush=True)
-            shown = len(lines)
+            if tty:  # redraw in place
+                if shown:
+                    print(f"\x1b[{shown}A", end="")
+                print("\n".join(line + "\x1b[K" for line in lines), flush=True)
+                shown = len(lines)
+            else:
+                print("\n".join(lines), flush=True)
         sink_proc.wait(60)
         sent = json.loads(tx.read_text())
         report = json.loads(rx.read_text())

@@ -141,3 +141,18 @@ def test_reconcile_after_reregister():
     cmds, msgs = orch.registered(prep.worker, [], 4.0)
     assert cmds == [] and prep.instance not in core.instances.by_id
     assert msgs  # the instance's flow rules are deleted on the switch
+
+
+def test_failed_instance_is_removed_and_torn_down():
+    core, hub, orch = setup()
+    c = chain(core)
+    (prep,) = orch.tick(1.0)
+    orch.done(prep, {}, None, 1.0)
+    other = "w2" if prep.worker == "w1" else "w1"
+    assert orch.failed(other, {"instance": prep.instance}, 2.0) == []  # not its instance
+    assert prep.instance in core.instances.by_id
+    msgs = orch.failed(prep.worker, {"kind": "nf_failed", "instance": prep.instance}, 2.0)
+    assert msgs and prep.instance not in core.instances.by_id
+    cmds = orch.tick(2.0)
+    assert ("teardown", prep.instance) in [(x.method, x.instance) for x in cmds]
+    assert any(x.method == "prepare" and x.params["chain"]["id"] == c.id for x in cmds)
