@@ -133,6 +133,7 @@ SCHEMAS = {
             "attached": {"type": "boolean"},
             "load": {"type": "number"},
             "p99_us": {"type": "number"},
+            "pps": {"type": "number", "description": "packet rate its agent last reported"},
             "flows": {"type": "integer"},
         },
     },
