@@ -67,10 +67,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports (all held open while choosing, so none repeats)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def write_config(rundir: Path, of_port: int, rest_port: int, opts=()) -> Path:
@@ -153,7 +159,7 @@ class Run:
         self.record = False
 
     def start(self) -> None:
-        of_port, rest_port = free_port(), free_port()
+        of_port, rest_port = free_ports(2)
         conf = write_config(self.rundir, of_port, rest_port, self.opts)
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         manager = shutil.which("osken-manager") or str(
@@ -172,7 +178,7 @@ class Run:
             cmd, cwd=self.rundir, env=env, stdout=self.log, stderr=subprocess.STDOUT,
             preexec_fn=preexec,
         )  # fmt: skip
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # a loaded machine starts os-ken slowly
         if self.app == "quadrant":
             register_chain(rest_port, deadline)
         self.sw = EmulatedSwitch(dpid=1)
@@ -180,16 +186,20 @@ class Run:
         self.sw.settle()
 
     def stop(self) -> None:
+        """Stop what start() got to start (also when it failed half way)."""
         try:
-            self.sw.close()
+            if getattr(self, "sw", None) is not None:
+                self.sw.close()
         finally:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.log.close()
+            proc = getattr(self, "proc", None)
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                self.log.close()
 
     def _on_response(self, msg_type, msg, now) -> None:
         if msg_type == T_FLOW_MOD:
@@ -275,9 +285,9 @@ def measure(app: str, args, cpus) -> dict:
         run = Run(app, Path(tmp), cpus, args.opt)
         if cpus:
             os.sched_setaffinity(0, {cpus[0]})
-        run.start()
         spy = None
         try:
+            run.start()
             if app in args.profile_apps:
                 spy = profile.start(run.proc.pid, args.seconds, Path(tmp) / "profile.txt")
             sat, cpu = run.saturate(args.seconds, args.window, args.warmup)
@@ -285,7 +295,9 @@ def measure(app: str, args, cpus) -> dict:
                 spy.wait(30)
             achieved, p50, p99 = run.paced(sat / 2, args.seconds)
         except BaseException:
-            print((Path(tmp) / f"{app}.log").read_text()[-3000:], file=sys.stderr)
+            log = Path(tmp) / f"{app}.log"
+            if log.exists():
+                print(log.read_text()[-3000:], file=sys.stderr)
             raise
         finally:
             run.stop()
