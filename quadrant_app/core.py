@@ -413,13 +413,13 @@ class Core:
         return msgs
 
     def _forget(self, rec: FlowRecord) -> None:
-        self.flows.remove(rec)
         inst = self.instances.by_id.get(rec.instance_id)
         if inst is not None:
             inst.flows -= 1
         chain = self.chains.by_id.get(rec.chain_id)
         if chain is not None:
             chain.flows -= 1
+        self.flows.remove(rec)
 
     def _adopt_or_delete(self, dpid, key, iid, entry, now, seen) -> list:
         """A per-flow rule on the switch we have no record of (controller restart)."""

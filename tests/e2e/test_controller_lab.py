@@ -67,6 +67,8 @@ def ctl(qc_lab, tmp_path_factory):
         )
     )
     rest_port = free_port()
+    while rest_port == qc_lab.controller_port:
+        rest_port = free_port()
     conf = {"tokens_file": str(tokens), "rest_port": rest_port, "flow_stats_interval": 1,
             "idle_timeout": 60}  # fmt: skip
     proc = make_controller(qc_lab, conf).start()

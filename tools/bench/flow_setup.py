@@ -67,13 +67,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports (all held open while choosing, so none repeats)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
-def write_config(rundir: Path, of_port: int, rest_port: int) -> Path:
+def write_config(rundir: Path, of_port: int, rest_port: int, opts=()) -> Path:
     topo = yaml.safe_load((ROOT / "topologies" / "lab.yaml").read_text())
     topo["switches"][0]["controller"] = f"tcp:127.0.0.1:{of_port}"
     (rundir / "topology.yaml").write_text(yaml.safe_dump(topo))
@@ -92,7 +98,7 @@ def write_config(rundir: Path, of_port: int, rest_port: int) -> Path:
         "[quadrant]\n"
         f"topology = {rundir / 'topology.yaml'}\n"
         f"tokens_file = {rundir / 'tokens.yaml'}\n"
-        f"rest_port = {rest_port}\n"
+        f"rest_port = {rest_port}\n" + "".join(f"{o.replace('=', ' = ', 1)}\n" for o in opts)
     )
     return conf
 
@@ -136,12 +142,13 @@ def register_chain(rest_port: int, deadline: float) -> None:
 class Run:
     """One app's measurement: a controller process and the emulated switch."""
 
-    def __init__(self, app: str, rundir: Path, cpus: tuple[int, int] | None):
+    def __init__(self, app: str, rundir: Path, cpus: tuple[int, int] | None, opts=()):
         self.app = app
         self.done_type = DONE_TYPE[app]
         self.checked = app in CHECKED
         self.rundir = rundir
         self.cpus = cpus
+        self.opts = opts
         self.next_flow = 0
         self.sent_at: collections.deque = collections.deque()  # (flow, send time) per packet-in
         self.done_times: collections.deque = collections.deque()
@@ -152,8 +159,8 @@ class Run:
         self.record = False
 
     def start(self) -> None:
-        of_port, rest_port = free_port(), free_port()
-        conf = write_config(self.rundir, of_port, rest_port)
+        of_port, rest_port = free_ports(2)
+        conf = write_config(self.rundir, of_port, rest_port, self.opts)
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         manager = shutil.which("osken-manager") or str(
             Path(sys.executable).parent / "osken-manager"
@@ -161,15 +168,17 @@ class Run:
         cmd = [manager, MODULES[self.app], "--ofp-listen-host", "127.0.0.1"]
         cmd += ["--ofp-tcp-listen-port", str(of_port), "--config-file", str(conf)]
         self.log = open(self.rundir / f"{self.app}.log", "w")  # noqa: SIM115
-        preexec = None
-        if self.cpus:
-            ctrl_cpu = self.cpus[1]
-            preexec = lambda: os.sched_setaffinity(0, {ctrl_cpu})  # noqa: E731
+        ctrl_cpus = {self.cpus[1]} if self.cpus else None
+
+        def preexec():
+            if ctrl_cpus:
+                os.sched_setaffinity(0, ctrl_cpus)
+
         self.proc = subprocess.Popen(
             cmd, cwd=self.rundir, env=env, stdout=self.log, stderr=subprocess.STDOUT,
             preexec_fn=preexec,
         )  # fmt: skip
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # a loaded machine starts os-ken slowly
         if self.app == "quadrant":
             register_chain(rest_port, deadline)
         self.sw = EmulatedSwitch(dpid=1)
@@ -177,16 +186,20 @@ class Run:
         self.sw.settle()
 
     def stop(self) -> None:
+        """Stop what start() got to start (also when it failed half way)."""
         try:
-            self.sw.close()
+            if getattr(self, "sw", None) is not None:
+                self.sw.close()
         finally:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.log.close()
+            proc = getattr(self, "proc", None)
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                self.log.close()
 
     def _on_response(self, msg_type, msg, now) -> None:
         if msg_type == T_FLOW_MOD:
@@ -269,12 +282,12 @@ class Run:
 
 def measure(app: str, args, cpus) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"qc-bench-{app}-") as tmp:
-        run = Run(app, Path(tmp), cpus)
+        run = Run(app, Path(tmp), cpus, args.opt)
         if cpus:
             os.sched_setaffinity(0, {cpus[0]})
-        run.start()
         spy = None
         try:
+            run.start()
             if app in args.profile_apps:
                 spy = profile.start(run.proc.pid, args.seconds, Path(tmp) / "profile.txt")
             sat, cpu = run.saturate(args.seconds, args.window, args.warmup)
@@ -282,7 +295,9 @@ def measure(app: str, args, cpus) -> dict:
                 spy.wait(30)
             achieved, p50, p99 = run.paced(sat / 2, args.seconds)
         except BaseException:
-            print((Path(tmp) / f"{app}.log").read_text()[-3000:], file=sys.stderr)
+            log = Path(tmp) / f"{app}.log"
+            if log.exists():
+                print(log.read_text()[-3000:], file=sys.stderr)
             raise
         finally:
             run.stop()
@@ -364,6 +379,20 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, help="rounds, apps interleaved (default 3, quick 1)")
     ap.add_argument("--window", type=int, default=256, help="outstanding packet-ins at saturation")
     ap.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run the benchmark and its controllers at this niceness (negative: ahead of other "
+        "jobs on a shared machine; say so when you quote the figures)",
+    )
+    ap.add_argument(
+        "--opt",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a [quadrant] option for the Quadrant controller (repeatable)",
+    )
+    ap.add_argument(
         "--profile",
         default="",
         metavar="APPS",
@@ -380,6 +409,8 @@ def main(argv=None) -> int:
     for a in apps:
         if a not in MODULES:
             ap.error(f"--apps: unknown app {a!r} (known: {', '.join(MODULES)})")
+    if args.nice:
+        os.nice(args.nice)
     tight_timers()
     avail = sorted(os.sched_getaffinity(0))
     cpus = (avail[0], avail[1]) if len(avail) >= 2 else None
@@ -428,7 +459,7 @@ def main(argv=None) -> int:
             "loadavg_at_end": os.getloadavg(),
         }
         out["args"] = {"quick": args.quick, "seconds": args.seconds, "rounds": args.rounds,
-                       "window": args.window}  # fmt: skip
+                       "window": args.window, "nice": args.nice, "opt": args.opt}  # fmt: skip
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
