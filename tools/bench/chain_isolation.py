@@ -179,13 +179,15 @@ class Runner:
         finally:
             inst.teardown()
 
-    def interleaved(self, variants: list[str], nfs: list[dict], pcap: Path, rounds: int) -> dict:
+    def interleaved(
+        self, variants: list[str], nfs: list[dict], pcap: Path, rounds: int, batch: int = 32
+    ) -> dict:
         """Every variant up at once (parked when not measured), measured in turns,
         ``rounds`` times: the variants share the machine's noise; medians are kept."""
         insts = {}
         try:
             for v in variants:
-                insts[v] = self.start(v, nfs, pcap)
+                insts[v] = self.start(v, nfs, pcap, batch)
                 insts[v].detach()
             got = {v: [] for v in variants}
             for _ in range(rounds):
@@ -215,6 +217,16 @@ class Runner:
         return out
 
 
+def sweep(runner: Runner, inst: ChainInstance, batches) -> dict[int, float]:
+    """Median kpps per batch size, the sizes taken in turns every round (shared noise)."""
+    got: dict[int, list[float]] = {b: [] for b in batches}
+    for _ in range(runner.rounds):
+        for b in batches:
+            inst.set_batch(b)
+            got[b].append(runner.measure(inst)["kpps"])
+    return {b: statistics.median(v) for b, v in got.items()}
+
+
 def batch_row(
     runner: Runner, nfs: list[dict], pcap: Path, hz: float, ctx: float, nf_cycles: list[float]
 ) -> dict:
@@ -223,11 +235,8 @@ def batch_row(
     n = len(nfs)
     inst = runner.start("coop", nfs, pcap, batch=PROBES[0])
     try:
-        points = []
-        for b in PROBES:
-            inst.set_batch(b)
-            k = statistics.median(runner.measure(inst)["kpps"] for _ in range(runner.rounds))
-            points.append((b, hz / (k * 1e3)))
+        probe = sweep(runner, inst, PROBES)
+        points = [(b, hz / (probe[b] * 1e3)) for b in PROBES]
         a, c_fit = fit_switch_cost(points, n)
         # the chain pays at least the bare switch: a noisy fit never goes below it
         est = choose_batch([a / n] * n, max(c_fit, ctx), hz, p=P, slo_us=SLO_US, alpha=0.6)
@@ -240,9 +249,7 @@ def batch_row(
             "microbench_C_batch": micro.batch,
             "max_for_slo": est.max_for_slo,
         }
-        for b in sorted({est.batch, micro.batch, *FIXED_BATCHES}):
-            inst.set_batch(b)
-            k = statistics.median(runner.measure(inst)["kpps"] for _ in range(runner.rounds))
+        for b, k in sweep(runner, inst, sorted({est.batch, micro.batch, *FIXED_BATCHES})).items():
             row[str(b)] = round(k, 1)
     finally:
         inst.teardown()
@@ -257,6 +264,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--core", type=int, default=1, help="data core (default 1)")
     ap.add_argument("--max-len", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=32, help="batch size of the main table")
     opts = ap.parse_args(argv)
     # windows of a second or more: RT throttling / the fair server take up to 50 ms of
     # every 1 s period from SCHED_FIFO tasks, a shorter window catches it or not
@@ -265,7 +273,14 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="qs-bench-"))
     os.chmod(work, 0o755)
     t_start = time.monotonic()
-    res: dict = {"tsc_hz": hz, "window_s": window, "rounds": rounds, "kpps": {}, "nf_cycles": {}}
+    res: dict = {
+        "batch_size": opts.batch,
+        "tsc_hz": hz,
+        "window_s": window,
+        "rounds": rounds,
+        "kpps": {},
+        "nf_cycles": {},
+    }
     res["ctx_switch_cycles"] = round(
         statistics.median(ctx_switch_cycles(opts.core) for _ in range(5)), 1
     )
@@ -282,13 +297,13 @@ def main(argv=None) -> int:
             cycles = {}
             for n in lengths:
                 if n == 1:
-                    r = runner.interleaved(["single_thread"], [BPF], pcap, rounds)
+                    r = runner.interleaved(["single_thread"], [BPF], pcap, rounds, opts.batch)
                     for v in VARIANTS:
                         table[v].append(round(r["single_thread"]["kpps"], 1))
                         nf_sum[v].append(round(r["single_thread"]["nf_cycles_sum"], 1))
                     cycles["1"] = r["single_thread"]["nf_cycles"]
                     continue
-                r = runner.interleaved(list(VARIANTS), [BPF] * n, pcap, rounds)
+                r = runner.interleaved(list(VARIANTS), [BPF] * n, pcap, rounds, opts.batch)
                 for v in VARIANTS:
                     table[v].append(round(r[v]["kpps"], 1))
                     ratios[v].append(round(r[v]["ratio"], 3))
@@ -323,7 +338,10 @@ def report(res: dict, lengths) -> None:
     print("copy cycles/packet: " + ", ".join(f"{k} B {v}" for k, v in res["copy_cycles"].items()))
     print("(* = median over rounds of the ratio measured in the same round)")
     for size, table in res["kpps"].items():
-        print(f"\n{size} B frames, kpps (chain length {lengths.start}..{lengths.stop - 1})")
+        print(
+            f"\n{size} B frames, batch {res['batch_size']}, kpps "
+            f"(chain length {lengths.start}..{lengths.stop - 1})"
+        )
         print(f"{'variant':<14}" + "".join(f"{n:>9}" for n in lengths))
         for v, vals in table.items():
             print(f"{v:<14}" + "".join(f"{x:>9.1f}" for x in vals))
