@@ -115,13 +115,6 @@ cdef extern from "rte_lpm.h":
     void rte_lpm_free(rte_lpm *lpm)
     int rte_lpm_add(rte_lpm *lpm, uint32_t ip, uint8_t depth, uint32_t next_hop)
     int rte_lpm_lookup(const rte_lpm *lpm, uint32_t ip, uint32_t *next_hop) nogil
-    # four lookups at once (SSE on x86); misses get defv
-    ctypedef struct xmm_t:
-        pass
-    void rte_lpm_lookupx4(const rte_lpm *lpm, xmm_t ip, uint32_t hop[4], uint32_t defv) nogil
-
-cdef extern from "emmintrin.h":
-    xmm_t _mm_set_epi32(int e3, int e2, int e1, int e0) nogil
 
 cdef extern from "rte_acl.h":
     cdef struct rte_acl_ctx:

@@ -41,7 +41,7 @@ ctypedef struct qd_pkt:
 ctypedef struct qd_batch:
     qd_pkt *pkts        # count descriptors
     uint8_t *verdicts   # count verdicts (qd_verdict), preset to QD_FORWARD
-    uint16_t count
+    uint16_t count      # 1 .. 256 (QD_MAX_BURST in cext/runtime.pxd)
     uint64_t tsc        # TSC when the batch was received
 
 

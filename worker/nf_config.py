@@ -256,8 +256,8 @@ def eal_args(cfg: RuntimeConfig, hugepages: bool) -> list[str]:
     """The ``rte_eal_init`` argument vector for this runtime."""
     args = ["quadrant-nf", "-l", str(cfg.core), "--file-prefix", cfg.file_prefix]
     args += ["-m", str(cfg.memory_mb)]
-    if not hugepages:
-        args.append("--no-huge")
+    # hugepages: unlink the page files once mapped, so a killed runtime leaves none
+    args.append("--huge-unlink" if hugepages else "--no-huge")
     ports = [cfg.rx] if cfg.same_port else [cfg.rx, cfg.tx]
     if not any(p.kind == "pci" for p in ports):
         args.append("--no-pci")

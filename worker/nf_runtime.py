@@ -134,7 +134,10 @@ def run(cfg: RuntimeConfig, log=sys.stderr) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="quadrant-nf", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="quadrant-nf",
+        description="Run one Quadrant NF: RX -> NF -> TX in batches on one pinned core.",
+    )
     ap.add_argument("--config", required=True, help="runtime config (YAML)")
     ap.add_argument("--summary", help="also write the JSON summary to this file")
     opts = ap.parse_args(argv)

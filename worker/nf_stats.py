@@ -94,6 +94,37 @@ class Snapshot:
         return cycles[min(len(cycles) - 1, int(q * len(cycles)))]
 
 
+def rates(before: Snapshot, after: Snapshot) -> dict[str, float]:
+    """Rates between two snapshots of the same runtime, over the data core's own
+    clock (``last_tsc``): packets and bytes per second in and out, drops per
+    second, and ``load``, the fraction of the core's cycles spent on non-empty
+    batches (the rest is empty polls)."""
+    a, b = before.counters, after.counters
+    dt_cycles = b["last_tsc"] - a["last_tsc"]
+    if dt_cycles <= 0 or after.tsc_hz == 0:
+        return {
+            "rx_pps": 0.0,
+            "rx_bps": 0.0,
+            "tx_pps": 0.0,
+            "tx_bps": 0.0,
+            "drop_pps": 0.0,
+            "load": 0.0,
+        }
+    dt = dt_cycles / after.tsc_hz
+
+    def per_s(name: str) -> float:
+        return (b[name] - a[name]) / dt
+
+    return {
+        "rx_pps": per_s("rx_packets"),
+        "rx_bps": 8 * per_s("rx_bytes"),
+        "tx_pps": per_s("tx_packets"),
+        "tx_bps": 8 * per_s("tx_bytes"),
+        "drop_pps": per_s("drops_nf") + per_s("drops_tx"),
+        "load": min(1.0, (b["busy_cycles"] - a["busy_cycles"]) / dt_cycles),
+    }
+
+
 def parse(buf: bytes) -> Snapshot:
     """Decode one copy of the block (pure; :func:`read` handles the lock)."""
     if len(buf) < SIZE:

@@ -28,6 +28,7 @@ class NFRun:
     stderr: str
     summary: dict | None
     output: list[bytes]
+    stats_path: Path | None = None
 
 
 def nf_config(tmp: Path, tag: str, nf: dict, rx: str, tx: str | None, **run) -> dict:
@@ -73,7 +74,7 @@ def run_config(tmp: Path, cfg: dict, timeout: float = 60) -> NFRun:
 def run_nf(tmp_path):
     """``run_nf(nf_section, packets)`` -> NFRun with the output frames as bytes."""
 
-    def run(nf: dict, packets: list[Packet | bytes], **run_opts) -> NFRun:
+    def run(nf: dict, packets: list[Packet | bytes], keep_stats=False, batch=32) -> NFRun:
         tag = uuid.uuid4().hex[:8]
         inp, out = tmp_path / f"{tag}-in.pcap", tmp_path / f"{tag}-out.pcap"
         wrpcap(str(inp), [p if isinstance(p, Packet) else _rawpkt(p) for p in packets], linktype=1)
@@ -84,11 +85,13 @@ def run_nf(tmp_path):
             f"net_pcap{tag},rx_pcap={inp}",
             f"net_pcapo{tag},tx_pcap={out}",
             max_packets=len(packets),
-            **run_opts,
         )
+        cfg["batch"] = batch
+        cfg["stats"]["keep"] = keep_stats
         result = run_config(tmp_path, cfg)
         assert result.returncode == 0, result.stderr
         result.output = [raw(p) for p in rdpcap(str(out))] if out.exists() else []
+        result.stats_path = Path(cfg["stats"]["path"])
         return result
 
     return run

@@ -30,17 +30,19 @@ pytestmark = pytest.mark.skipif(
 
 SENDER = textwrap.dedent(
     """
-    import json, sys
+    import json, sys, threading
     from scapy.all import AsyncSniffer, Ether, IP, UDP, Raw, sendp, raw
     iface, n = sys.argv[1], int(sys.argv[2])
     out = [Ether(src="02:00:00:00:00:b0", dst="02:00:00:00:00:a0") / IP(src="10.0.0.2",
            dst="10.0.0.1") / UDP(sport=1000 + i, dport=9) / Raw(b"z" * 30) for i in range(n)]
-    sn = AsyncSniffer(iface=iface, lfilter=lambda p: p.src == "02:00:00:00:00:a0")
+    ready = threading.Event()
+    sn = AsyncSniffer(iface=iface, lfilter=lambda p: p.src == "02:00:00:00:00:a0", count=n,
+                      started_callback=ready.set)
     sn.start()
-    import time; time.sleep(0.3)
+    ready.wait(10)
     sendp(out, iface=iface, verbose=False)
-    time.sleep(0.5)
-    got = sn.stop()
+    sn.join(timeout=20)  # until n replies came back, or 20 s on a very busy machine
+    got = sn.stop() if sn.running else sn.results
     print(json.dumps({"sent": [raw(p).hex() for p in out], "got": [raw(p).hex() for p in got]}))
     """
 )
@@ -120,8 +122,8 @@ def test_af_packet_veth_roundtrip(tmp_path, veth_ns):
             capture_output=True,
             text=True,
             timeout=60,
-            check=True,
         )
+        assert sent.returncode == 0, sent.stderr
         frames = json.loads(sent.stdout)
         live = nf_stats.read(stats)
         assert live.state == "running" and live.counters["rx_packets"] >= 20

@@ -75,3 +75,21 @@ def test_tunnel_untagged_without_default(run_nf):
     assert result.output == [tagged(frames[0], 200), frames[1]]
     # the tag went in front of the original IP header, untouched
     assert raw(Ether(result.output[0])[IP]) == raw(Ether(frames[0])[IP])
+
+
+def test_counter_block_after_a_run(run_nf, tmp_path):
+    from worker import nf_stats
+
+    frames = [raw(udp(sport=s)) for s in range(100)]
+    result = run_nf({"type": "empty"}, frames, keep_stats=True, batch=8)
+    snap = nf_stats.read(result.stats_path)
+    c = snap.counters
+    assert snap.state == "stopped" and snap.tsc_hz == result.summary["tsc_hz"]
+    assert c["rx_packets"] == c["tx_packets"] == 100 and c["seq"] % 2 == 0
+    assert c["batches"] >= 100 // 8 and sum(snap.hist) == c["batches"]
+    assert len(snap.samples) == c["batches"] == c["sample_head"]
+    assert sum(p for _, _, p in snap.samples) == 100
+    assert max(cyc for _, cyc, _ in snap.samples) == c["max_batch_cycles"]
+    assert sum(cyc for _, cyc, _ in snap.samples) == c["busy_cycles"]
+    tscs = [t for t, _, _ in snap.samples]
+    assert tscs == sorted(tscs) and tscs[-1] <= c["last_tsc"]

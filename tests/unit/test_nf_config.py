@@ -65,6 +65,7 @@ def test_eal_args_pci_same_port_hugepages():
         "quadrant-fw0",
         "-m",
         "256",
+        "--huge-unlink",
         "-a",
         "0000:03:00.1",
         "--log-level",

@@ -74,3 +74,43 @@ def test_sample_ring_wraps():
     snap = s.parse(bytes(block({}, {}, samples)))
     assert len(snap.samples) == s.SAMPLES
     assert snap.samples[0] == (10, 10, 1) and snap.samples[-1][0] == s.SAMPLES + 9
+
+
+def test_rates_between_snapshots():
+    hz = 2_000_000_000
+    a = s.parse(
+        bytes(
+            block(
+                {
+                    "rx_packets": 1000,
+                    "rx_bytes": 64_000,
+                    "tx_packets": 900,
+                    "drops_nf": 100,
+                    "busy_cycles": 10**9,
+                    "last_tsc": 10**9,
+                },
+                {},
+                [],
+            )
+        )
+    )
+    b = s.parse(
+        bytes(
+            block(
+                {
+                    "rx_packets": 3000,
+                    "rx_bytes": 192_000,
+                    "tx_packets": 2700,
+                    "drops_nf": 300,
+                    "busy_cycles": 2 * 10**9,
+                    "last_tsc": 10**9 + hz,
+                },
+                {},
+                [],
+            )
+        )
+    )
+    r = s.rates(a, b)
+    assert r["rx_pps"] == 2000 and r["rx_bps"] == 8 * 128_000 and r["tx_pps"] == 1800
+    assert r["drop_pps"] == 200 and r["load"] == 0.5
+    assert s.rates(b, b)["rx_pps"] == 0.0
