@@ -122,7 +122,8 @@ class Runner:
         self.work = work
         self.window = window
         self.warmup = warmup
-        self.sched = CoreScheduler(core, timeout=1.0).start()
+        # generous detach timeout: other work on a shared machine may hold the core a while
+        self.sched = CoreScheduler(core, timeout=1.0, detach_timeout=10.0).start()
         self.serial = 0
 
     def close(self):
@@ -188,13 +189,13 @@ class Runner:
         try:
             for v in variants:
                 insts[v] = self.start(v, nfs, pcap, batch)
-                insts[v].detach()
+                insts[v].detach(timeout=10.0)
             got = {v: [] for v in variants}
             for _ in range(rounds):
                 for v in variants:
                     insts[v].attach()
                     got[v].append(self.measure(insts[v]))
-                    insts[v].detach()
+                    insts[v].detach(timeout=10.0)
         finally:
             for inst in insts.values():
                 inst.teardown()
