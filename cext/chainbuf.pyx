@@ -15,6 +15,7 @@ first NF's process and of NF2..NFn (``cext/src/qs_chainrt.h``).
 import os
 
 from cext.nf cimport NativeNF, qd_batch, qd_pkt
+from cext.runtime cimport QD_MAX_BURST
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 from libc.string cimport memset
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
@@ -29,6 +30,7 @@ cdef extern from "src/qs_chainrt.h" nogil:
     uint32_t QS_MAX_RINGS
     uint32_t QS_MAX_NFS
     uint32_t QS_MAX_BATCH
+    uint32_t QS_NF_MAX_COUNT
     uint32_t QS_CTL_PARK
     uint32_t QS_CTL_RUN
     uint32_t QS_CTL_STOP
@@ -455,6 +457,8 @@ cdef void _native_nf(void *ctx, qs_batch *b) noexcept nogil:
 if (sizeof(qs_batch) != sizeof(qd_batch) or sizeof(qs_pkt) != sizeof(qd_pkt)
         or sizeof(qs_nf) != 2 * sizeof(void *)):
     raise ImportError("chainbuf: qs_batch/qs_pkt and cext.nf's qd_batch/qd_pkt differ")
+if QS_NF_MAX_COUNT != QD_MAX_BURST:
+    raise ImportError("chainbuf: QS_NF_MAX_COUNT must equal cext.runtime's QD_MAX_BURST")
 
 
 cdef class NF:

@@ -39,7 +39,8 @@
 
 #define QS_FORWARD 0
 #define QS_DROP 1
-#define QS_MAX_BATCH 1024u
+#define QS_MAX_BATCH 1024u   /* packets per chain batch (per yield) */
+#define QS_NF_MAX_COUNT 256u /* packets per NF call: == QD_MAX_BURST (cext/runtime.pxd) */
 
 /* The NF interface, binary-compatible with issue 4's qd_pkt/qd_batch
  * (cext/nf.pxd): a descriptor per packet pointing at its bytes in place,
@@ -184,17 +185,21 @@ static inline uint32_t qs_run_nfs(struct qs_nf *nfs, uint32_t n_nfs, struct qs_p
 {
     struct qs_batch b;
     uint64_t t0 = qs_rdtsc();
-    uint32_t j, i, k;
+    uint32_t j, i, k, at;
     for (i = 0; i < n; i++) {
         verdict[i] = QS_FORWARD;
         idx[i] = i;
     }
     for (j = 0; j < n_nfs && n; j++) {
-        b.pkts = pkts;
-        b.verdicts = verdict;
-        b.count = (uint16_t)n;
-        b.tsc = tsc;
-        nfs[j].fn(nfs[j].ctx, &b);
+        /* an NF sees at most QS_NF_MAX_COUNT packets per call (issue 4's contract:
+         * qd_batch.count <= QD_MAX_BURST, NFs size their arrays by it) */
+        for (at = 0; at < n; at += QS_NF_MAX_COUNT) {
+            b.pkts = pkts + at;
+            b.verdicts = verdict + at;
+            b.count = (uint16_t)(n - at < QS_NF_MAX_COUNT ? n - at : QS_NF_MAX_COUNT);
+            b.tsc = tsc;
+            nfs[j].fn(nfs[j].ctx, &b);
+        }
         if (j + 1 < n_nfs) {
             for (i = 0, k = 0; i < n; i++) {
                 if (verdict[i] != QS_FORWARD)

@@ -122,7 +122,8 @@ class Runner:
         self.work = work
         self.window = window
         self.warmup = warmup
-        self.sched = CoreScheduler(core, timeout=1.0).start()
+        # generous detach timeout: other work on a shared machine may hold the core a while
+        self.sched = CoreScheduler(core, timeout=1.0, detach_timeout=10.0).start()
         self.serial = 0
 
     def close(self):
@@ -179,20 +180,22 @@ class Runner:
         finally:
             inst.teardown()
 
-    def interleaved(self, variants: list[str], nfs: list[dict], pcap: Path, rounds: int) -> dict:
+    def interleaved(
+        self, variants: list[str], nfs: list[dict], pcap: Path, rounds: int, batch: int = 32
+    ) -> dict:
         """Every variant up at once (parked when not measured), measured in turns,
         ``rounds`` times: the variants share the machine's noise; medians are kept."""
         insts = {}
         try:
             for v in variants:
-                insts[v] = self.start(v, nfs, pcap)
-                insts[v].detach()
+                insts[v] = self.start(v, nfs, pcap, batch)
+                insts[v].detach(timeout=10.0)
             got = {v: [] for v in variants}
             for _ in range(rounds):
                 for v in variants:
                     insts[v].attach()
                     got[v].append(self.measure(insts[v]))
-                    insts[v].detach()
+                    insts[v].detach(timeout=10.0)
         finally:
             for inst in insts.values():
                 inst.teardown()
@@ -215,6 +218,16 @@ class Runner:
         return out
 
 
+def sweep(runner: Runner, inst: ChainInstance, batches) -> dict[int, float]:
+    """Median kpps per batch size, the sizes taken in turns every round (shared noise)."""
+    got: dict[int, list[float]] = {b: [] for b in batches}
+    for _ in range(runner.rounds):
+        for b in batches:
+            inst.set_batch(b)
+            got[b].append(runner.measure(inst)["kpps"])
+    return {b: statistics.median(v) for b, v in got.items()}
+
+
 def batch_row(
     runner: Runner, nfs: list[dict], pcap: Path, hz: float, ctx: float, nf_cycles: list[float]
 ) -> dict:
@@ -223,11 +236,9 @@ def batch_row(
     n = len(nfs)
     inst = runner.start("coop", nfs, pcap, batch=PROBES[0])
     try:
-        points = []
-        for b in PROBES:
-            inst.set_batch(b)
-            k = statistics.median(runner.measure(inst)["kpps"] for _ in range(runner.rounds))
-            points.append((b, hz / (k * 1e3)))
+        probes = PROBES if runner.rounds > 1 else PROBES[::3]  # --quick: 16 and 64 only
+        probe = sweep(runner, inst, probes)
+        points = [(b, hz / (probe[b] * 1e3)) for b in probes]
         a, c_fit = fit_switch_cost(points, n)
         # the chain pays at least the bare switch: a noisy fit never goes below it
         est = choose_batch([a / n] * n, max(c_fit, ctx), hz, p=P, slo_us=SLO_US, alpha=0.6)
@@ -240,9 +251,7 @@ def batch_row(
             "microbench_C_batch": micro.batch,
             "max_for_slo": est.max_for_slo,
         }
-        for b in sorted({est.batch, micro.batch, *FIXED_BATCHES}):
-            inst.set_batch(b)
-            k = statistics.median(runner.measure(inst)["kpps"] for _ in range(runner.rounds))
+        for b, k in sweep(runner, inst, sorted({est.batch, micro.batch, *FIXED_BATCHES})).items():
             row[str(b)] = round(k, 1)
     finally:
         inst.teardown()
@@ -257,15 +266,23 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--core", type=int, default=1, help="data core (default 1)")
     ap.add_argument("--max-len", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=32, help="batch size of the main table")
     opts = ap.parse_args(argv)
     # windows of a second or more: RT throttling / the fair server take up to 50 ms of
     # every 1 s period from SCHED_FIFO tasks, a shorter window catches it or not
-    window, warmup, rounds = (0.5, 0.1, 1) if opts.quick else (1.0, 0.2, 5)
+    window, warmup, rounds = (0.4, 0.1, 1) if opts.quick else (1.0, 0.2, 5)
     hz = tsc_hz()
     work = Path(tempfile.mkdtemp(prefix="qs-bench-"))
     os.chmod(work, 0o755)
     t_start = time.monotonic()
-    res: dict = {"tsc_hz": hz, "window_s": window, "rounds": rounds, "kpps": {}, "nf_cycles": {}}
+    res: dict = {
+        "batch_size": opts.batch,
+        "tsc_hz": hz,
+        "window_s": window,
+        "rounds": rounds,
+        "kpps": {},
+        "nf_cycles": {},
+    }
     res["ctx_switch_cycles"] = round(
         statistics.median(ctx_switch_cycles(opts.core) for _ in range(5)), 1
     )
@@ -282,13 +299,13 @@ def main(argv=None) -> int:
             cycles = {}
             for n in lengths:
                 if n == 1:
-                    r = runner.interleaved(["single_thread"], [BPF], pcap, rounds)
+                    r = runner.interleaved(["single_thread"], [BPF], pcap, rounds, opts.batch)
                     for v in VARIANTS:
                         table[v].append(round(r["single_thread"]["kpps"], 1))
                         nf_sum[v].append(round(r["single_thread"]["nf_cycles_sum"], 1))
                     cycles["1"] = r["single_thread"]["nf_cycles"]
                     continue
-                r = runner.interleaved(list(VARIANTS), [BPF] * n, pcap, rounds)
+                r = runner.interleaved(list(VARIANTS), [BPF] * n, pcap, rounds, opts.batch)
                 for v in VARIANTS:
                     table[v].append(round(r[v]["kpps"], 1))
                     ratios[v].append(round(r[v]["ratio"], 3))
@@ -301,7 +318,8 @@ def main(argv=None) -> int:
         # Table 4: estimated batch against fixed ones, per canonical chain (64 B)
         pcap = work / "64.pcap"
         res["batch"] = {}
-        for n in [n for n in (2, 4, 6) if n <= opts.max_len]:
+        canonical = (2, 6) if opts.quick else (2, 4, 6)
+        for n in [n for n in canonical if n <= opts.max_len]:
             s = res["nf_cycles"]["64"][str(n)]
             res["batch"][f"bpf_lpm x{n}"] = batch_row(
                 runner, [BPF] * n, pcap, hz, res["ctx_switch_cycles"], s
@@ -323,7 +341,10 @@ def report(res: dict, lengths) -> None:
     print("copy cycles/packet: " + ", ".join(f"{k} B {v}" for k, v in res["copy_cycles"].items()))
     print("(* = median over rounds of the ratio measured in the same round)")
     for size, table in res["kpps"].items():
-        print(f"\n{size} B frames, kpps (chain length {lengths.start}..{lengths.stop - 1})")
+        print(
+            f"\n{size} B frames, batch {res['batch_size']}, kpps "
+            f"(chain length {lengths.start}..{lengths.stop - 1})"
+        )
         print(f"{'variant':<14}" + "".join(f"{n:>9}" for n in lengths))
         for v, vals in table.items():
             print(f"{v:<14}" + "".join(f"{x:>9.1f}" for x in vals))
