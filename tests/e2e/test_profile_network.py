@@ -38,7 +38,8 @@ def _netns() -> set[str]:
 @pytest.mark.e2e
 @pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 def test_netns_profile_cleans_up(tmp_path):
-    before = _netns()
+    before = {n for n in _netns() if n.startswith("qx-pn")}
     prof = _measure(tmp_path, "netns")
     assert "veth" in prof.path
-    assert _netns() == before  # its namespaces (and with them the veth) are gone
+    # its namespaces (and with them the veth) are gone; others' are not ours to judge
+    assert {n for n in _netns() if n.startswith("qx-pn")} == before

@@ -293,6 +293,11 @@ def measure(app: str, args, cpus) -> dict:
             sat, cpu = run.saturate(args.seconds, args.window, args.warmup)
             if spy is not None:
                 spy.wait(30)
+            if sat <= 0:
+                raise RuntimeError(
+                    f"{app}: no flow setup completed in the saturation phase "
+                    f"({args.seconds} s): is the machine's CPU taken by something else?"
+                )
             achieved, p50, p99 = run.paced(sat / 2, args.seconds)
         except BaseException:
             log = Path(tmp) / f"{app}.log"
