@@ -79,7 +79,7 @@ class EmulatedSwitch:
             self.sock.close()
             self.sock = None
 
-    def settle(self, quiet: float = 0.5, timeout: float = 15.0) -> None:
+    def settle(self, quiet: float = 0.3, timeout: float = 15.0) -> None:
         """Answer the handshake and whatever else until the controller is quiet."""
         deadline = time.monotonic() + timeout
         last = time.monotonic()
