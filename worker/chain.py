@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -417,6 +418,10 @@ class ChainInstance:
             except FileNotFoundError:
                 pass
         self.buffers = {}
+        # Each NF's EAL made its runtime directory as root, before the NF gave root
+        # up, so the NF cannot remove it on its way out: the agent does.
+        for i in range(len(self.nfs)):
+            shutil.rmtree(f"/var/run/dpdk/{self.prefix}-{self.name}-nf{i}", ignore_errors=True)
         self.state = "gone"
 
     def _need(self, state: str, what: str) -> None:
