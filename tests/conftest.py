@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
+
+from tools.stack import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_TOPOLOGY = ROOT / "topologies" / "lab.yaml"
@@ -17,21 +17,9 @@ LAB_TOPOLOGY = ROOT / "topologies" / "lab.yaml"
 LAB_WAIT = 900.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    """:func:`tools.stack.wait_until`, polling a little faster."""
+    return wait_until(predicate, timeout, what, interval)
 
 
 def lab_prefix() -> str:
