@@ -12,18 +12,13 @@ lost packet is a bug.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
 from tests.conftest import LAB_TOPOLOGY, LAB_WAIT, lab_prefix
 from tools.stack import Stack, wait_until
+from tools.trafficgen.exchange import exchange
 
 pytestmark = pytest.mark.e2e
-
-PY = [sys.executable, "-m", "tools.trafficgen"]
 
 
 @pytest.fixture
@@ -41,7 +36,7 @@ def stack(root_required):
         st.final_logs = logs
 
 
-def test_chain_carries_flows_end_to_end(stack, tmp_path):
+def test_chain_carries_flows_end_to_end(stack):
     topo = stack.topology
     src = next(h for h in topo.hosts if h.role == "source")
     sink = next(h for h in topo.hosts if h.role == "sink")
@@ -62,28 +57,13 @@ def test_chain_carries_flows_end_to_end(stack, tmp_path):
         120, "the agents to prepare an instance",
     )  # fmt: skip
 
-    rx, tx = tmp_path / "rx.json", tmp_path / "tx.json"
-    sink_proc = subprocess.Popen(
-        ["ip", "netns", "exec", stack.lab.ns("sink"), *PY, "sink", "--iface", "eth0",
-         "--seconds", "60", "--idle", "3", "--json", str(rx)],
-        stdout=subprocess.PIPE, text=True,
+    sent, report = exchange(
+        stack.lab.ns("src"), stack.lab.ns("sink"),
+        ["--src-mac", src.mac, "--dst-mac", sink.mac, "--src", "10.1.0.0/24",
+         "--dst", sink.address, "--flows", "8", "--proto", "udp,tcp", "--pps", "400"],
+        seconds=4, idle=3,
     )  # fmt: skip
-    try:
-        assert sink_proc.stdout.readline().strip() == "ready"
-        send = subprocess.run(
-            ["ip", "netns", "exec", stack.lab.ns("src"), *PY, "send", "--iface", "eth0",
-             "--src-mac", src.mac, "--dst-mac", sink.mac, "--src", "10.1.0.0/24",
-             "--dst", sink.address, "--flows", "8", "--proto", "udp,tcp", "--pps", "400",
-             "--seconds", "4", "--json", str(tx)],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert send.returncode == 0, send.stderr
-        sink_proc.wait(60)
-    finally:
-        if sink_proc.poll() is None:
-            sink_proc.kill()
-    sent = {int(k): v for k, v in json.loads(tx.read_text())["sent"].items()}
-    report = json.loads(rx.read_text())["flows"]
+    report = report["flows"]
     assert sum(sent.values()) > 1000
     assert set(report) == {str(f) for f in sent}, "a flow never arrived"
     for fid, row in report.items():

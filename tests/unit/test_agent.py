@@ -8,6 +8,7 @@ tests against the real controller are in tests/e2e.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 
@@ -30,6 +31,12 @@ class Peer:
         self.register_result = register_result or {"heartbeat_s": 0.05}
         self.register_error = register_error
         self.conns = []
+
+    @contextlib.asynccontextmanager
+    async def serving(self):
+        """Listen on a free loopback port while the block runs; yields the port."""
+        async with serve(self.handler, "127.0.0.1", 0, process_request=self.process_request) as srv:
+            yield srv.sockets[0].getsockname()[1]
 
     def process_request(self, conn, request):
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":
@@ -72,8 +79,7 @@ def test_backoff_grows_to_cap():
 def test_register_heartbeat_and_command():
     async def scenario():
         peer = Peer()
-        async with serve(peer.handler, "127.0.0.1", 0, process_request=peer.process_request) as srv:
-            port = srv.sockets[0].getsockname()[1]
+        async with peer.serving() as port:
             agent = Agent(f"ws://127.0.0.1:{port}/v1/agents", "w1", TOKEN, {"worker": "w1"},
                           instances=lambda: [{"id": "i-1"}])  # fmt: skip
             agent.dispatcher.add("ping", lambda params: {"pong": params.get("n")})
@@ -104,8 +110,7 @@ def test_register_heartbeat_and_command():
 def test_reconnects_and_registers_again():
     async def scenario():
         peer = Peer()
-        async with serve(peer.handler, "127.0.0.1", 0, process_request=peer.process_request) as srv:
-            port = srv.sockets[0].getsockname()[1]
+        async with peer.serving() as port:
             agent = Agent(f"ws://127.0.0.1:{port}/", "w1", TOKEN, {"worker": "w1"})
             agent.backoff = Backoff(first=0.05, cap=0.2)
             task = asyncio.create_task(agent.run())
@@ -126,8 +131,7 @@ def test_reconnects_and_registers_again():
 def test_refused_token_ends_the_agent():
     async def scenario():
         peer = Peer()
-        async with serve(peer.handler, "127.0.0.1", 0, process_request=peer.process_request) as srv:
-            port = srv.sockets[0].getsockname()[1]
+        async with peer.serving() as port:
             agent = Agent(f"ws://127.0.0.1:{port}/", "w1", "wrong-token-xxxxxxxx", {})
             with pytest.raises(AgentAuthError, match="401"):
                 await agent.run()
@@ -138,8 +142,7 @@ def test_refused_token_ends_the_agent():
 def test_register_refused_by_rpc_error():
     async def scenario():
         peer = Peer(register_error=(jsonrpc.UNAUTHORIZED, "token is not w1's"))
-        async with serve(peer.handler, "127.0.0.1", 0, process_request=peer.process_request) as srv:
-            port = srv.sockets[0].getsockname()[1]
+        async with peer.serving() as port:
             agent = Agent(f"ws://127.0.0.1:{port}/", "w1", TOKEN, {})
             with pytest.raises(AgentAuthError, match="not w1's"):
                 await agent.run()
@@ -177,8 +180,7 @@ def test_monitor_rows_go_out_as_stats_and_events_as_event_calls():
 
     async def scenario():
         peer = StatsPeer()
-        async with serve(peer.handler, "127.0.0.1", 0, process_request=peer.process_request) as srv:
-            port = srv.sockets[0].getsockname()[1]
+        async with peer.serving() as port:
             mon = TickingMonitor()
             agent = Agent(f"ws://127.0.0.1:{port}/", "w1", TOKEN, {}, monitor=mon,
                           monitor_interval=0.05)  # fmt: skip

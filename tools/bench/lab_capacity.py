@@ -25,8 +25,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tools.trafficgen.exchange import exchange
+
 ROOT = Path(__file__).resolve().parents[2]
-PY = [sys.executable, "-m", "tools.trafficgen"]
 SRC_MAC, DST_MAC = "02:00:00:00:0a:01", "02:00:00:00:0b:01"
 
 
@@ -34,25 +35,15 @@ def _run(*cmd, check=True):
     return subprocess.run(list(cmd), capture_output=True, text=True, check=check)
 
 
-def offer(src_ns: str, sink_ns: str, pps: float, seconds: float, tmp: Path) -> dict:
-    tx, rx = tmp / "tx.json", tmp / "rx.json"
-    sink = subprocess.Popen(
-        ["ip", "netns", "exec", sink_ns, *PY, "sink", "--iface", "eth0",
-         "--seconds", str(seconds + 10), "--idle", "1.0", "--json", str(rx)],
-        stdout=subprocess.PIPE, text=True,
+def offer(src_ns: str, sink_ns: str, pps: float, seconds: float) -> dict:
+    sent_by_flow, report = exchange(
+        src_ns, sink_ns,
+        ["--src-mac", SRC_MAC, "--dst-mac", DST_MAC, "--src", "10.1.0.0/24",
+         "--dst", "10.2.0.1", "--flows", "32", "--pps", str(pps), "--size-median", "1024"],
+        seconds=seconds, idle=1.0,
     )  # fmt: skip
-    try:
-        sink.stdout.readline()
-        _run("ip", "netns", "exec", src_ns, *PY, "send", "--iface", "eth0",
-             "--src-mac", SRC_MAC, "--dst-mac", DST_MAC, "--src", "10.1.0.0/24",
-             "--dst", "10.2.0.1", "--flows", "32", "--pps", str(pps), "--seconds", str(seconds),
-             "--size-median", "1024", "--json", str(tx))  # fmt: skip
-        sink.wait(seconds + 30)
-    finally:
-        if sink.poll() is None:
-            sink.kill()
-    sent = sum(json.loads(tx.read_text())["sent"].values())
-    received = json.loads(rx.read_text())["flows"]
+    sent = sum(sent_by_flow.values())
+    received = report["flows"]
     got = sum(r["received"] for r in received.values())
     p99 = max((r["latency_p99_us"] or 0) for r in received.values()) if received else None
     return {"offered_pps": pps, "sent": sent, "received": got,
@@ -96,7 +87,6 @@ def main(argv=None) -> int:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     rundir = tempfile.mkdtemp(prefix="qlab-", dir="/tmp")
-    tmp = Path(tempfile.mkdtemp(prefix="qcap-"))
     lab = Lab(load(ROOT / "topologies" / "lab.yaml"), "qbc", rundir, f"tcp:127.0.0.1:{port}")
     results = {"switch": [], "direct": []}
     try:
@@ -108,7 +98,7 @@ def main(argv=None) -> int:
                     ("switch", (lab.ns("src"), lab.ns("sink"))),
                     ("direct", (direct.src, direct.sink)),
                 ):
-                    r = offer(src, sink, pps, seconds, tmp)
+                    r = offer(src, sink, pps, seconds)
                     results[name].append(r)
                     print(
                         f"{name:7s} offered {pps:7.0f} pps  sent {r['achieved_pps']:8.0f} pps  "
@@ -118,7 +108,6 @@ def main(argv=None) -> int:
     finally:
         lab.down()
         shutil.rmtree(rundir, ignore_errors=True)
-        shutil.rmtree(tmp, ignore_errors=True)
 
     def capacity(rows):
         ok = [r["achieved_pps"] for r in rows if r["loss"] <= 0.001]
