@@ -326,9 +326,9 @@ def parse_rule(line: str, field: str) -> Rule | None:
     last: dict | None = None  # the content the next modifiers apply to
     for key, value in _split_options(body, field):
         if key == "content":
-            raw = _quoted(value, "content", field)
-            if raw.startswith("!"):
+            if value is not None and value.startswith("!"):
                 raise NFConfigError(field, "content: negated content unsupported")
+            raw = _quoted(value, "content", field)
             last = {"data": content_bytes(raw, field), "nocase": False, "scope": "raw"}
             patterns.append(last)  # type: ignore[arg-type]
         elif key == "nocase" or key in SCOPE_KEYWORDS:
