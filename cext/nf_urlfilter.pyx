@@ -74,6 +74,7 @@ cdef extern from "src/qd_urlfilter.h":
         uf_rule *rules
         uint32_t nrules
         uint32_t *pat_rule
+        uint8_t *pat_scope
         uint32_t npat
         uf_counters n
     int uf_setup(uf_ctx *c, const char *name, char *err, size_t errlen)
@@ -163,7 +164,8 @@ cdef class UrlFilterNF(NativeNF):
         npat = sum(len(r.patterns) for r in cfg.rules)
         c.rules = <uf_rule *>calloc(nrules, sizeof(uf_rule))
         c.pat_rule = <uint32_t *>calloc(npat, sizeof(uint32_t))
-        if c.rules == NULL or c.pat_rule == NULL:
+        c.pat_scope = <uint8_t *>calloc(npat, sizeof(uint8_t))
+        if c.rules == NULL or c.pat_rule == NULL or c.pat_scope == NULL:
             uf_teardown(c)
             raise MemoryError()
         c.nrules = nrules
@@ -185,6 +187,7 @@ cdef class UrlFilterNF(NativeNF):
             self.sids[i] = r.sid
             for p in r.patterns:
                 c.pat_rule[pid] = i
+                c.pat_scope[pid] = SCOPES.index(p.scope)
                 by_scope[p.scope].append((pid, p, r))
                 pid += 1
         try:

@@ -204,6 +204,7 @@ static inline int uf_http(struct uf_ctx *c, struct uf_flow *f, const uint8_t *d,
 	uint8_t *head = c->heads + (size_t)uf_pos(c, f) * c->p.max_head;
 	uint32_t i = 0, k, keep, j;
 	const uint8_t *lf;
+	uint64_t *bits;
 
 	while (i < n) {
 		switch (f->http) {
@@ -226,6 +227,10 @@ static inline int uf_http(struct uf_ctx *c, struct uf_flow *f, const uint8_t *d,
 				c->n.http_unparsed++;
 				return 0;
 			}
+			/* a new request: what its fields matched so far starts again */
+			bits = c->patbits + (size_t)uf_pos(c, f) * c->words;
+			for (j = 0; j < c->words; j++)
+				bits[j] &= ~c->httpmask[j];
 			f->http = UF_H_LINE;
 			f->head_len = 0;
 			f->reqline_len = 0;

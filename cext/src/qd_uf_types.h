@@ -106,6 +106,8 @@ struct uf_ctx {
 	struct uf_rule *rules;
 	uint32_t nrules;
 	uint32_t *pat_rule;          /* pattern id -> rule index */
+	uint8_t *pat_scope;          /* pattern id -> UF_RAW .. UF_HOST */
+	uint64_t *httpmask;          /* words: the patterns of an HTTP scope */
 	uint32_t npat;
 	uint32_t sweep_pos;
 	struct uf_counters n;

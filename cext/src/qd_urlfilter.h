@@ -41,6 +41,8 @@ static inline void uf_teardown(struct uf_ctx *c)
 	free(c->segs);
 	free(c->rules);
 	free(c->pat_rule);
+	free(c->pat_scope);
+	free(c->httpmask);
 	memset(c, 0, sizeof(*c));
 }
 
@@ -75,6 +77,14 @@ static inline int uf_setup(struct uf_ctx *c, const char *name, char *err, size_t
 		snprintf(err, errlen, "out of memory for %u flows", c->p.flows);
 		return -1;
 	}
+	c->httpmask = calloc(c->words ? c->words : 1, sizeof(uint64_t));
+	if (c->httpmask == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	for (i = 0; i < c->npat; i++)
+		if (c->pat_scope[i] != UF_RAW)
+			c->httpmask[i >> 6] |= 1ULL << (i & 63);
 	c->seg_free = -1;
 	for (i = c->p.ooo_segs; i-- > 0;) {
 		c->segs[i].next = c->seg_free;

@@ -226,6 +226,11 @@ def test_scopes_nocase_host_and_friends(tmp_path):
     second = request("/banned/y")
     plan.passes(*c.handshake(), c.seg(0, first))
     plan.dropped(c.seg(len(first), second))
+    # the contents of one rule must all match in the same request
+    c = Conn(sport)
+    sport += 1
+    two = request("/two") + request("/", extra="X-Two: 2\r\n")
+    plan.passes(*c.handshake(), c.seg(0, two), *c.fin(len(two)))
     for req in passed_reqs:
         c = Conn(sport)
         sport += 1
