@@ -16,6 +16,7 @@ rules.txt:12`` or ``config.rules[3]``) and the reason.
 from __future__ import annotations
 
 import ipaddress
+import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -380,3 +381,28 @@ def parse_rule(line: str, field: str) -> Rule | None:
         patterns=tuple(out),
         where=field,
     )
+
+
+def generate_rules(count: int, seed: int = 1) -> list[str]:
+    """``count`` block rules over all scopes (URI paths, Host names, raw byte
+    signatures, a few PCREs), for benchmarks: realistic shapes, random words."""
+    rng = random.Random(seed)
+
+    def word(n: int) -> str:
+        return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789-") for _ in range(n))
+
+    lines = []
+    for sid in range(1, count + 1):
+        kind = rng.random()
+        head = "block tcp any any -> any 80"
+        if kind < 0.5:
+            opts = f'content:"/{word(rng.randrange(6, 16))}"; http_uri; nocase;'
+        elif kind < 0.75:
+            opts = f'content:"{word(rng.randrange(5, 12))}.example"; http_host;'
+        elif kind < 0.95:
+            opts = f'content:"|{rng.randrange(256):02x} {rng.randrange(256):02x}|{word(6)}";'
+            head = "block tcp any any -> any any"
+        else:
+            opts = f'pcre:"/\\/{word(5)}[0-9]+\\/{word(4)}/U";'
+        lines.append(f'{head} (msg:"generated {sid}"; {opts} sid:{sid};)')
+    return lines
