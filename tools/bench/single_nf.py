@@ -43,6 +43,7 @@ SIZES = (64, 1024)
 PAPER_BPF_LPM_MPPS, PAPER_GHZ = 4.7, 2.4  # SoCC '22, 2.4 GHz Haswell
 MEMORY_MB = 256
 MBUFS = 16383
+HTTP_PCAP_FRAMES = 8000  # well below MBUFS: the pcap stays in mbufs
 
 
 def make_pcap(path: Path, size: int, flows: int) -> None:
@@ -95,18 +96,23 @@ def http_connection(i: int, size: int) -> list:
     return pkts
 
 
-def make_http_pcap(path: Path, size: int, conns: int) -> None:
-    """``conns`` interleaved HTTP/1.1 connections: SYN, SYN-ACK, ACK, a 1.2 KB
-    request head (a big cookie) in segments of what fits in ``size``, a 2.4 KB
-    response, FIN, FIN.  They close each time round, so every replay of the pcap
-    is new connections for the filter: reassembly, parsing and matching."""
+def make_http_pcap(path: Path, size: int, max_frames: int, max_conns: int = 256) -> int:
+    """Interleaved HTTP/1.1 connections, as many as fit in ``max_frames`` (net_pcap's
+    infinite_rx keeps the whole pcap in mbufs): SYN, SYN-ACK, ACK, a 1.2 KB request
+    head (a big cookie) in segments of what fits in ``size``, a 2.4 KB response,
+    FIN, FIN.  They close each time round, so every replay of the pcap is new
+    connections for the filter: reassembly, parsing and matching.  Returns the
+    number of connections."""
     from scapy.all import wrpcap
 
+    per_conn = len(http_connection(0, size))
+    conns = max(1, min(max_conns, max_frames // per_conn))
     flows = [http_connection(i, size) for i in range(conns)]
     out = []
     for t in range(max(len(f) for f in flows)):  # round robin: all connections live at once
         out += [f[t] for f in flows if t < len(f)]
     wrpcap(str(path), out)
+    return conns
 
 
 def nf_configs(workdir: Path) -> dict[str, dict]:
@@ -292,7 +298,7 @@ def main(argv=None) -> int:
             make_pcap(pcap, size, flows=1024)
             http = workdir / f"http{size}.pcap"
             if any(nf in HTTP_NFS for nf in nfs):
-                make_http_pcap(http, size, conns=256)
+                make_http_pcap(http, size, max_frames=HTTP_PCAP_FRAMES)
             runs = {"testpmd": [], **{nf: [] for nf in nfs}}
             for _ in range(rounds):
                 runs["testpmd"].append(run_testpmd(pcap, core, main_core, seconds, huge))
