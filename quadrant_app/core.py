@@ -16,6 +16,7 @@ collect in ``core.instances.agent_requests``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import itertools
 import logging
 
@@ -71,6 +72,15 @@ class Core:
         self._rule_templates: dict[tuple, ofbuild.FlowRuleTemplate] = {}
         self._out_templates: dict[object, ofbuild.PacketOutTemplate] = {}
         self._resync: dict[int, tuple[int, set]] = {}  # dpid -> (xid, keys seen)
+        # dpid -> [(network, netmask, host)]: where the switch delivers by IPv4 destination
+        self._hosts = {
+            s.dpid: [
+                (int(n.network_address), int(n.netmask), h)
+                for h in topology.hosts_on(s.name)
+                for n in [ipaddress.IPv4Network(h.ip, strict=False)]
+            ]
+            for s in topology.switches
+        }
         self._wire_metrics()
 
     # ------------------------------------------------------------------
@@ -87,7 +97,8 @@ class Core:
         LOG.info("switch %s (dpid %016x) connected", state.name, dpid)
         switch = self.topology.switch(state.name)
         ports = [w.switch_port for w in self.topology.workers_on(switch.name)]
-        msgs = [(dpid, m) for m in ofbuild.base_pipeline(switch, ports)]
+        hosts = self.topology.hosts_on(switch.name)
+        msgs = [(dpid, m) for m in ofbuild.base_pipeline(switch, ports, hosts)]
         req = self._xid(ofbuild.flow_stats_request(ofbuild.COOKIE_FLOW))
         self._resync[dpid] = (req.xid, set())
         msgs.append((dpid, req))
@@ -119,6 +130,9 @@ class Core:
         rec = self.flows.get(dpid, key)
         if rec is not None:
             return self._repeat(rec, in_port, data, now)
+        fwd = self.flows.get(dpid, key.reverse())
+        if fwd is not None:
+            return self._reply(fwd, dpid, key, in_port, data, now)
         chain = self.chains.match(key)
         if chain is None:
             return self._unmatched(dpid, key, in_port, data)
@@ -349,23 +363,52 @@ class Core:
         rec.installed_at = now  # the rule went missing: install it again
         return self._install(rec, inst, in_port, data)
 
-    def _unmatched(self, dpid, key, in_port, data) -> list:
-        """No chain takes the flow: a per-flow rule with the topology's default action."""
-        self.metrics.unmatched_flows.value += 1
-        tkey = ("default", dpid, key.eth_type, key.proto)
+    def _reply(self, fwd: FlowRecord, dpid, key, in_port, data, now) -> list:
+        """The first packet of a known flow's other direction (``key`` reversed is ``fwd``).
+
+        A bidirectional chain's instance takes the reply too (NAT, firewalls
+        with connection tracking need both directions); a one-way chain's reply
+        goes straight to its host.  Either way it never starts a flow of its own.
+        """
+        chain = self.chains.by_id.get(fwd.chain_id)
+        inst = self.instances.by_id.get(fwd.instance_id)
+        if chain is not None and inst is not None and chain.spec.bidirectional:
+            self.metrics.reply_flows.inc("chain")
+            return self._assign(chain, inst, dpid, key, in_port, data, now)
+        self.metrics.reply_flows.inc("direct")
+        return self._unmatched(dpid, key, in_port, data, deliver=True)
+
+    def _host_of(self, dpid: int, key) -> object | None:
+        if key.eth_type != flowkey.ETH_IPV4:
+            return None
+        return next((h for net, mask, h in self._hosts[dpid] if key.dst & mask == net), None)
+
+    def _unmatched(self, dpid, key, in_port, data, deliver=False) -> list:
+        """A per-flow rule for a flow no chain takes: deliver it, or the default action.
+
+        ``deliver`` (replies of one-way chains' flows) hands the flow to the host
+        that owns its destination whatever the default; the default ``forward``
+        does the same, falling back to the egress port for unknown destinations.
+        """
+        switch = self.topology.switch(self.switches[dpid].name)
+        if not deliver:
+            self.metrics.unmatched_flows.value += 1
+        host = self._host_of(dpid, key) if deliver or switch.default_action == "forward" else None
+        name = host.name if host is not None else None
+        tkey = ("default", dpid, key.eth_type, key.proto, name)
         tpl = self._rule_templates.get(tkey)
+        okey = ("default", dpid, name)
         if tpl is None:
-            switch = self.topology.switch(self.switches[dpid].name)
-            actions = ofbuild.default_actions(switch)
+            actions = ofbuild.deliver_actions(switch, host)
             tpl = self._rule_templates[tkey] = ofbuild.FlowRuleTemplate(
                 key.eth_type, key.proto, actions, ofbuild.COOKIE_UNMATCHED,
                 self.settings.idle_timeout,
             )  # fmt: skip
-            if actions and ("default", dpid) not in self._out_templates:
-                self._out_templates[("default", dpid)] = ofbuild.PacketOutTemplate(actions)
+            if actions and okey not in self._out_templates:
+                self._out_templates[okey] = ofbuild.PacketOutTemplate(actions)
         xid = next(self._xids) & 0xFFFFFFFF
         buf = tpl.render(key, xid)
-        out = self._out_templates.get(("default", dpid))
+        out = self._out_templates.get(okey)
         if out is not None:
             buf += out.render(in_port, data, xid)
         return [(dpid, buf)]

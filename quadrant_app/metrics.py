@@ -107,6 +107,12 @@ class Metrics:
             "quadrant_unmatched_flows_total",
             "New flows no chain's filter takes; given the topology's default action.",
         )
+        self.reply_flows = LabeledCounter(
+            "quadrant_reply_flows_total",
+            "Reply directions of known flows: path=chain (a bidirectional chain's instance) "
+            "or direct (delivered to their host, bypassing a one-way chain).",
+            "path",
+        )
         self.non_ip_packet_ins = Counter(
             "quadrant_non_ip_packet_ins_total", "Packet-ins that were not IPv4/IPv6 (ignored)."
         )

@@ -92,6 +92,11 @@ SCHEMAS = {
                 "maximum": chains.MAX_PRIORITY,
                 "default": 0,
             },
+            "bidirectional": {
+                "type": "boolean",
+                "default": False,
+                "description": "replies of the chain's flows go through the same instance",
+            },
         },
     },
     "Chain": {
