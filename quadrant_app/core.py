@@ -291,14 +291,68 @@ class Core:
         self._out_templates.pop(instance_id, None)
         return [(inst.dpid, ofbuild.delete_instance_flows(instance_id))]
 
-    def update_stats(self, instance_id: int, now: float, load=None, p99_us=None, pps=None):
-        """An instance's latest figures; returns the messages for flows it can now take."""
-        inst = self.instances.update_stats(instance_id, now, load=load, p99_us=p99_us, pps=pps)
+    def update_stats(
+        self, instance_id: int, now: float, load=None, p99_us=None, pps=None, batch_p99_us=None
+    ):
+        """An instance's latest figures; returns the messages for flows it can now take.
+
+        ``p99_us`` is the latency estimate the candidate rule judges;
+        ``batch_p99_us`` the agent's p99 per-batch time it was made from.
+        """
+        inst = self.instances.update_stats(
+            instance_id, now, load=load, p99_us=p99_us, pps=pps, batch_p99_us=batch_p99_us
+        )
         return self._release(self.chains.by_id[inst.chain_id], now)
 
     def attach(self, instance_id: int, now: float) -> list:
         inst = self.instances.set_attached(instance_id, True)
         return self._release(self.chains.by_id[inst.chain_id], now)
+
+    def flow_keys(self, flow_ids, instance_id: int) -> list:
+        """The keys of those flows still on ``instance_id``, with their replies' keys."""
+        keys = []
+        for fid in flow_ids:
+            rec = self.flows.by_id(fid)
+            if rec is None or rec.instance_id != instance_id:
+                continue
+            keys.append(rec.key)
+            rev = self.flows.get(rec.dpid, rec.key.reverse())
+            if rev is not None and rev.instance_id == instance_id:
+                keys.append(rev.key)
+        return keys
+
+    def migrate(self, flow_ids, src_id: int, dst_id: int, now: float) -> tuple[list, list]:
+        """Move flows of instance ``src_id`` to ``dst_id``: their rules now rewrite to
+        ``dst_id``'s VF and port (an add that replaces the entry; the flow's packets
+        are never sent to the controller meanwhile).  The reply direction of a
+        moved flow moves with it.  Returns ``(keys moved, messages)``, the messages
+        ending with a barrier: once its reply is in, the switch sends every later
+        packet of these flows to ``dst_id``.  Flows gone or no longer on ``src_id``
+        are skipped.
+        """
+        src = self.instances.by_id.get(src_id)
+        dst = self.instances.by_id.get(dst_id)
+        if src is None or dst is None or src.chain_id != dst.chain_id or src.dpid != dst.dpid:
+            return [], []
+        moved, msgs = [], []
+        for fid in flow_ids:
+            rec = self.flows.by_id(fid)
+            if rec is None or rec.instance_id != src_id:
+                continue
+            for r in (rec, self.flows.get(rec.dpid, rec.key.reverse())):
+                if r is None or r.instance_id != src_id:
+                    continue
+                self.flows.move(r, dst_id, now)
+                src.flows -= 1
+                dst.flows += 1
+                moved.append(r.key)
+                msgs += self._install(r, dst, 0, None)
+        if moved:
+            self.metrics.migrated_flows.value += len(moved)
+            msgs.append((dst.dpid, self._xid(ofbuild.barrier())))
+            LOG.info("moved %d flows of chain %d from instance %d to %d",
+                     len(moved), src.chain_id, src_id, dst_id)  # fmt: skip
+        return moved, msgs
 
     def detach(self, instance_id: int, now: float) -> list:
         """Take an instance out of the candidates; its live flows stay on it."""

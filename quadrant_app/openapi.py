@@ -137,7 +137,11 @@ SCHEMAS = {
             "core": {"type": "integer"},
             "attached": {"type": "boolean"},
             "load": {"type": "number"},
-            "p99_us": {"type": "number"},
+            "p99_us": {"type": "number", "description": "latency estimate (us) judged by"},
+            "batch_p99_us": {
+                "type": "number",
+                "description": "p99 per-batch execution time (us) its agent last reported",
+            },
             "pps": {"type": "number", "description": "packet rate its agent last reported"},
             "flows": {"type": "integer"},
         },
@@ -150,6 +154,12 @@ SCHEMAS = {
             "load": {"type": "number", "minimum": 0, "maximum": 1},
             "p99_us": {"type": "number", "minimum": 0},
         },
+    },
+    "FlowMove": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["to"],
+        "properties": {"to": {"type": "integer", "description": "instance id"}},
     },
     "Flow": {
         "type": "object",
@@ -224,6 +234,13 @@ OPERATIONS = {
         "InstanceStats",
         200,
         _ref("Instance"),
+    ),
+    "move_flow": (
+        "Move a flow (and its reply) to another attached instance of its chain, keeping "
+        "its packets in order (admin; 202: the move runs with the agents).",
+        "FlowMove",
+        202,
+        {"type": "object"},
     ),
     "list_flows": (
         "Flows, paged: pass the returned next as after.",
