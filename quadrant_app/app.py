@@ -181,6 +181,14 @@ class QuadrantApp(app_manager.OSKenApp):
             if not keys:
                 return
             flows = [k.to_json() for k in keys]
+            if not dst.attached:  # from the warm pool (an operator's move): attach it first
+                self.send(core.attach(dst.id, _monotonic()))
+                _, err = self._call(dst.worker, "attach", {"instance": dst.id})
+                if err is not None:
+                    self.logger.warning("quadrant: move to instance %d not started: attach "
+                                        "failed: %s", dst.id, err)  # fmt: skip
+                    self.send(core.detach(dst.id, _monotonic()))
+                    return
             _, err = self._call(dst.worker, "hold", {"instance": dst.id, "flows": flows})
             if err is not None:
                 self.logger.warning("quadrant: move of %d flows %d -> %d not started: hold "

@@ -236,8 +236,9 @@ OPERATIONS = {
         _ref("Instance"),
     ),
     "move_flow": (
-        "Move a flow (and its reply) to another attached instance of its chain, keeping "
-        "its packets in order (admin; 202: the move runs with the agents).",
+        "Move a flow (and its reply) to another instance of its chain, keeping its "
+        "packets in order; a warm-pool instance is attached first (admin; 202: the move "
+        "runs with the agents).",
         "FlowMove",
         202,
         {"type": "object"},
