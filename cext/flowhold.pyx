@@ -94,7 +94,7 @@ cdef class FlowHold:
         self.r = NULL
 
     @staticmethod
-    def create(path, uint32_t max_hold_ms=200, mode=0o660, uid=-1, gid=-1):
+    def create(path, uint32_t max_hold_ms=1000, mode=0o660, uid=-1, gid=-1):
         """Create (``O_EXCL``), format and map the region of one instance."""
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)

@@ -114,7 +114,7 @@ class ChainInstance:
         launcher: Launcher | None = None,
         netns: str | None = None,
         startup_cpus: tuple[int, ...] = (),
-        max_hold_ms: int = 200,
+        max_hold_ms: int = 1000,
     ):
         if not nfs:
             raise ChainError("nfs: a chain has at least one NF")
