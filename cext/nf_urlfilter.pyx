@@ -214,6 +214,7 @@ cdef class UrlFilterNF(NativeNF):
         out = {k: n[k] for k in COUNTERS}
         out["flows"] = out.pop("flows_active")
         out["rules"] = c.nrules
+        out["stream_bytes"] = self.stream_bytes
         out["rule_hits"] = {
             str(self.sids[i]): c.rules[i].hits for i in range(c.nrules) if c.rules[i].hits
         }
