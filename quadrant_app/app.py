@@ -265,6 +265,7 @@ class QuadrantApp(app_manager.OSKenApp):
                     for move in moves:
                         self._start_move(move)
                 if self.orchestrator is not None:
+                    self.send(self.orchestrator.failures(now))
                     for cmd in self.orchestrator.tick(now):
                         hub.spawn(self._command, cmd)
                 else:
@@ -332,7 +333,12 @@ class QuadrantApp(app_manager.OSKenApp):
     def _port_status(self, ev):
         m = ev.msg
         down = bool(m.desc.state & m.datapath.ofproto.OFPPS_LINK_DOWN)
-        self.send(self.core.port_status(m.datapath.id, m.desc.port_no, not down, _monotonic()))
+        now = _monotonic()
+        self.send(self.core.port_status(m.datapath.id, m.desc.port_no, not down, now))
+        if self.orchestrator is not None and down:
+            self.send(self.orchestrator.port_down(m.datapath.id, m.desc.port_no, now))
+        elif self.orchestrator is not None:
+            self.orchestrator.port_up(m.datapath.id, m.desc.port_no, now)
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev):
