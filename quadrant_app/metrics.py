@@ -128,6 +128,11 @@ class Metrics:
             "link (its switch port went down).",
             "reason",
         )
+        self.persist_failures = Counter(
+            "quadrant_persist_failures_total",
+            "Times the controller's books could not be written to state_redis (retried "
+            "every tick).",
+        )
         self.scale_outs = Counter(
             "quadrant_scale_outs_total",
             "Warm-pool instances the scaling loop attached ahead of new flows.",
