@@ -15,6 +15,10 @@ from worker.nf_tables import parse_tunnel
 cdef class EmptyNF(NativeNF):
     """Swaps source and destination MAC; drops frames shorter than 14 bytes."""
 
+    def __init__(self, name=None):
+        super().__init__(name)
+        self.in_place = True
+
     cdef void process(self, qd_batch *batch) noexcept nogil:
         cdef uint16_t i
         cdef uint64_t x, x2
