@@ -5,11 +5,15 @@ One iteration of :meth:`Runtime.loop`:
 
 1. **RX** ``rte_eth_rx_burst`` into a preallocated mbuf array;
 2. **describe** each mbuf as a :c:type:`qd_pkt` (data, len, head/tailroom),
-   prefetching the frame's first cache line, and preset verdicts to forward;
+   prefetching the frame's first cache line, in one pass; the verdict
+   array already holds ``QD_FORWARD`` (kept so between batches);
 3. **NF** ``nf.process(&batch)``: one call per batch, no GIL (a Python NF
    takes the GIL once per batch inside its own ``process``);
-4. **sync** forwarded descriptors back into their mbufs (data_off, lengths),
-   free dropped and held ones;
+4. **sync**: if every verdict is FORWARD (one OR over 8-byte words) and
+   the NF is ``in_place`` (it never moves a frame's window), the received
+   mbufs go on as they are; otherwise forwarded descriptors are synced back
+   into their mbufs (data_off, lengths), dropped and held ones freed, and the
+   verdicts restored to FORWARD;
 5. **emit** the forwarded mbufs: :meth:`Runtime.emit`.  THIS IS THE SEAM.
    For a single-NF chain (this module) ``emit`` is ``rte_eth_tx_burst`` on the
    TX port and frees what the queue did not take.  A chain's first NF
@@ -22,7 +26,8 @@ One iteration of :meth:`Runtime.loop`:
 6. **count** once per batch into the shared counter block (``qd_stats``,
    layout in ``cext/src/qd_stats.h`` and docs/dataplane.rst), inside a
    sequence lock, with the batch's TSC cycle count in the histogram and the
-   sample ring.
+   sample ring.  One TSC read per batch: the end of one batch (or of the
+   last empty poll) is the start of the next.
 
 :meth:`Runtime.run` runs the loop for a slice of time (or until a packet
 count is reached, or the NF sets ``halt``) and returns to Python, which
