@@ -161,6 +161,7 @@ cdef class Runtime:
         cdef uint64_t t0, t1, cyc, rx_bytes, tx_bytes, drops_nf, held, empty = 0
         cdef uint32_t slot
         cdef uint8_t v
+        cdef bint moved
         batch.pkts = pkts
         batch.verdicts = verdicts
         # The verdict array is all QD_FORWARD between batches (set up in
@@ -216,8 +217,8 @@ cdef class Runtime:
                     v = verdicts[i]
                     base = <uint8_t *>m.buf_addr
                     if v == QD_FORWARD:
-                        if not in_place and (p.data != base + m.data_off
-                                                or p.len != m.data_len):
+                        moved = p.data != base + m.data_off or p.len != m.data_len
+                        if moved and not in_place:
                             # the NF pushed/popped or trimmed: move the mbuf's window
                             if (p.data < base or p.len == 0
                                     or p.data + p.len > base + m.buf_len):
