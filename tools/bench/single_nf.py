@@ -1,6 +1,6 @@
 """Single-NF throughput: each basic NF on one pinned core vs dpdk-testpmd macswap.
 
-    .venv/bin/python -m tools.bench.single_nf [--quick] [--json PATH] [--core N]
+    .venv/bin/python -m tools.bench.single_nf [--quick] [--json PATH] [--core N] [--prefix P]
 
 Source: ``net_pcap`` with ``infinite_rx=1`` over a pcap of UDP frames across
 many flows (one pcap per frame size, 64 and 1024 bytes); sink: ``net_null``
@@ -40,6 +40,7 @@ SIZES = (64, 1024)
 PAPER_BPF_LPM_MPPS, PAPER_GHZ = 4.7, 2.4  # SoCC '22, 2.4 GHz Haswell
 MEMORY_MB = 256
 MBUFS = 16383
+PREFIX = "qd-bench"  # DPDK --file-prefix and stats file names start with this (--prefix)
 
 
 def make_pcap(path: Path, size: int, flows: int) -> None:
@@ -92,7 +93,7 @@ def dpdk_runtime_dir(prefix: str) -> Path:
 
 
 def run_testpmd(pcap: Path, core: int, main_core: int, seconds: float, huge: bool) -> float:
-    prefix = f"qd-bench-tp-{uuid.uuid4().hex[:6]}"
+    prefix = f"{PREFIX}-tp-{uuid.uuid4().hex[:6]}"
     cmd = [
         "stdbuf",  # line-buffered stdout: we timestamp the start of forwarding
         "-oL",
@@ -169,9 +170,9 @@ def run_nf(
 ) -> dict:
     tag = uuid.uuid4().hex[:6]
     cfg = {
-        "name": f"qd-bench-{tag}",
+        "name": f"{PREFIX}-{tag}",
         "core": core,
-        "eal": {"file_prefix": f"qd-bench-{tag}", "hugepages": huge, "memory_mb": MEMORY_MB},
+        "eal": {"file_prefix": f"{PREFIX}-{tag}", "hugepages": huge, "memory_mb": MEMORY_MB},
         "mempool": {"size": MBUFS},
         "ports": {
             "rx": {"vdev": f"net_pcap0,rx_pcap={pcap},infinite_rx=1"},
@@ -179,7 +180,7 @@ def run_nf(
         },
         "nf": {"type": nf, "config": config},
         # the default place, /dev/shm (tmpfs: no writeback faults on the data core)
-        "stats": {"path": f"/dev/shm/quadrant-nf-qd-bench-{tag}.stats", "keep": True},
+        "stats": {"path": f"/dev/shm/quadrant-nf-{PREFIX}-{tag}.stats", "keep": True},
         "run": {"duration_s": seconds},
     }
     path = workdir / f"{tag}.yaml"
@@ -218,7 +219,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, help="measurement per run")
     ap.add_argument("--rounds", type=int, help="interleaved repetitions")
     ap.add_argument("--nfs", default=",".join(NFS), help="comma-separated NF types")
+    ap.add_argument("--prefix", default=PREFIX, help="start of every DPDK --file-prefix")
     opts = ap.parse_args(argv)
+    global PREFIX
+    PREFIX = opts.prefix
     if shutil.which("dpdk-testpmd") is None:
         sys.exit("dpdk-testpmd not found (Debian package dpdk; tools/setup-host installs it)")
     cpus = sorted(os.sched_getaffinity(0))
