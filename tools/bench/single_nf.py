@@ -92,8 +92,10 @@ def dpdk_runtime_dir(prefix: str) -> Path:
     return Path(os.environ.get("XDG_RUNTIME_DIR", "/tmp")) / "dpdk" / prefix
 
 
-def run_testpmd(pcap: Path, core: int, main_core: int, seconds: float, huge: bool) -> float:
-    prefix = f"{PREFIX}-tp-{uuid.uuid4().hex[:6]}"
+def run_testpmd(
+    pcap: Path, core: int, main_core: int, seconds: float, huge: bool, prefix: str = PREFIX
+) -> float:
+    prefix = f"{prefix}-tp-{uuid.uuid4().hex[:6]}"
     cmd = [
         "stdbuf",  # line-buffered stdout: we timestamp the start of forwarding
         "-oL",
@@ -166,13 +168,20 @@ def run_testpmd(pcap: Path, core: int, main_core: int, seconds: float, huge: boo
 
 
 def run_nf(
-    nf: str, config: dict, pcap: Path, core: int, seconds: float, huge: bool, workdir: Path
+    nf: str,
+    config: dict,
+    pcap: Path,
+    core: int,
+    seconds: float,
+    huge: bool,
+    workdir: Path,
+    prefix: str = PREFIX,
 ) -> dict:
-    tag = uuid.uuid4().hex[:6]
+    tag = f"{prefix}-{uuid.uuid4().hex[:6]}"
     cfg = {
-        "name": f"{PREFIX}-{tag}",
+        "name": tag,
         "core": core,
-        "eal": {"file_prefix": f"{PREFIX}-{tag}", "hugepages": huge, "memory_mb": MEMORY_MB},
+        "eal": {"file_prefix": tag, "hugepages": huge, "memory_mb": MEMORY_MB},
         "mempool": {"size": MBUFS},
         "ports": {
             "rx": {"vdev": f"net_pcap0,rx_pcap={pcap},infinite_rx=1"},
@@ -180,7 +189,7 @@ def run_nf(
         },
         "nf": {"type": nf, "config": config},
         # the default place, /dev/shm (tmpfs: no writeback faults on the data core)
-        "stats": {"path": f"/dev/shm/quadrant-nf-{PREFIX}-{tag}.stats", "keep": True},
+        "stats": {"path": f"/dev/shm/quadrant-nf-{tag}.stats", "keep": True},
         "run": {"duration_s": seconds},
     }
     path = workdir / f"{tag}.yaml"
@@ -221,8 +230,6 @@ def main(argv=None) -> int:
     ap.add_argument("--nfs", default=",".join(NFS), help="comma-separated NF types")
     ap.add_argument("--prefix", default=PREFIX, help="start of every DPDK --file-prefix")
     opts = ap.parse_args(argv)
-    global PREFIX
-    PREFIX = opts.prefix
     if shutil.which("dpdk-testpmd") is None:
         sys.exit("dpdk-testpmd not found (Debian package dpdk; tools/setup-host installs it)")
     cpus = sorted(os.sched_getaffinity(0))
@@ -243,9 +250,13 @@ def main(argv=None) -> int:
             make_pcap(pcap, size, flows=1024)
             runs = {"testpmd": [], **{nf: [] for nf in nfs}}
             for _ in range(rounds):
-                runs["testpmd"].append(run_testpmd(pcap, core, main_core, seconds, huge))
+                runs["testpmd"].append(
+                    run_testpmd(pcap, core, main_core, seconds, huge, opts.prefix)
+                )
                 for nf in nfs:
-                    runs[nf].append(run_nf(nf, configs[nf], pcap, core, seconds, huge, workdir))
+                    runs[nf].append(
+                        run_nf(nf, configs[nf], pcap, core, seconds, huge, workdir, opts.prefix)
+                    )
             results[size] = runs
 
     hz = next(iter(results[sizes[0]][nfs[0]]))["tsc_hz"] if nfs else 0
