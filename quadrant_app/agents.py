@@ -131,9 +131,12 @@ class AgentHub:
             where = f"params.instances[{i}]"
             iid = require(rep, "id", int, where)
             row = {"id": iid}
-            for key in ("pps", "load", "p99_us", "queue_len", "drops"):
+            for key in ("pps", "load", "p99_us", "queue_len", "buffered", "drops"):
                 if key in rep:
                     value = rep[key]
+                    if value is None and key == "queue_len":
+                        row[key] = None  # the worker cannot read its NIC's queue
+                        continue
                     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                         raise RpcError(jsonrpc.INVALID_PARAMS, f"{where}.{key}: must be >= 0")
                     row[key] = value

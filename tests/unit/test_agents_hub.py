@@ -97,6 +97,10 @@ def test_bad_stats():
         hub.stats("w1", {"instances": [{"id": 1, "pps": -1}]}, 0)
     with pytest.raises(RpcError, match="must be >= 0"):
         hub.stats("w1", {"instances": [{"id": 1, "load": True}]}, 0)
+    with pytest.raises(RpcError, match=r"instances\[0\].p99_us: must be >= 0"):
+        hub.stats("w1", {"instances": [{"id": 1, "p99_us": None}]}, 0)  # only queue_len may be null
+    rows = hub.stats("w1", {"instances": [{"id": 1, "queue_len": None, "buffered": 3}]}, 0)
+    assert rows == [{"id": 1, "queue_len": None, "buffered": 3}]
 
 
 def test_bearer():
