@@ -404,9 +404,25 @@ class ChainInstance:
         return holds.drain(hold.progress, counters, timeout)
 
     def stats(self) -> list[dict]:
+        """Per NF process: its counters and its cycles-per-batch histogram (``hist``)
+        from the buffer header; the first also ``buffered``, the packets waiting in
+        the chain buffer's rings between the NFs."""
         c = self.ctl
         n = 1 if self.mode == "single_thread" else len(self.nfs)
-        return [c.nf_stats(i) for i in range(n)]
+        out = [{**c.nf_stats(i), "hist": c.nf_hist(i)} for i in range(n)]
+        out[0]["buffered"] = self.buffered()
+        return out
+
+    def buffered(self) -> int:
+        """Packets in the rings from each NF to the next and from the last back to the
+        first (ring 0 of a region holds free slots, not packets)."""
+        n = len(self.nfs)
+        if self.mode == "single_thread":
+            return 0
+        if self.mode in ("coop", "cfs"):
+            return sum(self.ctl.ring_count(r) for r in range(1, n + 1))
+        # copy: every region after the control one carries its batches on ring 1
+        return sum(b.ring_count(1) for p, b in self.buffers.items() if p != self._ctl_path)
 
     def alive(self) -> bool:
         return bool(self.procs) and all(p.poll() is None for p in self.procs)
