@@ -67,7 +67,7 @@ cdef extern from "src/qd_urlfilter.h":
         uint64_t ooo_buffered, ooo_drop_flow, ooo_drop_memory, ooo_segs_used, ooo_segs_peak
         uint64_t retransmitted, overlap_bytes, bytes_scanned
         uint64_t http_requests, http_unparsed, head_truncated
-        uint64_t malformed, fragments, non_tcp
+        uint64_t malformed, fragments, non_tcp, bad_checksum, discarded
     struct uf_ctx:
         uf_params p
         hs_database_t *db[5]
@@ -90,7 +90,8 @@ COUNTERS = (
     "midstream_refused", "blocked", "blocked_packets", "resets_server", "resets_client",
     "alerts", "ooo_buffered", "ooo_drop_flow", "ooo_drop_memory", "ooo_segs_used",
     "ooo_segs_peak", "retransmitted", "overlap_bytes", "bytes_scanned", "http_requests",
-    "http_unparsed", "head_truncated", "malformed", "fragments", "non_tcp",
+    "http_unparsed", "head_truncated", "malformed", "fragments", "non_tcp", "bad_checksum",
+    "discarded",
 )
 cdef enum:
     SWEEP_PER_BATCH = 8  # flow slots checked for expiry per batch

@@ -12,6 +12,7 @@
 
 #include <string.h>
 #include <rte_hash.h>
+#include <rte_ip.h>
 #include "qd_uf_types.h"
 #include "qd_uf_http.h"
 
@@ -335,6 +336,21 @@ static inline void uf_make_rst(uint8_t *d, uint16_t *len, uint32_t l3, uint32_t 
 
 /* --- one packet ---------------------------------------------------------------- */
 
+/* IPv4 header and TCP checksums: a segment the server's stack would discard
+ * must not be matched either (an "insertion" of bytes only the filter sees). */
+static inline int uf_csum_ok(const uint8_t *d, uint32_t l3, uint32_t l4, uint32_t ip_end)
+{
+	const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(d + l3);
+	uint32_t s;
+
+	if (rte_raw_cksum(ip, l4 - l3) != 0xffff)
+		return 0;
+	s = (uint32_t)rte_raw_cksum(d + l4, ip_end - l4) + rte_ipv4_phdr_cksum(ip, 0);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return s == 0xffff;
+}
+
 /* A packet of a blocked connection: the first after the match may become the
  * RST towards the client; everything else is dropped. */
 static inline int uf_blocked(struct uf_ctx *c, struct uf_flow *f, uint8_t *d, uint16_t *len,
@@ -364,7 +380,7 @@ static inline int uf_tcp(struct uf_ctx *c, uint8_t *d, uint16_t *len, uint32_t l
 	struct uf_key k;
 	struct uf_flow *f;
 	int32_t pos;
-	int from_cli, r;
+	int from_cli, r, syn_ok;
 
 	if (frag & 0x3fff) { /* a fragment: its TCP bytes cannot be checked */
 		c->n.fragments++;
@@ -401,6 +417,14 @@ static inline int uf_tcp(struct uf_ctx *c, uint8_t *d, uint16_t *len, uint32_t l
 		} else if (plen > 0 && !(fl & (UF_TH_RST | UF_TH_SYN))) {
 			if (sport < dport) /* mid-stream, most likely server data: not a client */
 				return 0;
+			if (!(fl & UF_TH_ACK)) {
+				c->n.discarded++;
+				return 1;
+			}
+			if (!uf_csum_ok(d, l3, l4, ip_end)) {
+				c->n.bad_checksum++;
+				return 1;
+			}
 			if (c->p.midstream != 0) {
 				c->n.midstream_refused++;
 				return c->p.midstream == 2;
@@ -431,10 +455,30 @@ static inline int uf_tcp(struct uf_ctx *c, uint8_t *d, uint16_t *len, uint32_t l
 			f->flags |= UF_F_FIN_SRV;
 		goto fin;
 	}
+	/* a client SYN is one of the opening (no ACK flag, before the client's first
+	 * ACK) or of a new connection after a FIN; any other SYN the server ignores */
+	syn_ok = (f->state == UF_HANDSHAKE && !(f->flags & UF_F_ESTAB) && !(fl & UF_TH_ACK)) ||
+		 (f->flags & (UF_F_FIN_CLI | UF_F_FIN_SRV));
+	if (plen > 0) {
+		/* data the server's stack would throw away is dropped, not matched: a bad
+		 * checksum, no ACK flag outside the opening SYN, a SYN it ignores */
+		if (!(fl & (UF_TH_ACK | UF_TH_SYN)) || ((fl & UF_TH_SYN) && !syn_ok)) {
+			c->n.discarded++;
+			return 1;
+		}
+		if (!uf_csum_ok(d, l3, l4, ip_end)) {
+			c->n.bad_checksum++;
+			return 1;
+		}
+	}
+	if ((fl & (UF_TH_ACK | UF_TH_SYN)) == UF_TH_ACK)
+		f->flags |= UF_F_ESTAB;
 	if (fl & UF_TH_SYN) {
-		if (f->state == UF_HANDSHAKE) {
+		if (!syn_ok)
+			return 0; /* ignored, as the server does (it answers with an ACK) */
+		if (!(f->flags & (UF_F_FIN_CLI | UF_F_FIN_SRV))) {
 			f->next_seq = seq + 1;  /* a repeated SYN (maybe a new ISN) */
-		} else if (f->flags & (UF_F_FIN_CLI | UF_F_FIN_SRV)) {
+		} else {
 			/* a new connection on the ports of a closing one */
 			uf_flow_free(c, f);
 			c->n.closed++;
@@ -443,7 +487,7 @@ static inline int uf_tcp(struct uf_ctx *c, uint8_t *d, uint16_t *len, uint32_t l
 				return !c->p.overload_pass;
 			f->state = UF_HANDSHAKE;
 			f->next_seq = seq + 1;
-		} /* else: a SYN inside an open connection; the server ignores it, so do we */
+		}
 		seq++;
 	}
 	if (plen > 0) {

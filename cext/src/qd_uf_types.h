@@ -23,6 +23,7 @@ enum { UF_FREE = 0, UF_HANDSHAKE, UF_OPEN, UF_BLOCKED };
 #define UF_F_RST_CLI 0x04   /* blocked: the next packet becomes a RST to the client */
 #define UF_F_TRUNC 0x08     /* this request's head was longer than max_request_head */
 #define UF_F_LINE 0x10      /* the current head line has a byte other than CR */
+#define UF_F_ESTAB 0x20     /* the client has sent an ACK: its opening SYN is over */
 
 /* HTTP parser states (client->server). */
 enum { UF_H_START = 0, UF_H_LINE, UF_H_HEADERS, UF_H_BODY, UF_H_OPAQUE };
@@ -86,7 +87,7 @@ struct uf_counters {
 	uint64_t ooo_buffered, ooo_drop_flow, ooo_drop_memory, ooo_segs_used, ooo_segs_peak;
 	uint64_t retransmitted, overlap_bytes, bytes_scanned;
 	uint64_t http_requests, http_unparsed, head_truncated;
-	uint64_t malformed, fragments, non_tcp;
+	uint64_t malformed, fragments, non_tcp, bad_checksum, discarded;
 };
 
 struct uf_ctx {

@@ -171,6 +171,42 @@ def test_first_copy_wins(tmp_path):
     assert stats["overlap_bytes"] == len(banned)
 
 
+def test_insertions_the_server_would_discard_are_not_matched(tmp_path):
+    """Bytes the server's TCP throws away (bad checksums, no ACK flag, a SYN inside
+    the connection) must not become the filter's copy of the stream: otherwise a
+    benign "insertion" followed by the banned bytes at the same sequence numbers
+    would pass (the filter would take the banned ones for a retransmission)."""
+    plan = Plan()
+    banned, benign = request("/banned/a"), request("/bonned/a")
+    conns = [Conn(33000 + i) for i in range(5)]
+    a, b, c, d, e = conns
+    bad_tcp = bytearray(a.seg(0, benign))
+    bad_tcp[14 + 20 + 16] ^= 0x5A  # TCP checksum
+    bad_ip = bytearray(b.seg(0, benign))
+    bad_ip[14 + 10] ^= 0x5A  # IPv4 header checksum
+    insertions = [
+        bytes(bad_tcp),
+        bytes(bad_ip),
+        c.c2s(c.isn + 1, "P", benign),  # no ACK flag
+        d.c2s(d.isn, "S", benign, ack=0),  # a SYN after the handshake
+    ]
+    for conn, bad in zip(conns, insertions, strict=False):
+        plan.passes(*conn.handshake())
+        plan.dropped(bad, conn.seg(0, banned))
+    # mid-stream: a bad checksum creates no flow and is not matched either
+    bad_mid = bytearray(e.seg(0, benign))
+    bad_mid[14 + 20 + 16] ^= 0x5A
+    plan.dropped(bytes(bad_mid), e.seg(0, banned))
+    # a bare SYN with another ISN after the handshake must not move the stream
+    f = Conn(33010)
+    plan.passes(*f.handshake(), f.c2s(f.isn + 5000, "S", ack=0), f.seg(0, banned[:9]))
+    plan.dropped(f.seg(9, banned[9:]))
+    output, stats = run_uf(tmp_path, {"rules": [URI_RULE], "reset": "none"}, plan.frames)
+    assert output == plan.expected
+    assert stats["blocked"] == 6
+    assert stats["bad_checksum"] == 3 and stats["discarded"] == 2
+
+
 SCOPE_RULES = [
     'block tcp any any -> any 80 (msg:"nocase uri"; content:"/Secret"; http_uri; nocase; sid:10;)',
     'block tcp any any -> any 80 (content:"/CaseSensitive"; http_uri; sid:11;)',
