@@ -1,0 +1,254 @@
+"""Third-party NFs in chains: the shipped examples (nftables firewall, Linux router)
+between native NFs, on real DPDK ports (net_pcap in, net_pcap out), the real bridge
+process on net_af_packet over veth pairs into the NF's own network namespace, the
+real cooperative scheduler on core 1 -- and a killed program detected.
+
+Needs root (namespaces, SCHED_FIFO, setuid) and the DPDK build; seconds per test.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+scapy = pytest.importorskip("scapy.all")
+from scapy.all import IP, TCP, UDP, Dot1Q, Ether, rdpcap, wrpcap  # noqa: E402
+
+from worker.chain import ChainError, ChainIds, ChainInstance  # noqa: E402
+from worker.coopsched import CoreScheduler  # noqa: E402
+
+pytestmark = [pytest.mark.dpdk, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+
+CORE = 1
+IDS = ChainIds(47510, 47510)
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "thirdparty"
+SRC, DST = "02:00:00:00:00:01", "02:00:00:00:00:02"
+
+
+def example(name):
+    return yaml.safe_load((EXAMPLES / name).read_text())
+
+
+@pytest.fixture(scope="module")
+def sched():
+    with CoreScheduler(CORE, timeout=0.3) as s:
+        yield s
+
+
+@pytest.fixture
+def work(tmp_path):
+    os.chmod(tmp_path, 0o755)
+    return tmp_path
+
+
+def chain(name, nfs, work, sched, pin, pout=None, infinite=False):
+    rx = {"vdev": f"net_pcap_{name}0,rx_pcap={pin}" + (",infinite_rx=1" if infinite else "")}
+    tx = {"vdev": f"net_pcap_{name}1,tx_pcap={pout}"} if pout else {"vdev": f"net_null_{name}1"}
+    return ChainInstance(name, nfs, core=CORE, ports={"rx": rx, "tx": tx}, ids=IDS, prefix="tp",
+                         mode="coop", scheduler=sched, n_slots=512, log_dir=str(work))  # fmt: skip
+
+
+def wait_for(cond, timeout=5.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def nft_counters(netns):
+    out = subprocess.run(["ip", "netns", "exec", netns, "nft", "-j", "list", "ruleset"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    counters = {}
+    for item in json.loads(out)["nftables"]:
+        rule = item.get("rule")
+        if rule and "comment" in rule:
+            for e in rule["expr"]:
+                if "counter" in e:
+                    counters[rule["comment"]] = e["counter"]["packets"]
+    return counters
+
+
+def tcp(src, sport, dst, dport, flags, seq, ack=0, load=b""):
+    return (
+        Ether(src=SRC, dst=DST)
+        / IP(src=src, dst=dst, ttl=64)
+        / TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, window=65535)
+        / load
+    )
+
+
+def firewall_traffic():
+    """(frames, allowed?): one TCP connection both ways, then what the rules refuse."""
+    c, s = ("10.1.0.5", 40000), ("10.2.0.1", 80)
+    flow = [
+        tcp(*c, *s, "S", 1000),
+        tcp(*s, *c, "SA", 5000, 1001),
+        tcp(*c, *s, "A", 1001, 5001),
+        tcp(*c, *s, "PA", 1001, 5001, b"GET / HTTP/1.0\r\n\r\n"),
+        tcp(*s, *c, "PA", 5001, 1019, b"HTTP/1.0 200 OK\r\n\r\nhello"),
+        tcp(*c, *s, "FA", 1019, 5025),
+    ]
+    refused = [
+        tcp("10.1.0.6", 40001, "10.2.0.1", 23, "S", 7000),  # telnet
+        tcp("10.2.0.9", 5555, "10.1.0.5", 22, "S", 9000),  # a new connection from outside
+        tcp("10.1.0.7", 40002, "10.2.0.1", 80, "SF", 3000),  # SYN+FIN: ct state invalid
+    ]
+    # established: the outside's packets of the inside's connection pass (above); the
+    # same port from the outside without it does not (a reply-looking packet is new)
+    refused.append(tcp("10.2.0.1", 80, "10.1.0.5", 40111, "S", 1))
+    frames = flow[:3] + refused[:2] + flow[3:5] + refused[2:] + flow[5:]
+    allowed = [f for f in frames if f in flow]
+    return frames, allowed
+
+
+def via_ipforward_and_tunnel(p, vlan):
+    hop = "02:00:00:00:02:01" if p[IP].dst.startswith("10.2.") else "02:00:00:00:01:01"
+    ip = p[IP].copy()
+    ip.ttl -= 1
+    del ip.chksum
+    return bytes(Ether(src=p[Ether].src, dst=hop) / Dot1Q(vlan=vlan) / ip)
+
+
+def test_nftables_firewall_in_a_chain(work, sched):
+    spec = example("nft-firewall.yaml")
+    frames, allowed = firewall_traffic()
+    pin, pout = work / "in.pcap", work / "out.pcap"
+    wrpcap(str(pin), frames)
+    inst = chain("fw", spec["nfs"], work, sched, pin, pout)
+    try:
+        inst.prepare()
+        assert [n["type"] for n in inst.nfs] == ["ipforward", "thirdparty", "tunnel"]
+        inst.attach()
+        assert wait_for(lambda: inst.stats()[0]["tx"] == len(allowed))
+        # the refused frames' slots come back empty once their hold is over
+        assert wait_for(lambda: inst.stats()[1]["thirdparty"]["held"] == 0)
+        inst.detach()
+        st = inst.stats()
+        counters = nft_counters("tp-fw-nf1")
+        bridge = st[1]["thirdparty"]
+    finally:
+        inst.teardown()
+    # the chain's counters account for every frame, the NF's drops included
+    assert st[0]["pkts"] == len(frames) and st[0]["tx"] == len(allowed)
+    assert st[1]["pkts"] == len(frames) and st[1]["tx"] == len(allowed)
+    assert bridge["to_nf"] == len(frames) and bridge["from_nf"] == len(allowed)
+    assert bridge["passed"] == len(allowed)
+    assert bridge["expired"] == len(frames) - len(allowed) == st[1]["drops"]
+    assert bridge["overflow"] == bridge["reverse"] == bridge["to_nf_fail"] == 0
+    # the kernel's own counters of the veths agree: nothing else went to the NF (what it
+    # sent itself while its bridge was not yet reading, an IGMP report, is not passed on)
+    assert bridge["kernel_to_nf"] == len(frames) and bridge["kernel_from_nf"] >= len(allowed)
+    assert bridge["status"] == "ok" and bridge["exit_code"] is None
+    assert st[2]["pkts"] == len(allowed)
+    # the firewall's own counters say which rule refused what
+    assert counters["telnet"] == 1
+    assert counters["new from outside"] == 2
+    assert counters["invalid"] == 1
+    assert counters["established"] == 5  # SYN-ACK, ACK, request, response, FIN
+    assert counters["new from inside"] == 1  # the SYN
+    # allowed frames arrive intact: only the native NFs changed them
+    got = [bytes(p) for p in rdpcap(str(pout))]
+    assert got == [via_ipforward_and_tunnel(p, 100) for p in allowed]
+    # its namespace and veths are gone
+    assert "tp-fw-nf1" not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                             text=True).stdout  # fmt: skip
+
+
+def test_linux_router_in_a_chain(work, sched):
+    spec = example("linux-router.yaml")
+    frames = [
+        Ether(src=SRC, dst=DST) / IP(src=f"10.1.0.{i + 1}", dst=dst, ttl=ttl) / UDP(dport=port)
+        / (b"r" * 30)
+        for i, (dst, ttl, port) in enumerate([("10.2.0.7", 64, 80), ("10.3.1.1", 9, 443),
+                                              ("10.2.9.9", 64, 53), ("10.2.0.8", 1, 80),
+                                              ("10.3.0.1", 30, 8080)])
+    ]  # fmt: skip
+    pin, pout = work / "in.pcap", work / "out.pcap"
+    wrpcap(str(pin), frames)
+    inst = chain("rt", spec["nfs"], work, sched, pin, pout)
+    try:
+        inst.prepare()
+        inst.attach()
+        # the acl drops port 53; the kernel drops TTL 1 (and sends ICMP back: reverse)
+        assert wait_for(lambda: inst.stats()[0]["tx"] == 3)
+        assert wait_for(lambda: inst.stats()[1]["thirdparty"]["held"] == 0)
+        inst.detach()
+        st = inst.stats()
+    finally:
+        inst.teardown()
+    bridge = st[1]["thirdparty"]
+    assert st[0]["pkts"] == 5 and st[0]["drops"] == 1  # the acl, in the first NF's process
+    assert bridge["to_nf"] == 4 and bridge["from_nf"] == 3 and bridge["passed"] == 3
+    assert bridge["expired"] == 1 and bridge["overflow"] == 0
+    assert bridge["reverse"] == 1  # ICMP time exceeded, back out of eth0: not passed on
+    got = rdpcap(str(pout))
+    want = {"10.2.0.7": ("02:00:00:00:02:01", 63), "10.3.1.1": ("02:00:00:00:03:01", 8),
+            "10.3.0.1": ("02:00:00:00:03:01", 29)}  # fmt: skip
+    assert [p[IP].dst for p in got] == list(want)
+    for p in got:
+        hop, ttl = want[p[IP].dst]
+        # routed by the kernel: its eth1 as the source, the route's next hop as the
+        # destination, TTL decremented with a valid checksum; then the tunnel's tag
+        assert p[Ether].src == "02:51:00:00:00:11" and p[Ether].dst == hop
+        assert p[Dot1Q].vlan == 200 and p[IP].ttl == ttl
+        fixed = p[IP].copy()
+        del fixed.chksum
+        assert IP(bytes(fixed)).chksum == p[IP].chksum
+        assert bytes(p[UDP].payload) == b"r" * 30
+
+
+def test_killed_thirdparty_nf_is_detected_and_fenced(work, sched):
+    spec = example("nft-firewall.yaml")
+    frames, _ = firewall_traffic()
+    pin = work / "in.pcap"
+    wrpcap(str(pin), frames[:3])
+    inst = chain("kill", spec["nfs"], work, sched, pin, infinite=True)
+    try:
+        inst.prepare()
+        inst.attach()
+        assert wait_for(lambda: inst.stats()[0]["tx"] > 1000)
+        assert inst.failures() == []
+        tp = inst.thirdparty[1]
+        os.kill(tp.pid, signal.SIGKILL)
+        assert wait_for(lambda: inst.failures() != [], timeout=2)
+        (i, reason), = inst.failures()
+        assert i == 1 and "exited with status -9" in reason
+        s = inst.stats()[1]["thirdparty"]
+        assert s["status"] == "failed" and s["exit_code"] == -9
+        # fenced: its links are down, nothing reaches the namespace any more, and the
+        # chain sends nothing the dead firewall did not pass
+        time.sleep(0.1)
+        tx0, fail0 = inst.stats()[0]["tx"], inst.stats()[1]["thirdparty"]["to_nf_fail"]
+        time.sleep(0.3)
+        assert inst.stats()[0]["tx"] == tx0
+        assert inst.stats()[1]["thirdparty"]["to_nf_fail"] > fail0
+        assert inst.alive()  # the chain's processes run on: the agent decides
+    finally:
+        inst.teardown()
+
+
+def test_thirdparty_spec_errors_name_the_field(work, sched):
+    good = example("nft-firewall.yaml")["nfs"][1]
+    pin = work / "in.pcap"
+    wrpcap(str(pin), firewall_traffic()[0][:1])
+    with pytest.raises(ChainError, match=r"nfs\[0\].type: a third-party NF cannot be first"):
+        chain("bad0", [good, {"type": "empty"}], work, sched, pin)
+    bad = {"type": "thirdparty", "config": {**good["config"], "behaviour": ["inline", "x"]}}
+    with pytest.raises(ChainError, match=r"nfs\[1\].config.behaviour"):
+        chain("bad1", [{"type": "empty"}, bad], work, sched, pin)
+    # a setup command that fails is refused with its index; nothing is left behind
+    broken = {"type": "thirdparty",
+              "config": {**good["config"], "setup": [["ip", "link", "set", "nosuch", "up"]]}}
+    inst = chain("bad2", [{"type": "empty"}, broken], work, sched, pin)
+    with pytest.raises(ChainError, match=r"nfs\[1\].config.setup\[0\]: .* exited 1"):
+        inst.prepare()
+    assert "tp-bad2-nf1" not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                               text=True).stdout  # fmt: skip
+    assert not any(n.startswith("tp") and "bad2" in n for n in os.listdir("/sys/class/net"))
