@@ -277,7 +277,11 @@ class ChainInstance:
         """Namespace, veths, setup and program of each third-party NF (before its bridge)."""
         for i, cfg in self.thirdparty_cfg.items():
             tag = f"{self.prefix[:4]}{zlib.crc32(f'{self.prefix}/{self.name}'.encode()):08x}{i}"
-            log = os.path.join(self.log_dir, f"{self.name}-nf{i}-program.log") if self.log_dir else None
+            log = (
+                os.path.join(self.log_dir, f"{self.name}-nf{i}-program.log")
+                if self.log_dir
+                else None
+            )
             tp = ThirdPartyNF(
                 cfg,
                 netns=f"{self.prefix}-{self.name}-nf{i}",

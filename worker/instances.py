@@ -36,7 +36,7 @@ LOG = logging.getLogger("quadrant.instances")
 # The NF types a controller may ask for: the built-in native NFs.  ``python``
 # and ``native`` import a class named in the config, i.e. run code the
 # controller names: they are for the standalone runtime, not for remote commands.
-AGENT_NF_TYPES = ("empty", "tunnel", "ipforward", "acl", "bpf_lpm")
+AGENT_NF_TYPES = ("empty", "tunnel", "ipforward", "acl", "bpf_lpm", "thirdparty")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 MAX_BATCH = 1024
 UIDS_PER_INSTANCE = 16  # NF i of an instance runs as uid_base + i; at most 8 NFs
@@ -273,6 +273,9 @@ class InstanceManager:
                 elif dead:
                     e.failed = f"NF process(es) {dead} exited"
                     events.append(self._failed_event(e, e.failed, nfs=dead))
+                elif failed := e.chain.failures():  # a third-party NF's program or output
+                    e.failed = "; ".join(reason for _, reason in failed)
+                    events.append(self._failed_event(e, e.failed, nfs=[i for i, _ in failed]))
             finally:
                 e.lock.release()
         return events

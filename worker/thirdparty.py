@@ -218,7 +218,7 @@ class ThirdPartyNF:
         if check and r.returncode != 0:
             err = (r.stderr or r.stdout).strip().splitlines()
             raise ThirdPartyError(
-                f"{self.where}.{field}: {' '.join(argv[-len(argv):])[:200]} exited "
+                f"{self.where}.{field}: {' '.join(argv[-len(argv) :])[:200]} exited "
                 f"{r.returncode}: {err[-1] if err else ''}"
             )
         return r

@@ -71,8 +71,9 @@ def _argv(value, fieldname: str) -> tuple[str, ...]:
     if (not isinstance(value, list) or not value or len(value) > MAX_ARGS
             or not all(isinstance(a, str) and 0 < len(a) <= MAX_ARG for a in value)):  # fmt: skip
         raise NFConfigError(
-            fieldname, f"must be a non-empty list of at most {MAX_ARGS} non-empty strings "
-            f"(an argv, no shell), got {value!r}"[:300]
+            fieldname,
+            f"must be a non-empty list of at most {MAX_ARGS} non-empty strings "
+            f"(an argv, no shell), got {value!r}"[:300],
         )
     if "\0" in "".join(value):
         raise NFConfigError(fieldname, "must not contain NUL characters")
@@ -84,7 +85,7 @@ def _interface(value, fieldname: str) -> Interface:
         raise NFConfigError(fieldname, f"must be a mapping {{name, mac}}, got {value!r}")
     unknown = sorted(set(value) - IF_KEYS)
     if unknown:
-        raise NFConfigError(f"{fieldname}.{unknown[0]}", f"unknown option (known: name, mac)")
+        raise NFConfigError(f"{fieldname}.{unknown[0]}", "unknown option (known: name, mac)")
     name = value.get("name")
     if not isinstance(name, str) or not IFNAME_RE.match(name) or name == "lo":
         raise NFConfigError(

@@ -189,8 +189,9 @@ def test_linux_router_in_a_chain(work, sched):
     assert bridge["to_nf"] == 4 and bridge["from_nf"] == 4 and bridge["passed"] == 4
     assert bridge["expired"] == bridge["overflow"] == bridge["reverse"] == 0
     got = rdpcap(str(pout))
-    want = [("10.2.0.7", "02:00:00:00:02:01", 63), ("10.3.1.1", "02:00:00:00:03:01", 8),
-            ("10.1.0.4", "02:00:00:00:01:01", 64), ("10.3.0.1", "02:00:00:00:03:01", 29)]  # fmt: skip
+    hop2, hop3, hop1 = "02:00:00:00:02:01", "02:00:00:00:03:01", "02:00:00:00:01:01"
+    want = [("10.2.0.7", hop2, 63), ("10.3.1.1", hop3, 8), ("10.1.0.4", hop1, 64),
+            ("10.3.0.1", hop3, 29)]  # fmt: skip
     assert [p[IP].dst for p in got] == [w[0] for w in want]
     for p, (_, hop, ttl) in zip(got, want, strict=True):
         # routed by the kernel: its eth1 as the source, the route's next hop as the
@@ -220,7 +221,7 @@ def test_killed_thirdparty_nf_is_detected_and_fenced(work, sched):
         tp = inst.thirdparty[1]
         os.kill(tp.pid, signal.SIGKILL)
         assert wait_for(lambda: inst.failures() != [], timeout=2)
-        (i, reason), = inst.failures()
+        ((i, reason),) = inst.failures()
         assert i == 1 and "exited with status -9" in reason
         s = inst.stats()[1]["thirdparty"]
         assert s["status"] == "failed" and s["exit_code"] == -9
@@ -246,8 +247,10 @@ def test_thirdparty_spec_errors_name_the_field(work, sched):
     with pytest.raises(ChainError, match=r"nfs\[1\].config.behaviour"):
         chain("bad1", [{"type": "empty"}, bad], work, sched, pin)
     # a setup command that fails is refused with its index; nothing is left behind
-    broken = {"type": "thirdparty",
-              "config": {**good["config"], "setup": [["ip", "link", "set", "nosuch", "up"]]}}
+    broken = {
+        "type": "thirdparty",
+        "config": {**good["config"], "setup": [["ip", "link", "set", "nosuch", "up"]]},
+    }
     inst = chain("bad2", [{"type": "empty"}, broken], work, sched, pin)
     with pytest.raises(ChainError, match=r"nfs\[1\].config.setup\[0\]: .* exited 1"):
         inst.prepare()
