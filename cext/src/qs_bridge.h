@@ -163,6 +163,8 @@ static int qs_run_bridge(struct qs_bridge_cfg *c)
         }
         now = qs_rdtsc();
         if (n > 0) {
+            /* cycles: copy out, send (the kernel runs a kernel NF's whole path inside
+             * the send, in this turn), read back: the NF's cost as this chain pays it */
             qs_running(me);
             if (rte_pktmbuf_alloc_bulk(c->pool, tx, (unsigned)n) != 0)
                 m = UINT32_MAX; /* no mbufs: every live frame of this batch is lost */
@@ -219,6 +221,8 @@ static int qs_run_bridge(struct qs_bridge_cfg *c)
         }
         /* a kernel NF has usually answered by now: tx_burst's send ran its path */
         k = qs_bridge_collect(c, &q, bx, me, outo, k, room);
+        if (n > 0)
+            me->cycles += qs_rdtsc() - now;
         /* slots that waited long enough go on empty, oldest first */
         while (qs_held_count(&q) &&
                (now - q.tsc[q.tail & q.mask] > c->hold_cycles || qs_held_count(&q) > c->max_held)) {
