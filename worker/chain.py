@@ -434,7 +434,8 @@ class ChainInstance:
         h.update(b, code, time.monotonic())
         if h.state == "failed":
             tp.fence()  # fail closed: a dead firewall must not keep forwarding
-        return {**b, **tp.interface_counters(), "pid": tp.pid, "exit_code": code,
+        kernel = tp.interface_counters(self.pids[i] if i < len(self.pids) else "self")
+        return {**b, **kernel, "pid": tp.pid, "exit_code": code,
                 "status": h.state, "reason": h.reason}  # fmt: skip
 
     def failures(self) -> list[tuple[int, str]]:

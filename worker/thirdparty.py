@@ -165,30 +165,34 @@ class ThirdPartyNF:
             self._run(["ip", "netns", "del", self.netns], "netns", check=False)
             self.made_netns = False
         for dev in {self.bridge_to, self.bridge_from}:  # gone with their peers; in case not
-            if os.path.exists(self._sys(dev)):
+            r = self._run(self._ip(["link", "show", dev]), "interfaces", check=False)
+            if r is not None and r.returncode == 0:
                 self._run(self._ip(["link", "del", dev]), "interfaces", check=False)
         if self.dir:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
 
-    def interface_counters(self) -> dict[str, int]:
-        """The kernel's counters of the bridge's ends (frames to and from the NF)."""
-        out = {}
-        for key, dev, stat in (("kernel_to_nf", self.bridge_to, "tx_packets"),
-                               ("kernel_from_nf", self.bridge_from, "rx_packets")):  # fmt: skip
-            try:
-                with open(os.path.join(self._sys(dev), "statistics", stat)) as f:
-                    out[key] = int(f.read())
-            except (OSError, ValueError):
-                out[key] = -1
+    def interface_counters(self, pid: int | str = "self") -> dict[str, int]:
+        """The kernel's counters of the bridge's ends (frames to and from the NF), read in
+        the network namespace of process ``pid`` (the bridge's: ``/proc/PID/net/dev``)."""
+        out = {"kernel_to_nf": -1, "kernel_from_nf": -1}
+        try:
+            with open(f"/proc/{pid}/net/dev") as f:
+                lines = f.read().splitlines()[2:]
+        except OSError:
+            return out
+        for line in lines:
+            name, _, rest = line.partition(":")
+            cols = rest.split()  # rx: bytes packets errs drop fifo frame compressed multicast
+            if len(cols) < 10:
+                continue
+            if name.strip() == self.bridge_to:
+                out["kernel_to_nf"] = int(cols[9])  # tx packets
+            if name.strip() == self.bridge_from:
+                out["kernel_from_nf"] = int(cols[1])  # rx packets
         return out
 
     # -- helpers ------------------------------------------------------------------------
-    def _sys(self, dev: str) -> str:
-        # /sys/class/net shows the namespace of whoever mounted /sys: ours; the bridge's
-        # ends live there unless the bridge runs in another (then -1 counters)
-        return f"/sys/class/net/{dev}"
-
     def _ip(self, args: list[str]) -> list[str]:
         return ["ip", *(["-n", self.bridge_netns] if self.bridge_netns else []), *args]
 
