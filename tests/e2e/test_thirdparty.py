@@ -6,11 +6,13 @@ real cooperative scheduler on core 1 -- and a killed program detected.
 Needs root (namespaces, SCHED_FIFO, setuid) and the DPDK build; seconds per test.
 """
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -257,3 +259,64 @@ def test_thirdparty_spec_errors_name_the_field(work, sched):
     assert "tp-bad2-nf1" not in subprocess.run(["ip", "netns", "list"], capture_output=True,
                                                text=True).stdout  # fmt: skip
     assert not any(n.startswith("tp") and "bad2" in n for n in os.listdir("/sys/class/net"))
+
+
+@pytest.fixture
+def agent(tmp_path):
+    """The agent's instance manager, NFs as containers in a worker namespace made here
+    (a macvlan VF on a veth uplink, as tests/e2e/test_instances.py builds it)."""
+    from worker.instances import InstanceManager
+    from worker.launcher import LocalLauncher
+
+    tag = uuid.uuid4().hex[:5]
+    ns = f"tp-w{tag}"
+    run = functools.partial(subprocess.run, check=True, capture_output=True)
+    run(["ip", "netns", "add", ns])
+    m = None
+    try:
+        run(["ip", "-n", ns, "link", "add", "up0", "type", "veth", "peer", "name", "tg0"])
+        run(["ip", "-n", ns, "link", "add", "vf0", "link", "up0", "address", VF,
+             "type", "macvlan", "mode", "bridge"])  # fmt: skip
+        for dev in ("lo", "up0", "tg0", "vf0"):
+            run(["ip", "-n", ns, "link", "set", dev, "up"])
+        os.chmod(tmp_path, 0o755)
+        m = InstanceManager({"vfs": [{"mac": VF, "netdev": "vf0"}]}, [CORE],
+                            launcher=LocalLauncher(cgroup_parent=f"tp-{tag}"), netns=ns,
+                            prefix=f"tp{tag}", uid_base=47600, log_dir=str(tmp_path),
+                            n_slots=512)  # fmt: skip
+        yield m, ns, tag
+    finally:
+        if m is not None:
+            m.close()
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+VF = "02:00:00:00:51:01"
+
+
+def test_agent_runs_the_bridge_in_the_worker_namespace_and_reports_a_dead_nf(agent):
+    m, ns, tag = agent
+    spec = example("nft-firewall.yaml")
+    m.prepare({"instance": 7, "core": CORE, "vf": VF,
+               "chain": {"id": 3, "name": spec["name"], "nfs": spec["nfs"]}})  # fmt: skip
+    inst = m.entries[7].chain
+    tp = inst.thirdparty[1]
+    # the bridge's ends are in the worker's namespace, with the bridge process
+    links = subprocess.run(["ip", "-n", ns, "-br", "link"], capture_output=True, text=True)
+    assert tp.bridge_to in links.stdout and tp.bridge_from in links.stdout
+    netns_of = lambda pid: os.stat(f"/proc/{pid}/ns/net").st_ino  # noqa: E731
+    assert netns_of(inst.pids[1]) == os.stat(f"/run/netns/{ns}").st_ino
+    assert netns_of(tp.pid) == os.stat(f"/run/netns/{tp.netns}").st_ino
+    m.attach({"instance": 7})
+    s = inst.stats()[1]["thirdparty"]
+    assert s["kernel_to_nf"] == 0 and s["kernel_from_nf"] >= 0  # read in the worker's ns
+    assert m.check_alive() == []
+    os.kill(tp.pid, signal.SIGKILL)
+    events = []
+    assert wait_for(lambda: events.extend(m.check_alive()) or events, timeout=3)
+    (ev,) = events
+    assert ev["kind"] == "nf_failed" and ev["instance"] == 7 and ev["nfs"] == [1]
+    assert "third-party NF 1 failed: its program exited with status -9" in ev["reason"]
+    m.teardown({"instance": 7})
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert tp.netns not in names
