@@ -239,6 +239,44 @@ def test_killed_thirdparty_nf_is_detected_and_fenced(work, sched):
         inst.teardown()
 
 
+INLINE_BRIDGE = {
+    "type": "thirdparty",
+    "config": {
+        "command": ["sleep", "infinity"],  # a kernel-only NF: nothing else to run
+        "setup": [["ip", "link", "add", "name", "br0", "type", "bridge"],
+                  ["ip", "link", "set", "eth0", "master", "br0"],
+                  ["ip", "link", "set", "eth1", "master", "br0"],
+                  ["bridge", "link", "set", "dev", "eth0", "learning", "off"],
+                  ["bridge", "link", "set", "dev", "eth1", "learning", "off"],
+                  ["ip", "link", "set", "br0", "up"]],
+        "interfaces": {"in": {"name": "eth0"}, "out": {"name": "eth1"}},
+        "behaviour": "inline",
+        "stall_ms": 100,
+    },
+}  # fmt: skip
+
+
+def test_inline_nf_that_stops_forwarding_is_detected(work, sched):
+    pin = work / "in.pcap"
+    wrpcap(str(pin), firewall_traffic()[0][:4])
+    inst = chain("stall", [{"type": "empty"}, INLINE_BRIDGE], work, sched, pin, infinite=True)
+    try:
+        inst.prepare()
+        inst.attach()
+        assert wait_for(lambda: inst.stats()[0]["tx"] > 1000)
+        assert inst.failures() == [] and inst.stats()[1]["thirdparty"]["status"] == "ok"
+        # the program lives on, the NF stops passing frames: an inline NF has failed
+        subprocess.run(["ip", "netns", "exec", "tp-stall-nf1", "ip", "link", "set", "br0",
+                        "down"], check=True)  # fmt: skip
+        assert wait_for(lambda: inst.failures() != [], timeout=3)
+        ((i, reason),) = inst.failures()
+        assert i == 1 and "none out for 100 ms" in reason
+        s = inst.stats()[1]["thirdparty"]
+        assert s["exit_code"] is None and s["status"] == "failed" and s["expired"] > 0
+    finally:
+        inst.teardown()
+
+
 def test_thirdparty_spec_errors_name_the_field(work, sched):
     good = example("nft-firewall.yaml")["nfs"][1]
     pin = work / "in.pcap"
