@@ -150,6 +150,8 @@ cdef extern from "src/qs_bridge.h" nogil:
         uint64_t overflow
         uint64_t reverse
         uint64_t held
+        uint64_t late
+        uint64_t flushed
 
     struct qs_bridge_cfg:
         qs_view *ctl
@@ -367,7 +369,8 @@ cdef class ChainBuffer:
         return {
             "to_nf": s.to_nf, "to_nf_fail": s.to_nf_fail, "from_nf": s.from_nf,
             "passed": s.passed, "expired": s.expired, "overflow": s.overflow,
-            "reverse": s.reverse, "held": s.held,
+            "reverse": s.reverse, "held": s.held, "late": s.late,
+            "flushed": s.flushed,
         }
 
     @property

@@ -289,7 +289,8 @@ class ChainInstance:
                 where=f"nfs[{i}]",
                 bridge_netns=self.netns,
                 log_path=log,
-                cpus=self.startup_cpus,
+                # never the chain's core: its SCHED_FIFO NFs would starve a program there
+                cpus=self.startup_cpus or tuple(sorted(os.sched_getaffinity(0) - {self.core})),
             )
             self.thirdparty[i] = tp  # down() in teardown, whatever up() got to
             try:

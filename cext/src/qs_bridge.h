@@ -21,8 +21,8 @@
  * had dropped go on at once.  So what the NF drops or adds is visible in the
  * counters below, and NF1's slots always come back.
  *
- * The counters live in the header's spare space (QS_BRIDGE_OFF), one cache
- * line per chain position, next to the position's qs_nfctl.
+ * The counters live in the header's spare space (QS_BRIDGE_OFF), two cache
+ * lines per chain position.
  */
 #ifndef QS_BRIDGE_H
 #define QS_BRIDGE_H
@@ -41,6 +41,8 @@ struct qs_bridgectl {
     volatile uint64_t overflow;   /* NF frames with no held slot (or too long): dropped */
     volatile uint64_t reverse;    /* frames the NF sent back out of its "to" interface: dropped */
     volatile uint64_t held;       /* slots waiting for the NF's output right now */
+    volatile uint64_t late;       /* of `passed`, frames that came back at a later turn */
+    volatile uint64_t flushed;    /* frames in the rings before the loop started: dropped */
 } __attribute__((aligned(QS_CACHE)));
 
 _Static_assert(sizeof(struct qs_cbhdr) <= QS_BRIDGE_OFF, "chain header overlaps bridge counters");
@@ -76,7 +78,8 @@ static inline uint32_t qs_held_count(const struct qs_held *q) { return q->head -
 /* Frames the NF sent back: each fills the oldest held slot, in arrival order. */
 static inline uint32_t qs_bridge_collect(struct qs_bridge_cfg *c, struct qs_held *q,
                                          struct qs_bridgectl *bx, struct qs_nfctl *me,
-                                         uint32_t *outo, uint32_t k, uint32_t room)
+                                         uint32_t *outo, uint32_t k, uint32_t room,
+                                         uint64_t turn)
 {
     struct rte_mbuf *rx[QS_BRIDGE_RX];
     uint16_t r, i;
@@ -93,6 +96,8 @@ static inline uint32_t qs_bridge_collect(struct qs_bridge_cfg *c, struct qs_held
                 rte_pktmbuf_free(m);
                 continue;
             }
+            if (q->tsc[q->tail & q->mask] != turn)
+                bx->late++; /* its slot was sent at an earlier turn */
             off = q->off[q->tail++ & q->mask];
             meta = qs_meta(c->in, off);
             meta->data_off = QS_SLOT_META + QS_SLOT_HEADROOM;
@@ -116,6 +121,24 @@ static inline uint32_t qs_bridge_collect(struct qs_bridge_cfg *c, struct qs_held
         } while (r == QS_BRIDGE_RX);
     }
     return k;
+}
+
+/* Empty a port's RX ring.  A net_af_packet socket is made for ETH_P_ALL and only
+ * bound to its interface after its rings are set up: what reached the ring in
+ * between came from *any* interface of the namespace (other chains' included),
+ * and what the NF sent while it was set up is not the chain's either. */
+static inline uint64_t qs_bridge_flush(uint16_t port)
+{
+    struct rte_mbuf *rx[QS_BRIDGE_RX];
+    uint64_t total = 0;
+    uint16_t r;
+    do {
+        r = rte_eth_rx_burst(port, 0, rx, QS_BRIDGE_RX);
+        if (r)
+            rte_pktmbuf_free_bulk(rx, r);
+        total += r;
+    } while (r);
+    return total;
 }
 
 static int qs_run_bridge(struct qs_bridge_cfg *c)
@@ -144,6 +167,9 @@ static int qs_run_bridge(struct qs_bridge_cfg *c)
     park.index = c->index;
     park.in = c->in;
     park.in_ring = c->in_ring;
+    bx->flushed += qs_bridge_flush(c->port_from);
+    if (c->port_to != c->port_from)
+        bx->flushed += qs_bridge_flush(c->port_to);
     me->tid = (int32_t)syscall(SYS_gettid);
     qs_set_state(me, QS_NF_RUNNING);
     for (;;) {
@@ -220,7 +246,7 @@ static int qs_run_bridge(struct qs_bridge_cfg *c)
             bx->to_nf_fail += m - sent;
         }
         /* a kernel NF has usually answered by now: tx_burst's send ran its path */
-        k = qs_bridge_collect(c, &q, bx, me, outo, k, room);
+        k = qs_bridge_collect(c, &q, bx, me, outo, k, room, now);
         if (n > 0)
             me->cycles += qs_rdtsc() - now;
         /* slots that waited long enough go on empty, oldest first */

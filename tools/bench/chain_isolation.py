@@ -270,7 +270,10 @@ def thirdparty_hop(runner: Runner, work: Path, hz: float, batch: int) -> dict:
                     inst.detach(timeout=10.0)
                     sent = b1.get("to_nf", 0) - b0.get("to_nf", 0)
                     lost = b1.get("expired", 0) - b0.get("expired", 0)
+                    back = b1.get("passed", 0) - b0.get("passed", 0)
+                    late = b1.get("late", 0) - b0.get("late", 0)
                     r["loss"] = lost / sent if sent else 0.0
+                    r["late"] = late / back if back else 0.0
                     got[v].append(r)
         finally:
             for inst in insts.values():
@@ -283,6 +286,7 @@ def thirdparty_hop(runner: Runner, work: Path, hz: float, batch: int) -> dict:
                 "chain_cycles_per_packet": round(hz / (kpps * 1e3), 1) if kpps else None,
                 "hop_cycles_per_packet": round(statistics.median(r["nf_cycles"][1] for r in rs), 1),
                 "loss": round(statistics.median(r["loss"] for r in rs), 4),
+                "late": round(statistics.median(r["late"] for r in rs), 4),
             }
         base = rows["native"]["chain_cycles_per_packet"]
         for v in rows:
@@ -295,14 +299,15 @@ def thirdparty_hop(runner: Runner, work: Path, hz: float, batch: int) -> dict:
 def report_thirdparty(res: dict) -> None:
     print(f"\nthird-party hop: empty -> X -> empty, coop, batch {res['batch_size']}")
     print(f"{'size':>6} {'X':<12} {'kpps':>9} {'cyc/pkt':>9} {'extra':>9} {'hop cyc':>9} "
-          f"{'loss':>7}")  # fmt: skip
+          f"{'loss':>7} {'late':>7}")  # fmt: skip
     for size, rows in res["thirdparty_hop"].items():
         for v, r in rows.items():
             extra, hop = r["extra_cycles_vs_native"], r["hop_cycles_per_packet"]
             print(f"{size:>6} {v:<12} {r['kpps']:>9.1f} {r['chain_cycles_per_packet']:>9.0f} "
-                  f"{extra:>9.0f} {hop:>9.0f} {r['loss']:>7.2%}")  # fmt: skip
+                  f"{extra:>9.0f} {hop:>9.0f} {r['loss']:>7.2%} {r['late']:>7.2%}")  # fmt: skip
     print("(cyc/pkt: the whole chain, from its rate; extra: over the native hop; hop cyc: "
-          "the hop's own turn per packet, the kernel's path of a veth hop included)")  # fmt: skip
+          "the hop's own turn per packet, the kernel's path of a veth hop included; loss: "
+          "slots expired per frame sent; late: frames back only at a later turn)")  # fmt: skip
 
 
 def sweep(runner: Runner, inst: ChainInstance, batches) -> dict[int, float]:
