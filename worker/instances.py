@@ -182,22 +182,25 @@ class InstanceManager:
                 raise refuse("params.core", f"no scheduler on core {core}: {exc}") from None
             os.makedirs(self.log_dir, mode=0o755, exist_ok=True)
             uid = self.uid_base + slot * UIDS_PER_INSTANCE
-            inst = ChainInstance(
-                f"i{iid}",
-                nfs,
-                core=core,
-                ports={"rx": self._port(self.vfs[mac], iid)},
-                ids=ChainIds(uid, uid),
-                prefix=self.prefix,
-                mode=mode,
-                scheduler=sched,
-                n_slots=self.n_slots,
-                batch=batch,
-                log_dir=self.log_dir,
-                launcher=self.launcher,
-                netns=self.netns,
-                startup_cpus=self.startup_cpus if self.launcher is not None else (),
-            )
+            try:
+                inst = ChainInstance(
+                    f"i{iid}",
+                    nfs,
+                    core=core,
+                    ports={"rx": self._port(self.vfs[mac], iid)},
+                    ids=ChainIds(uid, uid),
+                    prefix=self.prefix,
+                    mode=mode,
+                    scheduler=sched,
+                    n_slots=self.n_slots,
+                    batch=batch,
+                    log_dir=self.log_dir,
+                    launcher=self.launcher,
+                    netns=self.netns,
+                    startup_cpus=self.startup_cpus if self.launcher is not None else (),
+                )
+            except ChainError as exc:  # a bad NF config (a third-party NF's spec)
+                raise refuse("params.chain.nfs", str(exc)) from None
             # reserve the id, the VF and the uids; start the processes outside the manager's
             # lock, so commands on other instances (an attach from the warm pool) never wait
             e = Entry(iid, chain_id, chain_name, core, mac, inst, slot)

@@ -22,6 +22,7 @@ import yaml
 scapy = pytest.importorskip("scapy.all")
 from scapy.all import ICMP, IP, TCP, UDP, Dot1Q, Ether, rdpcap, wrpcap  # noqa: E402
 
+from quadrant_app.jsonrpc import RpcError  # noqa: E402
 from worker.chain import ChainError, ChainIds, ChainInstance  # noqa: E402
 from worker.coopsched import CoreScheduler  # noqa: E402
 
@@ -374,6 +375,12 @@ VF = "02:00:00:00:51:01"
 def test_agent_runs_the_bridge_in_the_worker_namespace_and_reports_a_dead_nf(agent):
     m, ns, tag = agent
     spec = example("nft-firewall.yaml")
+    bad = json.loads(json.dumps(spec["nfs"]))
+    bad[1]["config"]["behaviour"] = "often"
+    with pytest.raises(RpcError, match=r"params.chain.nfs: nfs\[1\].config.behaviour: must be"):
+        m.prepare({"instance": 6, "core": CORE, "vf": VF,
+                   "chain": {"id": 3, "name": spec["name"], "nfs": bad}})  # fmt: skip
+    assert 6 not in m.entries
     m.prepare({"instance": 7, "core": CORE, "vf": VF,
                "chain": {"id": 3, "name": spec["name"], "nfs": spec["nfs"]}})  # fmt: skip
     inst = m.entries[7].chain
