@@ -50,11 +50,11 @@ def work(tmp_path):
     return tmp_path
 
 
-def chain(name, nfs, work, sched, pin, pout=None, infinite=False):
+def chain(name, nfs, work, sched, pin, pout=None, infinite=False, mode="coop"):
     rx = {"vdev": f"net_pcap_{name}0,rx_pcap={pin}" + (",infinite_rx=1" if infinite else "")}
     tx = {"vdev": f"net_pcap_{name}1,tx_pcap={pout}"} if pout else {"vdev": f"net_null_{name}1"}
     return ChainInstance(name, nfs, core=CORE, ports={"rx": rx, "tx": tx}, ids=IDS, prefix="tp",
-                         mode="coop", scheduler=sched, n_slots=512, log_dir=str(work))  # fmt: skip
+                         mode=mode, scheduler=sched, n_slots=512, log_dir=str(work))  # fmt: skip
 
 
 def wait_for(cond, timeout=5.0):
@@ -120,12 +120,13 @@ def via_ipforward_and_tunnel(p, vlan):
     return bytes(Ether(src=p[Ether].src, dst=hop) / Dot1Q(vlan=vlan) / ip)
 
 
-def test_nftables_firewall_in_a_chain(work, sched):
+@pytest.mark.parametrize("mode", ["coop", "cfs"])
+def test_nftables_firewall_in_a_chain(work, sched, mode):
     spec = example("nft-firewall.yaml")
     frames, allowed = firewall_traffic()
     pin, pout = work / "in.pcap", work / "out.pcap"
     wrpcap(str(pin), frames)
-    inst = chain("fw", spec["nfs"], work, sched, pin, pout)
+    inst = chain(f"fw{mode}", spec["nfs"], work, sched, pin, pout, mode=mode)
     try:
         inst.prepare()
         assert [n["type"] for n in inst.nfs] == ["ipforward", "thirdparty", "tunnel"]
@@ -135,7 +136,7 @@ def test_nftables_firewall_in_a_chain(work, sched):
         assert wait_for(lambda: inst.stats()[1]["thirdparty"]["held"] == 0)
         inst.detach()
         st = inst.stats()
-        counters = nft_counters("tp-fw-nf1")
+        counters = nft_counters(f"tp-fw{mode}-nf1")
         bridge = st[1]["thirdparty"]
     finally:
         inst.teardown()
@@ -161,7 +162,7 @@ def test_nftables_firewall_in_a_chain(work, sched):
     got = [bytes(p) for p in rdpcap(str(pout))]
     assert got == [via_ipforward_and_tunnel(p, 100) for p in allowed]
     # its namespace and veths are gone
-    assert "tp-fw-nf1" not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+    assert f"tp-fw{mode}-nf1" not in subprocess.run(["ip", "netns", "list"], capture_output=True,
                                              text=True).stdout  # fmt: skip
 
 
