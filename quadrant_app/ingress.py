@@ -103,7 +103,8 @@ class Instance:
     port: int  # the worker's switch port
     attached: bool
     load: float = 0.0  # share of the core's capacity, 0..1
-    p99_us: float = 0.0  # estimated p99 latency
+    p99_us: float = 0.0  # estimated p99 latency (what the candidate rule judges)
+    batch_p99_us: float = 0.0  # p99 per-batch execution time its agent last reported
     pps: float = 0.0  # packet rate its agent last reported
     stats_at: float | None = None
     flows: int = 0
@@ -119,6 +120,7 @@ class Instance:
             "attached": self.attached,
             "load": self.load,
             "p99_us": self.p99_us,
+            "batch_p99_us": self.batch_p99_us,
             "pps": self.pps,
             "flows": self.flows,
         }
@@ -202,9 +204,11 @@ class InstanceRegistry:
         return inst
 
     def update_stats(
-        self, instance_id: int, now: float, load=None, p99_us=None, pps=None
+        self, instance_id: int, now: float, load=None, p99_us=None, pps=None, batch_p99_us=None
     ) -> Instance:
         inst = self.by_id[instance_id]
+        if batch_p99_us is not None:
+            inst.batch_p99_us = float(batch_p99_us)
         if pps is not None:
             inst.pps = float(pps)
         if load is not None:

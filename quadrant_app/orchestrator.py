@@ -49,6 +49,9 @@ class Orchestrator:
         self.preparing: dict[int, Pending] = {}
         self.retry_after: dict[int, float] = {}  # chain id -> when to try preparing again
         self.errors: list[dict] = []  # the latest refusals, for the API and logs
+        # (worker, p99 per-batch us) -> the latency estimate the ingress judges by;
+        # the app plugs in the autoscaler's (network profile included)
+        self.latency_us = lambda worker, batch_p99_us: 2.0 * batch_p99_us
 
     # -- what to do now -------------------------------------------------------------
 
@@ -80,6 +83,10 @@ class Orchestrator:
                 }
                 cmds.append(Command(worker, "prepare", params, iid))
         return cmds
+
+    def preparing_for(self, chain_id: int) -> int:
+        """Pool instances of ``chain_id`` asked for and not ready yet."""
+        return sum(1 for p in self.preparing.values() if p.chain_id == chain_id)
 
     def requests(self) -> list[Command]:
         """The core's queued requests for the agents (attach from the pool, teardown)."""
@@ -154,8 +161,14 @@ class Orchestrator:
             inst = self.core.instances.by_id.get(row["id"])
             if inst is None or inst.worker != worker:
                 continue  # not (or no longer) ours: ignore, never trust a report blindly
+            batch = row.get("p99_us")
             msgs += self.core.update_stats(
-                inst.id, now, load=row.get("load"), p99_us=row.get("p99_us"), pps=row.get("pps")
+                inst.id,
+                now,
+                load=row.get("load"),
+                p99_us=None if batch is None else self.latency_us(worker, batch),
+                pps=row.get("pps"),
+                batch_p99_us=batch,
             )
         return msgs
 

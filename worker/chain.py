@@ -51,7 +51,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from cext import chainbuf
+from cext import chainbuf, flowhold
+from worker import flowhold as holds
 from worker.coopsched import CoreScheduler
 from worker.launcher import Launcher, LaunchSpec, host_tid
 from worker.nf_errors import NFConfigError
@@ -118,6 +119,7 @@ class ChainInstance:
         launcher: Launcher | None = None,
         netns: str | None = None,
         startup_cpus: tuple[int, ...] = (),
+        max_hold_ms: int = 1000,
     ):
         if not nfs:
             raise ChainError("nfs: a chain has at least one NF")
@@ -181,6 +183,10 @@ class ChainInstance:
         self.health: dict[int, Health] = {}
         self.state = "new"
         self._ctl_path = ""
+        # flows held for a move (cext/src/qs_flowhold.h): a hold the controller never
+        # releases ends by itself after this long
+        self.max_hold_ms = max_hold_ms
+        self.hold: flowhold.FlowHold | None = None
 
     # -- layout ---------------------------------------------------------------
     def _path(self, tag: str, size: int) -> str:
@@ -229,6 +235,18 @@ class ChainInstance:
             )
         return out
 
+    def _make_hold(self) -> str:
+        """The per-flow hold region NF1 maps: small, so tmpfs (a hugetlbfs file would
+        take a 2 MB page), unless the caller chose a root that is not hugetlbfs."""
+        root = self.buffer_root
+        if not root or chainbuf._on_hugetlbfs(os.path.join(root, "x")):
+            root = "/dev/shm"
+        path = os.path.join(root, f"{self.prefix}-{self.name}-hold")
+        self.hold = flowhold.FlowHold.create(
+            path, self.max_hold_ms, mode=0o660, uid=0, gid=self.ids.gid
+        )
+        return path
+
     @property
     def ctl(self) -> chainbuf.ChainBuffer:
         """The region whose header holds the control word and the NFs' counters."""
@@ -243,6 +261,7 @@ class ChainInstance:
         self.state = "preparing"
         try:
             layout = self._layout()
+            layout[0]["hold"] = self._make_hold()
             self._ctl_path = layout[0]["ctl"]
             ctl = self.buffers[self._ctl_path]
             ctl.batch = self.batch
@@ -417,6 +436,29 @@ class ChainInstance:
             raise ChainError(f"set_batch: instance {self.name} is {self.state}")
         self.ctl.batch = batch  # validated there; the first NF reads it between batches
 
+    def hold_flows(self, keys: list[tuple]) -> list[int]:
+        """NF1 sets these flows' packets aside until :meth:`release_flows`."""
+        if self.state not in ("detached", "attached") or self.hold is None:
+            raise ChainError(f"hold: instance {self.name} is {self.state}")
+        return self.hold.hold(keys)
+
+    def release_flows(self, keys: list[tuple]) -> int:
+        if self.state not in ("detached", "attached") or self.hold is None:
+            raise ChainError(f"release: instance {self.name} is {self.state}")
+        return self.hold.release(keys)
+
+    def drain(self, timeout: float) -> dict:
+        """Wait until this instance has emitted what its port had queued now."""
+        if self.state not in ("detached", "attached") or self.hold is None:
+            raise ChainError(f"drain: instance {self.name} is {self.state}")
+        ctl, hold = self.ctl, self.hold
+
+        def counters():
+            s = ctl.nf_stats(0)
+            return s["pkts"], s["tx"] + s["drops"]
+
+        return holds.drain(hold.progress, counters, timeout)
+
     def stats(self) -> list[dict]:
         """Per-NF counters; a third-party position adds ``thirdparty``: its bridge's
         counters, the kernel's on its interfaces, its program and its health."""
@@ -505,6 +547,14 @@ class ChainInstance:
         for tp in self.thirdparty.values():
             tp.down()
         self.thirdparty = {}
+        if self.hold is not None:
+            path = self.hold.path
+            self.hold.close()
+            self.hold = None
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
         # Each NF's EAL made its runtime directory as root, before the NF gave root
         # up, so the NF cannot remove it on its way out: the agent does.
         for i in range(len(self.nfs)):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from quadrant_app import jsonrpc
 from quadrant_app.jsonrpc import RpcError
+from worker import flowhold
 from worker.chain import MODES, ChainError, ChainIds, ChainInstance
 from worker.launcher import Launcher, LaunchError
 
@@ -116,7 +117,8 @@ class InstanceManager:
 
     # -- registration on the agent ------------------------------------------------
     def register(self, dispatcher) -> None:
-        for name in ("prepare", "attach", "detach", "set_batch", "teardown"):
+        for name in ("prepare", "attach", "detach", "set_batch", "teardown", "hold", "release",
+                     "drain"):  # fmt: skip
             dispatcher.add(name, self._guarded(name, getattr(self, name)))
 
     @staticmethod
@@ -239,6 +241,39 @@ class InstanceManager:
         batch = _int(p, "batch", 1, MAX_BATCH)
         self._run(e, "set_batch", lambda: e.chain.set_batch(batch))
         return {"instance": e.id, "batch": batch}
+
+    def hold(self, params) -> dict:
+        """Set the flows' packets aside until ``release`` (the new side of a move)."""
+        p = self._params(params)
+        e = self._entry(p)
+        keys = flowhold.parse_flows(p.get("flows"))
+        out = {}
+        self._run(e, "hold", lambda: out.update(entries=e.chain.hold_flows(keys)))
+        return {"instance": e.id, "held": len(keys)}
+
+    def release(self, params) -> dict:
+        p = self._params(params)
+        e = self._entry(p)
+        keys = flowhold.parse_flows(p.get("flows"))
+        out = {}
+        self._run(e, "release", lambda: out.update(n=e.chain.release_flows(keys)))
+        return {"instance": e.id, "released": out["n"]}
+
+    def drain(self, params) -> dict:
+        """Return once the instance has emitted what its port had queued (the old
+        side of a move), or after ``timeout`` seconds with ``drained: false``."""
+        p = self._params(params)
+        e = self._entry(p)
+        timeout = p.get("timeout", 0.5)
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not (0 < timeout <= 10)
+        ):
+            raise RpcError(jsonrpc.INVALID_PARAMS, "params.timeout: seconds in (0, 10]")
+        out = {}
+        self._run(e, "drain", lambda: out.update(e.chain.drain(float(timeout))))
+        return {"instance": e.id, **out}
 
     def teardown(self, params) -> dict:
         e = self._entry(params)

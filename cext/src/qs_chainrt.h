@@ -36,6 +36,7 @@
 #include <rte_prefetch.h>
 
 #include "qs_chainbuf.h"
+#include "qs_flowhold.h"
 
 #define QS_FORWARD 0
 #define QS_DROP 1
@@ -80,6 +81,7 @@ struct qs_first_cfg {
     struct qs_view *ret; /* region the last NF's output comes back in */
     uint32_t ret_ring;
     uint32_t max_in_flight;
+    struct qs_hold_local *hold; /* NULL: this instance never holds flows */
 };
 
 struct qs_stage_cfg {
@@ -351,8 +353,20 @@ static int qs_run_first(struct qs_first_cfg *c)
             b = QS_MAX_BATCH;
         if (c->out && in_flight + b > c->max_in_flight)
             b = in_flight >= c->max_in_flight ? 0 : (uint32_t)(c->max_in_flight - in_flight);
-        if (b)
+        if (b && c->hold != NULL) {
+            /* released flows' set-aside packets go first (qs_flowhold.h) */
+            n = c->hold->r->active ? qs_hold_take(c->hold, rx, b) : 0;
+            if (n == 0) {
+                uint32_t got = rte_eth_rx_burst(c->port_in, 0, rx, (uint16_t)b);
+                n = qs_hold_filter(c->hold, rx, got);
+                if (got < b) { /* the port's queue is empty: all before is received */
+                    c->hold->r->rx_at_short = me->pkts + n;
+                    c->hold->r->short_polls++;
+                }
+            }
+        } else if (b) {
             n = rte_eth_rx_burst(c->port_in, 0, rx, (uint16_t)b);
+        }
         if (n) {
             uint64_t tsc = qs_rdtsc();
             for (i = 0; i < n; i++) {

@@ -124,7 +124,7 @@ def test_stats_only_from_the_instances_own_worker():
     inst = core.instances.by_id[prep.instance]
     assert inst.load == 0.0
     orch.stats(prep.worker, [{"id": prep.instance, "load": 0.7, "p99_us": 50.0}, {"id": 999}], 2.0)
-    assert (inst.load, inst.p99_us) == (0.7, 50.0)
+    assert (inst.load, inst.batch_p99_us, inst.p99_us) == (0.7, 50.0, 100.0)  # 2 x p99 batch
     assert c.id == inst.chain_id
 
 
