@@ -29,6 +29,8 @@ cdef extern from "src/qs_chainrt.h" nogil:
     uint32_t QS_SLOT_DATA
     uint32_t QS_MAX_RINGS
     uint32_t QS_MAX_NFS
+    uint32_t QS_HIST_BUCKETS
+    uint32_t QS_CB_VERSION
     uint32_t QS_MAX_BATCH
     uint32_t QS_NF_MAX_COUNT
     uint32_t QS_CTL_PARK
@@ -62,6 +64,7 @@ cdef extern from "src/qs_chainrt.h" nogil:
         uint32_t futex
         uint32_t yield_after_batch
         qs_nfctl nf[8]
+        uint64_t hist[8][128]
 
     struct qs_slot_meta:
         uint16_t data_off
@@ -187,6 +190,9 @@ SLOT_HEADROOM = QS_SLOT_HEADROOM
 SLOT_DATA = QS_SLOT_DATA
 MAX_RINGS = QS_MAX_RINGS
 MAX_NFS = QS_MAX_NFS
+HIST_BUCKETS = QS_HIST_BUCKETS  # per NF, the bucket rule of worker.nf_stats.bucket_of
+VERSION = QS_CB_VERSION
+HEADER_SIZE = QS_HDR_SIZE
 MAX_BATCH = QS_MAX_BATCH
 CTL_PARK = QS_CTL_PARK
 CTL_RUN = QS_CTL_RUN
@@ -382,6 +388,15 @@ cdef class ChainBuffer:
             "reverse": s.reverse, "held": s.held, "late": s.late,
             "flushed": s.flushed,
         }
+
+    def nf_hist(self, int i):
+        """NF ``i``'s cycles-per-batch histogram (HIST_BUCKETS counts, cumulative;
+        bucket rule: :func:`worker.nf_stats.bucket_of`).  Read without a lock:
+        the writer is NF ``i``'s data core."""
+        if not 0 <= i < QS_MAX_NFS:
+            raise ChainBufferError(f"nf index: {i} is outside 0..{QS_MAX_NFS - 1}")
+        cdef qs_cbhdr *h = self._hdr()
+        return tuple([h.hist[i][b] for b in range(QS_HIST_BUCKETS)])
 
     @property
     def generation(self):

@@ -59,6 +59,9 @@ class QuadrantApp(app_manager.OSKenApp):
         except OSError as exc:
             raise SystemExit(f"quadrant: {exc.filename}: {exc.strerror}") from None
         self.core = Core(self.topology, config.settings(opts))
+        self.persister = None
+        if opts.state_redis:
+            self.persister = self._restore(opts)
         self.datapaths = {}
         self.rest = None
         self.hub = self.orchestrator = self.agents_wsgi = self.autoscaler = None
@@ -112,6 +115,39 @@ class QuadrantApp(app_manager.OSKenApp):
             opts.topology,
         )
 
+    def _restore(self, opts):
+        """Connect to the controller's store and put back what it holds."""
+        import redis
+
+        from quadrant_app import persist
+
+        prefix = opts.state_prefix or f"quadrant:controller:{self.topology.name}"
+        try:
+            client = redis.Redis.from_url(opts.state_redis, socket_timeout=5)
+            store = persist.RedisStore(client, prefix)
+            chains, instances, meta = store.read()
+        except (redis.RedisError, ValueError) as exc:
+            raise SystemExit(f"quadrant: state_redis: {exc}") from None
+        n_c, n_i = persist.restore(self.core, chains, instances, meta, tuple(opts.nf_types))
+        self.logger.info("quadrant: restored %d chains and %d instances from %s", n_c, n_i,
+                         prefix)  # fmt: skip
+        p = persist.Persister(self.core, store)
+        p.mark_saved()
+        return p
+
+    def _persist(self) -> None:
+        """Write what changed to the store; on failure, say so and retry at the next tick."""
+        if self.persister is None:
+            return
+        import redis
+
+        try:
+            self.persister.sync()
+        except redis.RedisError as exc:
+            self.core.metrics.persist_failures.value += 1
+            self.logger.error("quadrant: could not store the controller's books (retrying "
+                              "every tick): %s", exc)  # fmt: skip
+
     def start(self):
         super().start()
         if self.opts.gc_thresholds:
@@ -129,7 +165,10 @@ class QuadrantApp(app_manager.OSKenApp):
         """One server, two endpoints: the agents' WebSocket and the REST API."""
         if self.agents_wsgi is not None and environ.get("PATH_INFO") == "/v1/agents":
             return self.agents_wsgi(environ, start_response)
-        return self.rest(environ, start_response)
+        out = self.rest(environ, start_response)
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            self._persist()  # what the answer acknowledges is stored before it leaves
+        return out
 
     # -- the agents -----------------------------------------------------------------
 
@@ -259,12 +298,14 @@ class QuadrantApp(app_manager.OSKenApp):
             try:
                 now = _monotonic()
                 self.send(self.core.tick(now))
+                self._persist()
                 if self.autoscaler is not None:
                     msgs, moves = self.autoscaler.tick(now)
                     self.send(msgs)
                     for move in moves:
                         self._start_move(move)
                 if self.orchestrator is not None:
+                    self.send(self.orchestrator.failures(now))
                     for cmd in self.orchestrator.tick(now):
                         hub.spawn(self._command, cmd)
                 else:
@@ -332,7 +373,12 @@ class QuadrantApp(app_manager.OSKenApp):
     def _port_status(self, ev):
         m = ev.msg
         down = bool(m.desc.state & m.datapath.ofproto.OFPPS_LINK_DOWN)
-        self.send(self.core.port_status(m.datapath.id, m.desc.port_no, not down, _monotonic()))
+        now = _monotonic()
+        self.send(self.core.port_status(m.datapath.id, m.desc.port_no, not down, now))
+        if self.orchestrator is not None and down:
+            self.send(self.orchestrator.port_down(m.datapath.id, m.desc.port_no, now))
+        elif self.orchestrator is not None:
+            self.orchestrator.port_up(m.datapath.id, m.desc.port_no, now)
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev):

@@ -177,6 +177,18 @@ OPTS = [
         help="Longest wait (s), when flows move, for the old instance to emit what it "
         "had of them; the new instance holds their packets meanwhile.",
     ),
+    cfg.StrOpt(
+        "state_redis",
+        secret=True,
+        help="Redis URL (redis://USER:PASSWORD@HOST:PORT/DB) where the controller keeps "
+        "its chains and instances, so that a restarted controller carries on "
+        "(docs/reliability.rst).  None: nothing survives a restart.",
+    ),
+    cfg.StrOpt(
+        "state_prefix",
+        help="Key prefix of the controller's books in state_redis (default "
+        "quadrant:controller:<topology name>).",
+    ),
     cfg.ListOpt(
         "nf_types",
         default=list(DEFAULT_NF_TYPES),

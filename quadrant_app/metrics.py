@@ -122,6 +122,17 @@ class Metrics:
             "Flow moves whose old instance did not confirm it had emitted their packets "
             "(agent error or drain_timeout); the flows moved all the same.",
         )
+        self.worker_failures = LabeledCounter(
+            "quadrant_worker_failures_total",
+            "Workers declared failed and failed over: reason=heartbeats (stopped) or "
+            "link (its switch port went down).",
+            "reason",
+        )
+        self.persist_failures = Counter(
+            "quadrant_persist_failures_total",
+            "Times the controller's books could not be written to state_redis (retried "
+            "every tick).",
+        )
         self.scale_outs = Counter(
             "quadrant_scale_outs_total",
             "Warm-pool instances the scaling loop attached ahead of new flows.",

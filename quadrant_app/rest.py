@@ -231,7 +231,7 @@ class RestApi:
                 entry["agent"] = {
                     k: v
                     for k, v in st.to_json(self.clock()).items()
-                    if k in ("connected", "sessions", "heartbeats", "heartbeat_age_s")
+                    if k in ("connected", "sessions", "heartbeats", "heartbeat_age_s", "failed")
                 }
             if principal.admin:
                 used = {i.vf_mac: i.id for i in self.core.instances.by_id.values()

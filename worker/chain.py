@@ -460,15 +460,30 @@ class ChainInstance:
         return holds.drain(hold.progress, counters, timeout)
 
     def stats(self) -> list[dict]:
-        """Per-NF counters; a third-party position adds ``thirdparty``: its bridge's
-        counters, the kernel's on its interfaces, its program and its health."""
+        """Per NF process: its counters and its cycles-per-batch histogram (``hist``)
+        from the buffer header; the first also ``buffered``, the packets waiting in
+        the chain buffer's rings between the NFs.  A third-party position adds
+        ``thirdparty``: its bridge's counters, the kernel's on its interfaces, its
+        program and its health (docs/thirdparty.rst)."""
         c = self.ctl
         n = 1 if self.mode == "single_thread" else len(self.nfs)
-        out = [c.nf_stats(i) for i in range(n)]
+        out = [{**c.nf_stats(i), "hist": c.nf_hist(i)} for i in range(n)]
+        out[0]["buffered"] = self.buffered()
         for i in self.thirdparty:
             if i < n and i in self.health:
                 out[i]["thirdparty"] = self._thirdparty_status(i)
         return out
+
+    def buffered(self) -> int:
+        """Packets in the rings from each NF to the next and from the last back to the
+        first (ring 0 of a region holds free slots, not packets)."""
+        n = len(self.nfs)
+        if self.mode == "single_thread":
+            return 0
+        if self.mode in ("coop", "cfs"):
+            return sum(self.ctl.ring_count(r) for r in range(1, n + 1))
+        # copy: every region after the control one carries its batches on ring 1
+        return sum(b.ring_count(1) for p, b in self.buffers.items() if p != self._ctl_path)
 
     def _thirdparty_status(self, i: int) -> dict:
         tp, h = self.thirdparty[i], self.health[i]

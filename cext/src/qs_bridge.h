@@ -21,15 +21,16 @@
  * had dropped go on at once.  So what the NF drops or adds is visible in the
  * counters below, and NF1's slots always come back.
  *
- * The counters live in the header's spare space (QS_BRIDGE_OFF), two cache
- * lines per chain position.
+ * The counters live in the header's spare space after its struct (QS_BRIDGE_OFF),
+ * two cache lines per chain position.
  */
 #ifndef QS_BRIDGE_H
 #define QS_BRIDGE_H
 
 #include "qs_chainrt.h"
 
-#define QS_BRIDGE_OFF 2048u
+/* right after the header's struct, in the header's spare space (cache-line aligned) */
+#define QS_BRIDGE_OFF ((sizeof(struct qs_cbhdr) + QS_CACHE - 1) / QS_CACHE * QS_CACHE)
 #define QS_BRIDGE_RX 64u /* frames read from the NF per rx_burst call */
 
 struct qs_bridgectl {
@@ -45,7 +46,6 @@ struct qs_bridgectl {
     volatile uint64_t flushed;    /* frames in the rings before the loop started: dropped */
 } __attribute__((aligned(QS_CACHE)));
 
-_Static_assert(sizeof(struct qs_cbhdr) <= QS_BRIDGE_OFF, "chain header overlaps bridge counters");
 _Static_assert(QS_BRIDGE_OFF + QS_MAX_NFS * sizeof(struct qs_bridgectl) <= QS_HDR_SIZE,
                "bridge counters overflow the chain header");
 

@@ -329,6 +329,8 @@ static int qs_run_first(struct qs_first_cfg *c)
     me->tid = (int32_t)syscall(SYS_gettid);
     qs_set_state(me, QS_NF_RUNNING);
     for (;;) {
+        /* a batch's work starts here: TX of what came back, then RX */
+        uint64_t tb = qs_rdtsc();
         uint32_t gen = qs_load(&h->futex), ctl = qs_load(&h->ctl), b, n = 0, k, live;
         if (ctl == QS_CTL_STOP)
             break;
@@ -368,7 +370,7 @@ static int qs_run_first(struct qs_first_cfg *c)
             n = rte_eth_rx_burst(c->port_in, 0, rx, (uint16_t)b);
         }
         if (n) {
-            uint64_t tsc = qs_rdtsc();
+            uint64_t tsc = tb;
             for (i = 0; i < n; i++) {
                 struct rte_mbuf *m = rx[i];
                 uint8_t *lo = (uint8_t *)m->buf_addr;
@@ -420,6 +422,7 @@ static int qs_run_first(struct qs_first_cfg *c)
                 me->drops += k - j;             /* no free slot for the rest */
                 in_flight += qs_ring_enqueue(c->out, c->out_ring, offs, j);
             }
+            h->hist[0][qd_hist_bucket(qs_rdtsc() - tb)]++;
         }
         if (h->yield_after_batch || n == 0)
             sched_yield();
@@ -460,6 +463,7 @@ static int qs_run_stage(struct qs_stage_cfg *c)
     me->tid = (int32_t)syscall(SYS_gettid);
     qs_set_state(me, QS_NF_RUNNING);
     for (;;) {
+        uint64_t tb = qs_rdtsc(); /* a batch's work starts with the dequeue */
         uint32_t gen = qs_load(&h->futex), ctl = qs_load(&h->ctl), nl = 0, k = 0, b;
         int32_t n;
         if (ctl == QS_CTL_STOP)
@@ -508,7 +512,7 @@ static int qs_run_stage(struct qs_stage_cfg *c)
             live[nl++] = off;
         }
         if (nl)
-            qs_run_nfs(&c->nf, 1, pkts, verdict, idx, nl, qs_rdtsc(), me);
+            qs_run_nfs(&c->nf, 1, pkts, verdict, idx, nl, tb, me);
         for (i = 0; i < nl; i++) {
             uint8_t *slot = c->in->slots + live[i];
             struct qs_slot_meta *m = qs_meta(c->in, live[i]);
@@ -558,6 +562,7 @@ static int qs_run_stage(struct qs_stage_cfg *c)
             uint32_t put = qs_ring_enqueue(c->out, c->out_ring, offs, k);
             me->drops += k - put;
         }
+        h->hist[c->index][qd_hist_bucket(qs_rdtsc() - tb)]++;
         if (h->yield_after_batch)
             sched_yield();
     }
