@@ -152,6 +152,7 @@ def test_nftables_firewall_in_a_chain(work, sched, mode):
     assert bridge["kernel_to_nf"] == len(frames) and bridge["kernel_from_nf"] >= len(allowed)
     assert bridge["status"] == "ok" and bridge["exit_code"] is None
     assert st[2]["pkts"] == len(allowed)
+    assert sum(st[1]["hist"]) == st[1]["batches"]  # its turns in the monitor's histogram
     # the firewall's own counters say which rule refused what
     assert counters["telnet"] == 1
     assert counters["new from outside"] == 2
