@@ -20,6 +20,9 @@ NF_TYPES = {
     "urlfilter": "cext.nf_urlfilter:UrlFilterNF",
     "native": None,
     "python": None,
+    # an unmodified program in its own network namespace, behind a bridge process at
+    # its chain position (worker.thirdparty, docs/thirdparty.rst); not a NativeNF
+    "thirdparty": None,
 }
 
 
@@ -42,6 +45,10 @@ def build_nf(spec, base_dir=None):
     """
     from cext.nf import NativeNF, PythonNF
 
+    if spec.type == "thirdparty":
+        raise NFConfigError(
+            "nf.type", "thirdparty runs behind a bridge at a chain position, not in an NF process"
+        )
     if spec.type == "python":
         impl = load_class(spec.cls)()
         nf = PythonNF(impl, name=type(impl).__name__)
