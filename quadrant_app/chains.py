@@ -26,6 +26,7 @@ DEFAULT_NF_TYPES = (
     "bpf_lpm",
     "urlfilter",
     "encrypt",
+    "decrypt",
     "nat",
 )
 

@@ -17,6 +17,8 @@ NF_TYPES = {
     "ipforward": "cext.nf_ipforward:IpForwardNF",
     "acl": "cext.nf_acl:AclNF",
     "bpf_lpm": "cext.nf_bpf_lpm:BpfLpmNF",
+    "encrypt": "cext.nf_crypto:EncryptNF",
+    "decrypt": "cext.nf_crypto:DecryptNF",
     "native": None,
     "python": None,
 }
