@@ -16,7 +16,7 @@ reasons; config parsing is in :mod:`worker.nf_crypto`.
 """
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy, memset
 
 from cext.dpdk cimport rte_raw_cksum
 from cext.nf cimport QD_DROP, NativeNF, qd_batch, qd_pkt
@@ -29,19 +29,29 @@ cdef extern from "sodium.h":
     int sodium_init()
     void randombytes_buf(void *buf, size_t size)
     void sodium_memzero(void *pnt, size_t size)
-    int crypto_aead_xchacha20poly1305_ietf_encrypt_detached(
+    int crypto_core_hchacha20(unsigned char *out, const unsigned char *inp,
+                              const unsigned char *k, const unsigned char *c) nogil
+    int crypto_aead_chacha20poly1305_ietf_encrypt_detached(
         unsigned char *c, unsigned char *mac, unsigned long long *maclen_p,
         const unsigned char *m, unsigned long long mlen,
         const unsigned char *ad, unsigned long long adlen,
         const unsigned char *nsec, const unsigned char *npub, const unsigned char *k) nogil
-    int crypto_aead_xchacha20poly1305_ietf_decrypt_detached(
+    int crypto_aead_chacha20poly1305_ietf_decrypt_detached(
         unsigned char *m, unsigned char *nsec,
         const unsigned char *c, unsigned long long clen, const unsigned char *mac,
         const unsigned char *ad, unsigned long long adlen,
         const unsigned char *npub, const unsigned char *k) nogil
-    int crypto_stream_xchacha20_xor(
+    int crypto_stream_chacha20_ietf_xor(
         unsigned char *c, const unsigned char *m, unsigned long long mlen,
         const unsigned char *n, const unsigned char *k) nogil
+
+
+# XChaCha20(-Poly1305) with nonce N = salt(16) || counter(8) is, by definition
+# (draft-irtf-cfrg-xchacha), ChaCha20(-Poly1305)-IETF under the subkey
+# HChaCha20(key, salt) with the 12-byte nonce 0^4 || counter.  The salt is fixed
+# per encrypting process, so the subkey is computed once (encrypt) or once per
+# salt seen (decrypt caches the last one) instead of once per packet: the
+# output is exactly libsodium's crypto_aead_xchacha20poly1305_ietf_*.
 
 
 cdef enum:
@@ -162,6 +172,9 @@ cdef inline void fix_lengths(uint8_t *d, const l4_layout *L, uint32_t old_l4,
 
 cdef class _CryptoNF(NativeNF):
     cdef uint8_t key[32]
+    cdef uint8_t subkey[32]     # HChaCha20(key, salt) of the current salt
+    cdef uint8_t salt[16]       # encrypt: this process's salt; decrypt: the cached one
+    cdef uint8_t ietf_nonce[12]  # 0^4 || counter
     cdef bint aead
     cdef bint pass_other
     cdef uint32_t trailer
@@ -186,6 +199,11 @@ cdef class _CryptoNF(NativeNF):
 
     def __dealloc__(self):
         sodium_memzero(self.key, 32)
+        sodium_memzero(self.subkey, 32)
+
+    cdef inline void set_nonce(self, const uint8_t *counter) noexcept nogil:
+        memset(self.ietf_nonce, 0, 4)
+        memcpy(self.ietf_nonce + 4, counter, 8)
 
     cdef inline void on_other(self, qd_batch *batch, uint16_t i) noexcept nogil:
         if self.pass_other:
@@ -198,7 +216,6 @@ cdef class _CryptoNF(NativeNF):
 cdef class EncryptNF(_CryptoNF):
     """Encrypts the L4 payload of IPv4 TCP/UDP packets (see the module doc)."""
 
-    cdef uint8_t salt[16]
     cdef uint64_t counter
     cdef uint32_t mtu
     cdef uint16_t mss_limit
@@ -216,6 +233,7 @@ cdef class EncryptNF(_CryptoNF):
         # a fresh salt per process start: no (key, nonce) pair repeats across
         # restarts or across instances sharing a key (2^-128 per pair of starts)
         randombytes_buf(self.salt, SALT_LEN)
+        crypto_core_hchacha20(self.subkey, self.salt, self.key, NULL)
         self.counter = 0
 
     def stats(self):
@@ -299,11 +317,13 @@ cdef class EncryptNF(_CryptoNF):
             self.counter += 1
             for k in range(8):
                 nonce[SALT_LEN + k] = (c >> (56 - 8 * k)) & 0xff
+            self.set_nonce(nonce + SALT_LEN)
             if self.aead:
-                crypto_aead_xchacha20poly1305_ietf_encrypt_detached(
-                    pl, nonce + NONCE_LEN, NULL, pl, L.n, NULL, 0, NULL, nonce, self.key)
+                crypto_aead_chacha20poly1305_ietf_encrypt_detached(
+                    pl, nonce + NONCE_LEN, NULL, pl, L.n, NULL, 0, NULL, self.ietf_nonce,
+                    self.subkey)
             else:
-                crypto_stream_xchacha20_xor(pl, pl, L.n, nonce, self.key)
+                crypto_stream_chacha20_ietf_xor(pl, pl, L.n, self.ietf_nonce, self.subkey)
             new_sum = rte_raw_cksum(pl, L.n + t)
             l4len = L.ip_end - L.l4
             fix_lengths(d, &L, l4len, l4len + t, old_sum, new_sum)
@@ -315,7 +335,8 @@ cdef class EncryptNF(_CryptoNF):
 cdef class DecryptNF(_CryptoNF):
     """Verifies (aead) and decrypts what :class:`EncryptNF` made; restores the packet."""
 
-    cdef readonly unsigned long long decrypted, auth_failed, too_short
+    cdef readonly unsigned long long decrypted, auth_failed, too_short, salts_seen
+    cdef bint have_salt
 
     def role(self):
         return "decrypt"
@@ -323,7 +344,8 @@ cdef class DecryptNF(_CryptoNF):
     def stats(self):
         return {"decrypted": self.decrypted, "empty": self.empty, "malformed": self.malformed,
                 "other_passed": self.other_passed, "other_dropped": self.other_dropped,
-                "auth_failed": self.auth_failed, "too_short": self.too_short}
+                "auth_failed": self.auth_failed, "too_short": self.too_short,
+                "salts_seen": self.salts_seen}
 
     cdef void process(self, qd_batch *batch) noexcept nogil:
         cdef uint16_t i
@@ -357,15 +379,23 @@ cdef class DecryptNF(_CryptoNF):
             m = L.n - t
             nonce = pl + m
             old_sum = rte_raw_cksum(pl, L.n)
+            if not self.have_salt or memcmp(nonce, self.salt, SALT_LEN) != 0:
+                # a new sender (or restart): derive its subkey once (the salt is public)
+                memcpy(self.salt, nonce, SALT_LEN)
+                crypto_core_hchacha20(self.subkey, self.salt, self.key, NULL)
+                self.have_salt = True
+                self.salts_seen += 1
+            self.set_nonce(nonce + SALT_LEN)
             if self.aead:
                 # verifies the tag before it writes anything: a forgery stays untouched
-                if crypto_aead_xchacha20poly1305_ietf_decrypt_detached(
-                        pl, NULL, pl, m, nonce + NONCE_LEN, NULL, 0, nonce, self.key) != 0:
+                if crypto_aead_chacha20poly1305_ietf_decrypt_detached(
+                        pl, NULL, pl, m, nonce + NONCE_LEN, NULL, 0, self.ietf_nonce,
+                        self.subkey) != 0:
                     self.auth_failed += 1
                     batch.verdicts[i] = QD_DROP
                     continue
             else:
-                crypto_stream_xchacha20_xor(pl, pl, m, nonce, self.key)
+                crypto_stream_chacha20_ietf_xor(pl, pl, m, self.ietf_nonce, self.subkey)
             new_sum = rte_raw_cksum(pl, m)
             l4len = L.ip_end - L.l4
             fix_lengths(d, &L, l4len, l4len - t, old_sum, new_sum)

@@ -139,6 +139,11 @@ def test_no_nonce_reuse_across_flows_and_restarts(run_nf):
     # same key, same plaintext, other nonce: other ciphertext
     for a, b in zip(runs[0].output, runs[1].output, strict=True):
         assert l4_payload(a) != l4_payload(b)
+    # one decrypt takes both senders' packets, interleaved: a subkey per salt change
+    mixed = [f for pair in zip(runs[0].output[:8], runs[1].output[:8], strict=True) for f in pair]
+    dec = run_nf(crypto_nf("decrypt"), runs[0].output + runs[1].output + mixed)
+    assert dec.output == frames + frames + [f for f in frames[:8] for _ in range(2)]
+    assert dec.summary["nf_stats"]["salts_seen"] == 2 + 16
 
 
 def test_tampering_and_wrong_key_are_dropped(run_nf):

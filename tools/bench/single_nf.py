@@ -1,4 +1,4 @@
-"""Single-NF throughput: each basic NF on one pinned core vs dpdk-testpmd macswap.
+"""Single-NF throughput: each built-in NF on one pinned core vs dpdk-testpmd macswap.
 
     .venv/bin/python -m tools.bench.single_nf [--quick] [--json PATH] [--core N]
 
@@ -8,10 +8,11 @@ with ``no-rx=1``.  For every frame size, ``dpdk-testpmd --forward-mode=macswap``
 runs on the same vdevs and the same data core (forwarding lcore = --core,
 its main lcore on another one), then ``quadrant-nf`` once per NF type, and
 the pair is repeated ``--rounds`` times, interleaved, so both see the same
-machine noise.  Reported: the best and the median Mpps over the rounds,
-cycles per packet at the best rate (TSC Hz / pps: every cycle of the data
-core, polls included) and the ratio to testpmd (per round against that
-round's testpmd run, median over the rounds).  Nothing here asserts a speed.
+machine noise (``decrypt`` gets the same pcap encrypted once by ``encrypt``).
+Reported: the best and the median Mpps over the rounds, cycles per packet
+at the best rate (TSC Hz / pps: every cycle of the data core, polls
+included) and the ratio to testpmd (per round against that round's testpmd
+run, median over the rounds).  Nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import yaml
 from worker import nf_stats
 
 REPO = Path(__file__).resolve().parents[2]
-NFS = ("empty", "tunnel", "ipforward", "acl", "bpf_lpm")
+NFS = ("empty", "tunnel", "ipforward", "acl", "bpf_lpm", "encrypt", "decrypt")
 SIZES = (64, 1024)
 PAPER_BPF_LPM_MPPS, PAPER_GHZ = 4.7, 2.4  # SoCC '22, 2.4 GHz Haswell
 MEMORY_MB = 256
@@ -75,7 +76,51 @@ def nf_configs(workdir: Path) -> dict[str, dict]:
         "ipforward": {"route_file": str(routes)},
         "acl": {"rule_file": str(rules), "default": "allow"},
         "bpf_lpm": {"lookups": 200, "table_size": 1024},
+        # XChaCha20-Poly1305 over the UDP payload (22 B of a 64 B frame, 982 B of 1024 B)
+        "encrypt": {"key_file": str(key_file(workdir))},
+        "decrypt": {"key_file": str(key_file(workdir))},
     }
+
+
+def key_file(workdir: Path) -> Path:
+    path = workdir / "bench.key"
+    if not path.exists():
+        path.write_text(os.urandom(32).hex() + "\n")
+    return path
+
+
+def input_pcap(nf: str, pcap: Path, config: dict, core: int, workdir: Path) -> Path:
+    """What ``nf`` gets as input: the size's pcap, or for ``decrypt`` that pcap
+    encrypted once by the encrypt NF (so every frame decrypts and verifies)."""
+    if nf != "decrypt":
+        return pcap
+    out = pcap.with_name(pcap.stem + "-encrypted.pcap")
+    if out.exists():
+        return out
+    from scapy.all import rdpcap
+
+    tag = uuid.uuid4().hex[:6]
+    cfg = {
+        "name": f"qd-bench-enc-{tag}",
+        "core": core,
+        "eal": {"file_prefix": f"qd-bench-{tag}", "hugepages": False, "memory_mb": 128},
+        "ports": {
+            "rx": {"vdev": f"net_pcap0,rx_pcap={pcap}"},
+            "tx": {"vdev": f"net_pcap1,tx_pcap={out}"},
+        },
+        "nf": {"type": "encrypt", "config": config},
+        "stats": {"path": str(workdir / f"{tag}.stats")},
+        "run": {"max_packets": len(rdpcap(str(pcap))), "duration_s": 30},
+    }
+    path = workdir / f"{tag}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker.nf_runtime", "--config", str(path)],
+        cwd=REPO, capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    if proc.returncode != 0 or not out.exists():
+        raise RuntimeError(f"encrypting the decrypt input failed:\n{proc.stderr[-2000:]}")
+    return out
 
 
 def hugepages_ok() -> bool:
@@ -218,6 +263,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, help="measurement per run")
     ap.add_argument("--rounds", type=int, help="interleaved repetitions")
     ap.add_argument("--nfs", default=",".join(NFS), help="comma-separated NF types")
+    ap.add_argument(
+        "--no-huge", action="store_true", help="anonymous memory even if hugepages are free"
+    )
     opts = ap.parse_args(argv)
     if shutil.which("dpdk-testpmd") is None:
         sys.exit("dpdk-testpmd not found (Debian package dpdk; tools/setup-host installs it)")
@@ -228,7 +276,7 @@ def main(argv=None) -> int:
     rounds = opts.rounds or (2 if opts.quick else 5)
     sizes = (64,) if opts.quick else SIZES
     nfs = [n for n in opts.nfs.split(",") if n]
-    huge = hugepages_ok()
+    huge = hugepages_ok() and not opts.no_huge  # a shared machine: others may take them
 
     results: dict[int, dict] = {}
     with tempfile.TemporaryDirectory(prefix="qd-bench-") as tmp:
@@ -241,7 +289,8 @@ def main(argv=None) -> int:
             for _ in range(rounds):
                 runs["testpmd"].append(run_testpmd(pcap, core, main_core, seconds, huge))
                 for nf in nfs:
-                    runs[nf].append(run_nf(nf, configs[nf], pcap, core, seconds, huge, workdir))
+                    src = input_pcap(nf, pcap, configs["encrypt"], core, workdir)
+                    runs[nf].append(run_nf(nf, configs[nf], src, core, seconds, huge, workdir))
             results[size] = runs
 
     hz = next(iter(results[sizes[0]][nfs[0]]))["tsc_hz"] if nfs else 0
