@@ -64,6 +64,8 @@ cdef enum:
 
 
 ctypedef struct l4_layout:
+    uint32_t dst        # IPv4 destination (host order); valid unless ip == 0
+    uint8_t ip          # 1: a well-formed IPv4 packet (dst is set), even if L4_OTHER
     uint32_t l3         # frame offset of the IPv4 header
     uint32_t l4         # frame offset of the TCP/UDP header
     uint32_t ip_end     # frame offset just past the IP packet (Ethernet padding follows)
@@ -78,10 +80,13 @@ cdef inline int layout(const qd_pkt *p, l4_layout *L) noexcept nogil:
     cdef const uint8_t *d = p.data
     cdef int r = qd_parse(p, &f)
     cdef uint32_t tot, l4len, doff, ulen
+    L.ip = 0
     if r == QD_PARSE_BAD:
         return L4_BAD
     if r == QD_PARSE_NON_IP:
         return L4_OTHER
+    L.ip = 1
+    L.dst = f.dst
     if qd_rd16(d + f.l3_off + 6) & 0x3fff:       # MF or a fragment offset
         return L4_OTHER
     if f.proto != 6 and f.proto != 17:
@@ -178,7 +183,11 @@ cdef class _CryptoNF(NativeNF):
     cdef bint aead
     cdef bint pass_other
     cdef uint32_t trailer
+    cdef uint32_t sel_net[64]    # only_dst prefixes (host order); n_sel == 0: every packet
+    cdef uint32_t sel_mask[64]
+    cdef int n_sel
     cdef readonly unsigned long long malformed, other_passed, other_dropped, empty
+    cdef readonly unsigned long long not_selected
 
     def configure(self, config):
         if sodium_init() < 0:
@@ -192,6 +201,12 @@ cdef class _CryptoNF(NativeNF):
         self.aead = cfg.mode == "aead"
         self.pass_other = cfg.other == "pass"
         self.trailer = cfg.trailer
+        if len(cfg.only_dst) > 64:
+            raise AssertionError("worker.nf_crypto allows more only_dst prefixes than fit")
+        self.n_sel = len(cfg.only_dst)
+        for i, (net, depth) in enumerate(cfg.only_dst):
+            self.sel_mask[i] = (0xffffffff << (32 - depth)) & 0xffffffff if depth else 0
+            self.sel_net[i] = net & self.sel_mask[i]
         return cfg
 
     def role(self):
@@ -204,6 +219,17 @@ cdef class _CryptoNF(NativeNF):
     cdef inline void set_nonce(self, const uint8_t *counter) noexcept nogil:
         memset(self.ietf_nonce, 0, 4)
         memcpy(self.ietf_nonce + 4, counter, 8)
+
+    cdef inline bint unselected(self, const l4_layout *L) noexcept nogil:
+        """An IPv4 packet to a destination outside only_dst: left untouched."""
+        cdef int j
+        if self.n_sel == 0 or not L.ip:
+            return False
+        for j in range(self.n_sel):
+            if L.dst & self.sel_mask[j] == self.sel_net[j]:
+                return False
+        self.not_selected += 1
+        return True
 
     cdef inline void on_other(self, qd_batch *batch, uint16_t i) noexcept nogil:
         if self.pass_other:
@@ -240,7 +266,8 @@ cdef class EncryptNF(_CryptoNF):
         return {"encrypted": self.encrypted, "empty": self.empty, "malformed": self.malformed,
                 "other_passed": self.other_passed, "other_dropped": self.other_dropped,
                 "too_big": self.too_big, "no_room": self.no_room,
-                "mss_clamped": self.mss_clamped, "nonces_used": self.counter}
+                "mss_clamped": self.mss_clamped, "nonces_used": self.counter,
+                "not_selected": self.not_selected}
 
     cdef void clamp(self, uint8_t *d, const l4_layout *L) noexcept nogil:
         """Lower the MSS option of a SYN to mss_limit (checksum updated incrementally)."""
@@ -292,12 +319,14 @@ cdef class EncryptNF(_CryptoNF):
                 self.malformed += 1
                 batch.verdicts[i] = QD_DROP
                 continue
+            d = p.data
+            if k == L4_OK and self.clamp_mss and not L.udp:
+                self.clamp(d, &L)   # both directions: the peer's MSS bounds what we seal
+            if self.unselected(&L):
+                continue
             if k == L4_OTHER:
                 self.on_other(batch, i)
                 continue
-            d = p.data
-            if self.clamp_mss and not L.udp:
-                self.clamp(d, &L)
             if L.n == 0:
                 self.empty += 1
                 continue
@@ -345,7 +374,7 @@ cdef class DecryptNF(_CryptoNF):
         return {"decrypted": self.decrypted, "empty": self.empty, "malformed": self.malformed,
                 "other_passed": self.other_passed, "other_dropped": self.other_dropped,
                 "auth_failed": self.auth_failed, "too_short": self.too_short,
-                "salts_seen": self.salts_seen}
+                "salts_seen": self.salts_seen, "not_selected": self.not_selected}
 
     cdef void process(self, qd_batch *batch) noexcept nogil:
         cdef uint16_t i
@@ -363,6 +392,8 @@ cdef class DecryptNF(_CryptoNF):
             if k == L4_BAD:
                 self.malformed += 1
                 batch.verdicts[i] = QD_DROP
+                continue
+            if self.unselected(&L):
                 continue
             if k == L4_OTHER:
                 self.on_other(batch, i)

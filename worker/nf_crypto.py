@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.nf_errors import NFConfigError
-from worker.nf_tables import _check_keys, _resolve, parse_int
+from worker.nf_tables import _check_keys, _resolve, parse_int, parse_prefix
 
 KEY_BYTES = 32
 SALT_BYTES = 16
@@ -33,11 +33,12 @@ TAG_BYTES = 16  # Poly1305
 MODES = {"aead": NONCE_BYTES + TAG_BYTES, "stream": NONCE_BYTES}  # mode -> trailer bytes
 OTHER = ("drop", "pass")
 MTU_MIN, MTU_MAX = 576, 9216
+MAX_ONLY_DST = 64
 HEX_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 B64_RE = re.compile(r"^[A-Za-z0-9+/]{43}=?$")
 ROLE_KEYS = {
-    "encrypt": {"key", "key_file", "mode", "mtu", "other", "clamp_mss"},
-    "decrypt": {"key", "key_file", "mode", "other"},
+    "encrypt": {"key", "key_file", "mode", "mtu", "other", "clamp_mss", "only_dst"},
+    "decrypt": {"key", "key_file", "mode", "other", "only_dst"},
 }
 
 
@@ -48,6 +49,9 @@ class CryptoConfig:
     mtu: int  # largest IPv4 total length the encrypted packet may have
     other: str  # what to do with packets that cannot be encrypted: "drop" | "pass"
     clamp_mss: bool  # lower the MSS option of TCP SYNs so encrypted segments fit the MTU
+    # IPv4 destinations to work on, as (network, prefix length); empty: all.  Packets to
+    # other destinations pass untouched (the other direction of a two-way chain).
+    only_dst: tuple[tuple[int, int], ...] = ()
 
     @property
     def trailer(self) -> int:
@@ -109,7 +113,7 @@ def load_key(config: Mapping, base_dir: Path | None) -> bytes:
 def parse_crypto(
     config: Mapping, base_dir: Path | None = None, role: str = "encrypt"
 ) -> CryptoConfig:
-    """``{key_file: k.hex, mode: aead, mtu: 1500, other: drop, clamp_mss: true}``.
+    """``{key_file: k.hex, mode: aead, mtu: 1500, other: drop, clamp_mss: true, only_dst: []}``.
 
     ``role`` is ``encrypt`` or ``decrypt``; ``decrypt`` takes no ``mtu`` or
     ``clamp_mss`` (it only shrinks packets).
@@ -129,7 +133,15 @@ def parse_crypto(
     clamp = config.get("clamp_mss", True)
     if not isinstance(clamp, bool):
         raise NFConfigError("config.clamp_mss", f"must be true or false, got {clamp!r}")
-    return CryptoConfig(key=key, mode=mode, mtu=mtu, other=other, clamp_mss=clamp)
+    only = config.get("only_dst", [])
+    if not isinstance(only, list) or len(only) > MAX_ONLY_DST:
+        raise NFConfigError(
+            "config.only_dst", f"must be a list of at most {MAX_ONLY_DST} IPv4 prefixes"
+        )
+    only_dst = tuple(parse_prefix(p, f"config.only_dst[{i}]") for i, p in enumerate(only))
+    return CryptoConfig(
+        key=key, mode=mode, mtu=mtu, other=other, clamp_mss=clamp, only_dst=only_dst
+    )
 
 
 def split_trailer(l4_payload: bytes, mode: str = "aead") -> tuple[bytes, bytes, bytes]:

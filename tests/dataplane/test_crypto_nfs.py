@@ -268,3 +268,26 @@ def test_bad_key_is_refused(tmp_path, config, field, reason):
     assert result.returncode == 2, result.stderr
     assert f"bad config: {field}" in result.stderr and reason in result.stderr
     assert "00ff00ff" not in result.stderr  # the key is never echoed
+
+
+def test_only_dst_leaves_the_other_direction_alone(run_nf):
+    # a two-way chain: client 10.1.0.1 -> server 10.2.0.1 encrypted, the replies untouched
+    def rev(frame: bytes) -> bytes:
+        p = Ether(frame)
+        p[IP].src, p[IP].dst = p[IP].dst, p[IP].src
+        del p[IP].chksum, p[p[IP].payload.__class__].chksum
+        return raw(p)
+
+    out_ = [udp_pkt(50), tcp_pkt(60)]
+    back = [rev(udp_pkt(70)), rev(tcp_pkt(80)), raw(icmp(dst="10.1.0.1"))]
+    syn_ack = rev(tcp_pkt(0, flags="SA", options=[("MSS", 1460)]))
+    only = {"only_dst": ["10.2.0.0/16"]}
+    enc = run_nf(crypto_nf("encrypt", **only), out_ + back + [syn_ack])
+    assert enc.output[2:5] == back  # untouched, ICMP too (other: drop applies to selected only)
+    assert [len(f) for f in enc.output[:2]] == [len(f) + 40 for f in out_]
+    assert dict(Ether(enc.output[5])[TCP].options)["MSS"] == 1420  # the reply's SYN-ACK too
+    assert checksums_valid(enc.output[5])
+    st = enc.summary["nf_stats"]
+    assert st["not_selected"] == 4 and st["encrypted"] == 2 and st["mss_clamped"] == 1
+    dec = run_nf(crypto_nf("decrypt", **only), enc.output[:5])
+    assert dec.output == out_ + back and dec.summary["nf_stats"]["not_selected"] == 3

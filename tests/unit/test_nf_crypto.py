@@ -43,6 +43,9 @@ def test_key_hex_base64_inline_and_file(tmp_path):
         ({"key": KEY.hex(), "other": "encrypt"}, "config.other: must be one of drop, pass"),
         ({"key": KEY.hex(), "clamp_mss": "yes"}, "config.clamp_mss: must be true or false"),
         ({"key": KEY.hex(), "nonce": 1}, r"config.nonce: unknown option"),
+        ({"key": KEY.hex(), "only_dst": "10.2.0.0/16"}, "config.only_dst: must be a list"),
+        ({"key": KEY.hex(), "only_dst": ["10.2.0.1/16"]}, r"config.only_dst\[0\]: not an IPv4"),
+        ({"key": KEY.hex(), "only_dst": ["10.0.0.0/8"] * 65}, "at most 64 IPv4 prefixes"),
     ],
 )
 def test_refused(config, match, tmp_path):
@@ -74,7 +77,9 @@ def test_decrypt_takes_no_encrypt_only_options():
 def test_defaults_trailer_and_mss():
     cfg = c.parse_crypto({"key": KEY.hex()})
     assert (cfg.mode, cfg.mtu, cfg.other, cfg.clamp_mss) == ("aead", 1500, "drop", True)
-    assert cfg.trailer == 40 and cfg.mss_limit == 1420
+    assert cfg.trailer == 40 and cfg.mss_limit == 1420 and cfg.only_dst == ()
+    only = c.parse_crypto({"key": KEY.hex(), "only_dst": ["10.2.0.0/16", "192.0.2.7"]})
+    assert only.only_dst == ((0x0A020000, 16), (0xC0000207, 32))
     assert c.parse_crypto({"key": KEY.hex(), "mode": "stream", "mtu": 9000}).mss_limit == 8936
     body, nonce, tag = c.split_trailer(b"p" * 5 + b"n" * 24 + b"t" * 16)
     assert (body, nonce, tag) == (b"p" * 5, b"n" * 24, b"t" * 16)
