@@ -21,10 +21,11 @@ each other), the copy cost per packet for 64..1500 B, and per canonical
 chain the throughput at the estimated batch size (worker.batching) against
 fixed batches of 32, 128 and 512.  Last, the paper's canonical chains as
 shipped in ``examples/chains/`` (those whose NFs this build has; plus
-``acl → encrypt``, Chain 2 without its urlfilter, while urlfilter is missing)
-at 64 and 1024 B: kpps per core and cycles per packet, coop against
-single_thread, next to the paper's Table 4 per-core figures
-(``--canonical-only`` runs just that part).  Prints tables; ``--json`` writes
+``acl → encrypt``, Chain 2 without its urlfilter, while urlfilter is missing;
+and ``encrypt → decrypt`` for the two crypto NFs' own cost) at 64 and
+1024 B: kpps per core and cycles per packet, coop against single_thread,
+next to the paper's Table 4 per-core figures (``--canonical-only`` runs just
+that part).  Prints tables; ``--json`` writes
 them.  Nothing here asserts a speed.
 """
 
@@ -64,6 +65,7 @@ CANONICAL = {  # label -> (spec in examples/chains, traffic its filter takes: pr
     "chain1": ("chain1-tunnel-ipforward.json", "udp", 5000),
     "chain2": ("chain2-acl-urlfilter-encrypt.json", "tcp", 8080),
     "chain3": ("chain3-acl-nat.json", "udp", 5353),
+    "encrypt": (None, "tcp", 8080),  # encrypt-decrypt: Chain 2's traffic
 }
 
 
@@ -298,11 +300,17 @@ def canonical_chains() -> dict[str, list[dict]]:
     specs = {s["name"]: s for s in load_examples("02:00:00:00:0b:01")}
     out = {}
     for label, (fname, _, _) in CANONICAL.items():
+        if fname is None:
+            continue
         nfs = specs[fname.removesuffix(".json")]["nfs"]
         if all(NF_TYPES.get(nf["type"]) for nf in nfs):
             out[label] = nfs
         elif label == "chain2":  # its cost without the URL filter, labelled as such
             out["chain2-no-urlfilter"] = [nf for nf in nfs if nf["type"] != "urlfilter"]
+    # Chain 2's encrypt with the decrypt of the far side: both NFs' own cost per packet
+    enc = next(nf for nf in specs["chain2-acl-urlfilter-encrypt"]["nfs"] if nf["type"] == "encrypt")
+    key = {"key_file": enc["config"]["key_file"]}
+    out["encrypt-decrypt"] = [enc, {"type": "decrypt", "config": key}]
     return out
 
 
