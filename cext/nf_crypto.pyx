@@ -2,12 +2,12 @@
 # distutils: libraries = sodium
 """``encrypt`` and ``decrypt``: XChaCha20(-Poly1305) over the L4 payload (libsodium).
 
-``encrypt`` turns the payload ``P`` (n > 0 bytes) of an IPv4 TCP or UDP packet
-into ``C || nonce || tag``: ``C`` is ``P`` encrypted in place, ``nonce`` the
+``encrypt`` turns the payload ``P`` (n > 0 bytes) of an IPv4 or IPv6 TCP or UDP
+packet into ``C || nonce || tag``: ``C`` is ``P`` encrypted in place, ``nonce`` the
 24-byte XChaCha20 nonce (``salt`` 16 random bytes drawn at configure time ||
 a 64-bit big-endian per-packet counter), ``tag`` the Poly1305 tag (``mode:
-aead``; ``mode: stream`` has no tag).  It fixes the IPv4 total length, the
-UDP length, and the IPv4 and L4 checksums incrementally (RFC 1624), so a bad
+aead``; ``mode: stream`` has no tag).  It fixes the IPv4 total length (IPv6
+payload length), the UDP length, and the IPv4 and L4 checksums incrementally (RFC 1624), so a bad
 checksum stays bad; the rest of the headers is untouched, except that, with
 ``clamp_mss``, a SYN's MSS option is lowered so that encrypted full-size
 segments still fit the MTU.  ``decrypt`` verifies (aead) and restores the
@@ -56,7 +56,7 @@ cdef extern from "sodium.h":
 
 cdef enum:
     L4_OK = 0
-    L4_OTHER = 1        # not IPv4 TCP/UDP, or a fragment: the 'other' policy applies
+    L4_OTHER = 1        # not TCP/UDP right after the IP header, or an IPv4 fragment: 'other'
     L4_BAD = 2          # malformed: dropped
     SALT_LEN = 16
     NONCE_LEN = 24
@@ -64,9 +64,9 @@ cdef enum:
 
 
 ctypedef struct l4_layout:
-    uint32_t dst        # IPv4 destination (host order); valid unless ip == 0
-    uint8_t ip          # 1: a well-formed IPv4 packet (dst is set), even if L4_OTHER
-    uint32_t l3         # frame offset of the IPv4 header
+    uint32_t dst        # IPv4 destination (host order); valid if ip == 4
+    uint8_t ip          # 4 or 6: a well-formed IP packet (even if L4_OTHER); 0: not IP
+    uint32_t l3         # frame offset of the IPv4/IPv6 header
     uint32_t l4         # frame offset of the TCP/UDP header
     uint32_t ip_end     # frame offset just past the IP packet (Ethernet padding follows)
     uint32_t pl         # frame offset of the L4 payload
@@ -75,47 +75,72 @@ ctypedef struct l4_layout:
     uint8_t udp
 
 
+cdef inline int l4_of(const uint8_t *d, l4_layout *L, uint8_t proto) noexcept nogil:
+    """TCP/UDP header and payload between L.l4 and L.ip_end."""
+    cdef uint32_t l4len = L.ip_end - L.l4, doff
+    if proto == 6:
+        if l4len < 20:
+            return L4_BAD
+        doff = (d[L.l4 + 12] >> 4) * 4
+        if doff < 20 or doff > l4len:
+            return L4_BAD
+        L.udp = 0
+        L.pl = L.l4 + doff
+        L.ck = L.l4 + 16
+    else:
+        if l4len < 8 or qd_rd16(d + L.l4 + 4) != l4len:
+            return L4_BAD
+        L.udp = 1
+        L.pl = L.l4 + 8
+        L.ck = L.l4 + 6
+    L.n = L.ip_end - L.pl
+    return L4_OK
+
+
+cdef inline int layout6(const qd_pkt *p, l4_layout *L) noexcept nogil:
+    """IPv6 with TCP or UDP right after the fixed header; extension headers: other."""
+    cdef const uint8_t *d = p.data
+    cdef uint32_t l3 = 14, n = p.len
+    cdef uint16_t et = qd_rd16(d + 12)
+    cdef uint8_t nh
+    if et == 0x8100 or et == 0x88a8:
+        l3 = 18
+        et = qd_rd16(d + 16)   # qd_parse checked n >= 18 for a tagged frame
+    if et != 0x86dd:
+        return L4_OTHER
+    if n < l3 + 40 or (d[l3] >> 4) != 6:
+        return L4_BAD
+    L.l3 = l3
+    L.l4 = l3 + 40
+    L.ip_end = l3 + 40 + qd_rd16(d + l3 + 4)
+    if L.ip_end > n:
+        return L4_BAD
+    L.ip = 6
+    nh = d[l3 + 6]
+    if nh != 6 and nh != 17:
+        return L4_OTHER
+    return l4_of(d, L, nh)
+
+
 cdef inline int layout(const qd_pkt *p, l4_layout *L) noexcept nogil:
     cdef qd_flow f
     cdef const uint8_t *d = p.data
     cdef int r = qd_parse(p, &f)
-    cdef uint32_t tot, l4len, doff, ulen
     L.ip = 0
     if r == QD_PARSE_BAD:
         return L4_BAD
     if r == QD_PARSE_NON_IP:
-        return L4_OTHER
-    L.ip = 1
+        return layout6(p, L)
+    L.ip = 4
     L.dst = f.dst
     if qd_rd16(d + f.l3_off + 6) & 0x3fff:       # MF or a fragment offset
         return L4_OTHER
     if f.proto != 6 and f.proto != 17:
         return L4_OTHER
-    tot = qd_rd16(d + f.l3_off + 2)
     L.l3 = f.l3_off
     L.l4 = f.l4_off
-    L.ip_end = f.l3_off + tot
-    l4len = L.ip_end - f.l4_off
-    if f.proto == 6:
-        if l4len < 20:
-            return L4_BAD
-        doff = (d[f.l4_off + 12] >> 4) * 4
-        if doff < 20 or doff > l4len:
-            return L4_BAD
-        L.udp = 0
-        L.pl = f.l4_off + doff
-        L.ck = f.l4_off + 16
-    else:
-        if l4len < 8:
-            return L4_BAD
-        ulen = qd_rd16(d + f.l4_off + 4)
-        if ulen != l4len:
-            return L4_BAD
-        L.udp = 1
-        L.pl = f.l4_off + 8
-        L.ck = f.l4_off + 6
-    L.n = L.ip_end - L.pl
-    return L4_OK
+    L.ip_end = f.l3_off + qd_rd16(d + f.l3_off + 2)
+    return l4_of(d, L, f.proto)
 
 
 # One's-complement arithmetic on 16-bit words as they lie in memory (loaded with
@@ -152,19 +177,24 @@ cdef inline uint16_t csum_replace(uint16_t ck, uint16_t old_sum, uint16_t new_su
 cdef inline void fix_lengths(uint8_t *d, const l4_layout *L, uint32_t old_l4,
                              uint32_t new_l4, uint16_t old_pl_sum,
                              uint16_t new_pl_sum) noexcept nogil:
-    """Set the IPv4/UDP lengths for an L4 segment of new_l4 bytes, update all checksums."""
+    """Set the IP/UDP lengths for an L4 segment of new_l4 bytes, update all checksums."""
     cdef uint8_t *ip = d + L.l3
-    cdef uint32_t old_tot = qd_rd16(ip + 2)
-    cdef uint32_t new_tot = old_tot - old_l4 + new_l4
+    cdef uint32_t old_tot, new_tot
     cdef uint16_t ck, o, n
-    # the IPv4 header checksum: only the total length changed
-    st16(ip + 10, csum_replace(ld16(ip + 10), be16(old_tot), be16(new_tot)))
-    st16(ip + 2, be16(new_tot))
+    if L.ip == 6:
+        st16(ip + 4, be16(new_l4))       # payload length; IPv6 has no header checksum
+    else:
+        old_tot = qd_rd16(ip + 2)
+        new_tot = old_tot - old_l4 + new_l4
+        # the IPv4 header checksum: only the total length changed
+        st16(ip + 10, csum_replace(ld16(ip + 10), be16(old_tot), be16(new_tot)))
+        st16(ip + 2, be16(new_tot))
     ck = ld16(d + L.ck)
     if L.udp and ck == 0:
         st16(d + L.l4 + 4, be16(new_l4))     # no UDP checksum: keep none
         return
-    # pseudo-header length and payload; UDP carries its length once more in its header
+    # pseudo-header length (IPv6: 32 bits, whose upper half stays 0 below 64 KiB) and
+    # payload; UDP carries its length once more in its header
     o = fold(<uint64_t>old_pl_sum + be16(old_l4) + (be16(old_l4) if L.udp else 0))
     n = fold(<uint64_t>new_pl_sum + be16(new_l4) + (be16(new_l4) if L.udp else 0))
     ck = csum_replace(ck, o, n)
@@ -221,10 +251,13 @@ cdef class _CryptoNF(NativeNF):
         memcpy(self.ietf_nonce + 4, counter, 8)
 
     cdef inline bint unselected(self, const l4_layout *L) noexcept nogil:
-        """An IPv4 packet to a destination outside only_dst: left untouched."""
+        """An IP packet to a destination outside only_dst (IPv6: every one): left untouched."""
         cdef int j
-        if self.n_sel == 0 or not L.ip:
+        if self.n_sel == 0 or L.ip == 0:
             return False
+        if L.ip == 6:                     # only_dst names IPv4 prefixes
+            self.not_selected += 1
+            return True
         for j in range(self.n_sel):
             if L.dst & self.sel_mask[j] == self.sel_net[j]:
                 return False
@@ -240,7 +273,7 @@ cdef class _CryptoNF(NativeNF):
 
 
 cdef class EncryptNF(_CryptoNF):
-    """Encrypts the L4 payload of IPv4 TCP/UDP packets (see the module doc)."""
+    """Encrypts the L4 payload of IPv4 and IPv6 TCP/UDP packets (see the module doc)."""
 
     cdef uint64_t counter
     cdef uint32_t mtu
@@ -273,6 +306,7 @@ cdef class EncryptNF(_CryptoNF):
         """Lower the MSS option of a SYN to mss_limit (checksum updated incrementally)."""
         cdef uint32_t i = L.l4 + 20, end = L.pl, olen, a, alen
         cdef uint16_t before, after
+        cdef uint16_t limit = self.mss_limit - (20 if L.ip == 6 else 0)  # 40 B IPv6 header
         if not (d[L.l4 + 13] & 0x02):
             return
         while i < end:
@@ -287,14 +321,14 @@ cdef class EncryptNF(_CryptoNF):
             if olen < 2 or i + olen > end:
                 return
             if d[i] == 2 and olen == 4:
-                if qd_rd16(d + i + 2) <= self.mss_limit:
+                if qd_rd16(d + i + 2) <= limit:
                     return
                 # the 16-bit words (aligned to the TCP header) that hold the value
                 a = L.l4 + ((i + 2 - L.l4) & ~1u)
                 alen = 4 if (i + 2 - L.l4) & 1 else 2
                 before = rte_raw_cksum(d + a, alen)
-                d[i + 2] = self.mss_limit >> 8
-                d[i + 3] = self.mss_limit & 0xff
+                d[i + 2] = limit >> 8
+                d[i + 3] = limit & 0xff
                 after = rte_raw_cksum(d + a, alen)
                 st16(d + L.ck, csum_replace(ld16(d + L.ck), before, after))
                 self.mss_clamped += 1

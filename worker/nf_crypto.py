@@ -1,7 +1,7 @@
 """The ``encrypt`` / ``decrypt`` NFs' config and wire format (pure: no DPDK, no crypto).
 
 The format (docs/encrypt.rst says it in full): the L4 payload ``P`` (n bytes)
-of an IPv4 TCP or UDP packet becomes ``C || nonce || tag`` where ``C`` is
+of an IPv4 or IPv6 TCP or UDP packet becomes ``C || nonce || tag`` where ``C`` is
 ``P`` encrypted in place with XChaCha20 (libsodium), ``nonce`` the 24-byte
 XChaCha20 nonce and ``tag`` the 16-byte Poly1305 tag (``mode: aead``, the
 default: XChaCha20-Poly1305-IETF, tampering is detected) or nothing

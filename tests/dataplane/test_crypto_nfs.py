@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 from cryptography.exceptions import InvalidTag
-from scapy.all import IP, TCP, UDP, Ether, Raw, raw
+from scapy.all import IP, TCP, UDP, Ether, IPv6, IPv6ExtHdrHopByHop, Raw, raw
 
 from tests.dataplane.conftest import nf_config, run_config
 from tests.dataplane.packets import eth, icmp, malformed, non_ip
@@ -35,17 +35,20 @@ def tcp_pkt(n: int, sport: int = 5000, flags="PA", options=(), **kw) -> bytes:
 
 
 def l4_payload(frame: bytes) -> bytes:
-    ip = Ether(frame)[IP]
-    l4 = ip.payload
+    p = Ether(frame)
+    l4 = (p[IP] if IP in p else p[IPv6]).payload
     return bytes(l4.payload) if isinstance(l4, TCP | UDP) else b""
 
 
 def checksums_valid(frame: bytes) -> bool:
     pkt = Ether(frame)
     again = pkt.copy()
-    del again[IP].chksum
-    del again[IP].len
-    l4 = again[IP].payload
+    if IP in again:
+        del again[IP].chksum
+        del again[IP].len
+    else:
+        del again[IPv6].plen
+    l4 = l3(again).payload
     del l4.chksum
     if isinstance(l4, UDP):
         del l4.len
@@ -54,12 +57,19 @@ def checksums_valid(frame: bytes) -> bool:
     return raw(Ether(raw(again))) == frame
 
 
+def l3(pkt):
+    return pkt[IP] if IP in pkt else pkt[IPv6]
+
+
 def headers_equal_but_lengths(a: bytes, b: bytes) -> bool:
     """Same Ethernet/IPv4/L4 headers, ignoring IP len/chksum and L4 len/chksum."""
     pa, pb = Ether(a), Ether(b)
     for p in (pa, pb):
-        p[IP].len = p[IP].chksum = 0
-        l4 = p[IP].payload
+        if IP in p:
+            p[IP].len = p[IP].chksum = 0
+        else:
+            p[IPv6].plen = 0
+        l4 = l3(p).payload
         l4.chksum = 0
         if isinstance(l4, UDP):
             l4.len = 0
@@ -89,16 +99,20 @@ def test_round_trip_every_payload_size(run_nf, mode):
     enc = run_nf(crypto_nf("encrypt", mode=mode), frames)
     t = MODES[mode]
     udp_max, tcp_max = MTU - 28 - t, MTU - 40 - t  # the largest payloads that still fit
-    fits = [udp_pkt(n) for n in sizes_udp if n <= udp_max]
-    fits += [tcp_pkt(n) for n in sizes_tcp if n <= tcp_max]
+    fits = frames[: udp_max + 1] + frames[len(sizes_udp) : len(sizes_udp) + tcp_max + 1]
     st = enc.summary["nf_stats"]
     assert st["too_big"] == len(frames) - len(fits) == (1472 - udp_max) + (1460 - tcp_max)
     assert st["empty"] == 2 and st["encrypted"] == len(fits) - 2
     assert len(enc.output) == len(fits)
-    for before, after in zip(fits, enc.output, strict=True):
-        plain, sealed = l4_payload(before), l4_payload(after)
-        assert checksums_valid(after), Ether(after).summary()
-        assert headers_equal_but_lengths(before, after)
+    for i, (before, after) in enumerate(zip(fits, enc.output, strict=True)):
+        hdr = 42 if before[23] == 17 else 54  # Ethernet + IPv4 + UDP / TCP without options
+        plain, sealed = before[hdr:], after[hdr:]
+        # scapy checks every frame in aead mode; stream mode shares the code: a sample
+        if mode == "aead" or i % 8 == 0 or len(plain) > udp_max - 8:
+            assert checksums_valid(after), Ether(after).summary()
+        # every header byte but the IPv4 length/checksum and the L4 length/checksum
+        keep = [(0, 16), (18, 24), (26, 38)] + ([(40, 50), (52, 54)] if hdr == 54 else [])
+        assert all(before[a:b] == after[a:b] for a, b in keep)
         if not plain:
             assert after == before  # nothing to encrypt: untouched
             continue
@@ -110,7 +124,7 @@ def test_round_trip_every_payload_size(run_nf, mode):
         else:
             assert xor_stream(KEY, nonce, body) == plain
     # one salt per run, the counter counts the packets in order from 0
-    ns = nonces(enc.output, mode)
+    ns = [f[len(f) - t : len(f) - t + NONCE_BYTES] for f in enc.output if len(f) not in (42, 54)]
     assert len({n[:SALT_BYTES] for n in ns}) == 1
     assert [int.from_bytes(n[SALT_BYTES:], "big") for n in ns] == list(range(len(ns)))
 
@@ -227,8 +241,11 @@ def test_malformed_and_other_traffic(run_nf):
     short_udp = bytearray(udp_pkt(20))
     short_udp[14 + 20 + 4 : 14 + 20 + 6] = (9).to_bytes(2, "big")  # UDP length != IP's
     bad += [bytes(short_tcp), bytes(short_udp)]
+    v6 = raw(eth() / IPv6(src="fd00::1", dst="fd00::2") / UDP(sport=1, dport=2) / b"six")
+    bad += [v6[: 14 + 30], v6[:-1]]  # IPv6 header cut short; payload length past the frame
     frag = raw(eth() / IP(src="10.1.0.1", dst="10.2.0.1", flags="MF") / UDP() / Raw(b"x" * 40))
-    other = [*non_ip().values(), raw(icmp()), frag]
+    hop = raw(eth() / IPv6(dst="fd00::2") / IPv6ExtHdrHopByHop() / UDP() / Raw(b"x" * 5))
+    other = [non_ip()["arp"], raw(icmp()), frag, hop]
     good = [udp_pkt(10), tcp_pkt(10)]
     frames = bad + other + good
     for kind in ("encrypt", "decrypt"):
@@ -291,3 +308,33 @@ def test_only_dst_leaves_the_other_direction_alone(run_nf):
     assert st["not_selected"] == 4 and st["encrypted"] == 2 and st["mss_clamped"] == 1
     dec = run_nf(crypto_nf("decrypt", **only), enc.output[:5])
     assert dec.output == out_ + back and dec.summary["nf_stats"]["not_selected"] == 3
+
+
+def test_ipv6_round_trip_every_payload_size(run_nf):
+    def v6(n: int, proto) -> bytes:
+        pl = bytes((i * 5 + n) & 0xFF for i in range(n))
+        return raw(eth() / IPv6(src="fd00:1::1", dst="fd00:2::1") / proto / pl)
+
+    udp_max, tcp_max = MTU - 48 - 40, MTU - 60 - 40  # a 40-byte IPv6 header
+    frames = [v6(n, UDP(sport=7, dport=7777)) for n in range(0, udp_max + 1)]
+    frames += [v6(n, TCP(sport=8, dport=80, flags="PA")) for n in range(0, tcp_max + 1)]
+    too_big = [v6(udp_max + 1, UDP(sport=7, dport=7777)), v6(tcp_max + 1, TCP(sport=8))]
+    syn = v6(0, TCP(sport=9, dport=80, flags="S", options=[("MSS", 1440)]))
+    enc = run_nf(crypto_nf("encrypt"), frames + too_big + [syn])
+    st = enc.summary["nf_stats"]
+    assert st["too_big"] == 2 and st["encrypted"] == len(frames) - 2
+    assert dict(Ether(enc.output[-1])[TCP].options)["MSS"] == MTU - 60 - 40
+    for i, (before, after) in enumerate(zip(frames, enc.output, strict=False)):
+        hdr = 62 if before[20] == 17 else 74  # Ethernet + IPv6 + UDP / TCP without options
+        if i % 4 == 0 or i < 8:
+            assert checksums_valid(after), Ether(after).summary()
+        keep = [(0, 18), (20, 58)] + ([(60, 70), (72, 74)] if hdr == 74 else [])
+        assert all(before[a:b] == after[a:b] for a, b in keep)
+        plain, pl = before[hdr:], after[hdr:]
+        if plain:
+            assert open_aead(KEY, pl[-40:-16], pl[:-40], pl[-16:]) == plain
+    dec = run_nf(crypto_nf("decrypt"), enc.output[: len(frames)])
+    assert dec.output == frames
+    # only_dst names IPv4 prefixes: IPv6 then passes untouched
+    sel = run_nf(crypto_nf("encrypt", only_dst=["10.2.0.0/16"]), frames[5:7])
+    assert sel.output == frames[5:7] and sel.summary["nf_stats"]["not_selected"] == 2
