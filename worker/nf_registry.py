@@ -17,6 +17,7 @@ NF_TYPES = {
     "ipforward": "cext.nf_ipforward:IpForwardNF",
     "acl": "cext.nf_acl:AclNF",
     "bpf_lpm": "cext.nf_bpf_lpm:BpfLpmNF",
+    "urlfilter": "cext.nf_urlfilter:UrlFilterNF",
     "encrypt": "cext.nf_crypto:EncryptNF",
     "decrypt": "cext.nf_crypto:DecryptNF",
     "native": None,
