@@ -2,7 +2,7 @@
 and tables load, and they fit the lab (topologies/lab.yaml).
 
 An NF type the chain validator knows but this build's worker registry does not
-(``urlfilter`` and ``nat`` are built on other branches) cannot have its config
+(``nat`` is built on another branch; ``urlfilter`` was, until merged) cannot have its config
 checked here: that chain is reported as an expected failure naming the
 missing types, not skipped silently, and the check runs once the type is
 registered.
