@@ -77,18 +77,22 @@ def test_spec_parses_and_fits_the_lab(path):
         if nf.type in missing:
             continue
         cfg = validate(nf.type, nf.config)
-        if nf.type == "acl":  # the chain's own traffic is allowed by the first matching rule
-            proto = spec.filter.proto
-            dport = spec.filter.dst_ports[0]
-            rule = next(
-                r
-                for r in cfg.rules
-                if (r.proto & r.proto_mask) == (proto & r.proto_mask)
-                and _in(ip(SRC.address), r.src, r.src_len)
-                and _in(ip(SINK.address), r.dst, r.dst_len)
-                and r.dport_lo <= dport <= r.dport_hi
-            )
-            assert rule.allow
+        if nf.type == "acl":  # the chain's traffic, both ways, passes its first matching rule
+            proto, port = spec.filter.proto, spec.filter.dst_ports[0]
+            for src, dst, sport, dport in (
+                (SRC.address, SINK.address, 40000, port),  # request
+                (SINK.address, SRC.address, port, 40000),  # reply (two-way chains)
+            ):
+                rule = next(
+                    r
+                    for r in cfg.rules
+                    if (r.proto & r.proto_mask) == (proto & r.proto_mask)
+                    and _in(ip(src), r.src, r.src_len)
+                    and _in(ip(dst), r.dst, r.dst_len)
+                    and r.sport_lo <= sport <= r.sport_hi
+                    and r.dport_lo <= dport <= r.dport_hi
+                )
+                assert rule.allow, (src, dst, sport, dport)
         if nf.type == "ipforward":  # the sink is routed to the sink's MAC (longest prefix)
             best = max(
                 (r for r in cfg.routes if _in(ip(SINK.address), r[0], r[1])), key=lambda r: r[1]
