@@ -39,7 +39,14 @@ LOG = logging.getLogger("quadrant.instances")
 # and ``native`` import a class named in the config, i.e. run code the
 # controller names: they are for the standalone runtime, not for remote commands.
 AGENT_NF_TYPES = (
-    "empty", "tunnel", "ipforward", "acl", "bpf_lpm", "urlfilter", "encrypt", "decrypt",
+    "empty",
+    "tunnel",
+    "ipforward",
+    "acl",
+    "bpf_lpm",
+    "urlfilter",
+    "encrypt",
+    "decrypt",
 )
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 MAX_BATCH = 1024
