@@ -7,6 +7,7 @@ them and the C compiler inlines them, which is why every module is compiled
 with ``pkg-config --cflags libdpdk``.
 """
 
+from libc.stddef cimport size_t
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 
@@ -123,3 +124,7 @@ cdef extern from "rte_acl.h":
     void rte_acl_free(rte_acl_ctx *ctx)
     int rte_acl_classify(const rte_acl_ctx *ctx, const uint8_t **data, uint32_t *results,
                          uint32_t num, uint32_t categories) nogil
+
+cdef extern from "rte_ip.h":
+    # the 16-bit one's-complement sum of len bytes (folded, not inverted)
+    uint16_t rte_raw_cksum(const void *buf, size_t len) nogil

@@ -29,6 +29,7 @@ DEFAULT_NF_TYPES = (
     "bpf_lpm",
     "urlfilter",
     "encrypt",
+    "decrypt",
     "nat",
     "thirdparty",  # an unmodified program behind a veth (docs/thirdparty.rst)
 )

@@ -31,35 +31,21 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = [sys.executable, "-m", "tools.trafficgen"]
 
 
-def canonical_chains(sink_mac: str) -> list[dict]:
-    """The paper's Chains 1-3, sized for the lab."""
-    return [
-        {
-            "name": "chain1-tunnel-ipforward",
-            "nfs": [
-                {"type": "tunnel", "config": {"vlan": 100}},
-                {"type": "ipforward", "config": {
-                    "routes": [{"prefix": "10.2.0.0/16", "next_hop_mac": sink_mac}]}},
-            ],
-            "filter": {"dst": "10.2.0.0/16"},
-            "slo_us": 1000,
-        },
-        {
-            "name": "chain2-acl-urlfilter-encrypt",
-            "nfs": [{"type": "acl", "config": {}}, {"type": "urlfilter", "config": {}},
-                    {"type": "encrypt", "config": {}}],
-            "filter": {"dst": "10.2.0.0/16", "proto": "tcp", "dst_ports": "8080"},
-            "slo_us": 1000,
-            "priority": 10,
-        },
-        {
-            "name": "chain3-acl-nat",
-            "nfs": [{"type": "acl", "config": {}}, {"type": "nat", "config": {}}],
-            "filter": {"dst": "10.2.0.0/16", "proto": "udp", "dst_ports": "5353"},
-            "slo_us": 1000,
-            "priority": 10,
-        },
-    ]  # fmt: skip
+CHAIN_DIR = ROOT / "examples" / "chains"
+
+
+def canonical_chains(sink_mac: str, chain_dir: Path = CHAIN_DIR) -> list[dict]:
+    """The paper's Chains 1-3 from ``examples/chains/*.json`` (made for topologies/lab.yaml),
+    with ipforward's inline routes pointed at this topology's sink."""
+    specs = []
+    for path in sorted(chain_dir.glob("*.json")):
+        spec = json.loads(path.read_text())
+        for nf in spec["nfs"]:
+            if nf["type"] == "ipforward":
+                for route in nf.get("config", {}).get("routes", []):
+                    route["next_hop_mac"] = sink_mac
+        specs.append(spec)
+    return specs
 
 
 def available_nf_types() -> set[str]:

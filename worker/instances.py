@@ -38,7 +38,17 @@ LOG = logging.getLogger("quadrant.instances")
 # The NF types a controller may ask for: the built-in native NFs.  ``python``
 # and ``native`` import a class named in the config, i.e. run code the
 # controller names: they are for the standalone runtime, not for remote commands.
-AGENT_NF_TYPES = ("empty", "tunnel", "ipforward", "acl", "bpf_lpm", "urlfilter", "thirdparty")
+AGENT_NF_TYPES = (
+    "empty",
+    "tunnel",
+    "ipforward",
+    "acl",
+    "bpf_lpm",
+    "urlfilter",
+    "encrypt",
+    "decrypt",
+    "thirdparty",
+)
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 MAX_BATCH = 1024
 UIDS_PER_INSTANCE = 16  # NF i of an instance runs as uid_base + i; at most 8 NFs

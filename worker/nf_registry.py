@@ -18,6 +18,8 @@ NF_TYPES = {
     "acl": "cext.nf_acl:AclNF",
     "bpf_lpm": "cext.nf_bpf_lpm:BpfLpmNF",
     "urlfilter": "cext.nf_urlfilter:UrlFilterNF",
+    "encrypt": "cext.nf_crypto:EncryptNF",
+    "decrypt": "cext.nf_crypto:DecryptNF",
     "native": None,
     "python": None,
     # an unmodified program in its own network namespace, behind a bridge process at

@@ -28,8 +28,14 @@ is measured once (single_thread) and reported for all four.  Also measured:
 the context-switch cost (two processes on the core, SCHED_FIFO, yielding to
 each other), the copy cost per packet for 64..1500 B, and per canonical
 chain the throughput at the estimated batch size (worker.batching) against
-fixed batches of 32, 128 and 512.  Prints tables; ``--json`` writes them.
-Nothing here asserts a speed.
+fixed batches of 32, 128 and 512.  Last, the paper's canonical chains as
+shipped in ``examples/chains/`` (those whose NFs this build has; plus
+``acl → encrypt``, Chain 2 without its urlfilter, while urlfilter is missing;
+and ``encrypt → decrypt`` for the two crypto NFs' own cost) at 64 and
+1024 B: kpps per core and cycles per packet, coop against single_thread,
+next to the paper's Table 4 per-core figures (``--canonical-only`` runs just
+that part).  Prints tables; ``--json`` writes
+them.  Nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -61,6 +67,15 @@ P = 0.05  # allowed rate loss to switching
 SLO_US = 10_000  # loose: the rate goal decides here (the cap is reported as max_for_slo)
 IDS = ChainIds(47400, 47400)
 BPF = {"type": "bpf_lpm", "config": {"lookups": 200}}
+# the paper's Table 4, kpps per core on its 2.4 GHz testbed
+PAPER_KPPS = {"chain1": 306, "chain2": 116, "chain3": 322}
+PAPER_GHZ = 2.4
+CANONICAL = {  # label -> (spec in examples/chains, traffic its filter takes: proto, dport)
+    "chain1": ("chain1-tunnel-ipforward.json", "udp", 5000),
+    "chain2": ("chain2-acl-urlfilter-encrypt.json", "tcp", 8080),
+    "chain3": ("chain3-acl-nat.json", "udp", 5353),
+    "encrypt": (None, "tcp", 8080),  # encrypt-decrypt: Chain 2's traffic
+}
 
 
 def tsc_hz() -> float:
@@ -352,6 +367,92 @@ def batch_row(
     return row
 
 
+def make_chain_pcap(path: Path, size: int, flows: int, proto: str, dport: int) -> None:
+    """Lab traffic for a canonical chain: 10.1.0.0/16 -> 10.2.0.0/16, ``flows`` 5-tuples;
+    TCP segments carry an HTTP request head (what Chain 2's urlfilter parses)."""
+    from scapy.all import IP, TCP, UDP, Ether, Raw, wrpcap
+
+    pkts = []
+    for i in range(flows):
+        ip = IP(src=f"10.1.{i >> 8 & 255}.{i & 255 or 1}", dst=f"10.2.{i * 7 & 255}.{i & 255 or 1}")
+        l4 = (TCP(sport=20000 + i, dport=dport, flags="PA", seq=1) if proto == "tcp"
+              else UDP(sport=20000 + i, dport=dport))  # fmt: skip
+        hdr = Ether(src="02:00:00:00:0a:01", dst="02:00:00:00:01:01") / ip / l4
+        body = b"GET /index.html HTTP/1.1\r\nHost: sink\r\n\r\n" if proto == "tcp" else b""
+        room = max(0, size - len(hdr))
+        pkts.append(hdr / Raw((body + b"x" * room)[:room]))
+    wrpcap(str(path), pkts)
+
+
+def canonical_chains() -> dict[str, list[dict]]:
+    """The example specs whose NF types this build registers (label -> NF list)."""
+    from tools.demo import canonical_chains as load_examples
+    from worker.nf_registry import NF_TYPES
+
+    specs = {s["name"]: s for s in load_examples("02:00:00:00:0b:01")}
+    out = {}
+    for label, (fname, _, _) in CANONICAL.items():
+        if fname is None:
+            continue
+        nfs = specs[fname.removesuffix(".json")]["nfs"]
+        if all(NF_TYPES.get(nf["type"]) for nf in nfs):
+            out[label] = nfs
+        elif label == "chain2":  # its cost without the URL filter, labelled as such
+            out["chain2-no-urlfilter"] = [nf for nf in nfs if nf["type"] != "urlfilter"]
+    # Chain 2's encrypt with the decrypt of the far side: both NFs' own cost per packet
+    enc = next(nf for nf in specs["chain2-acl-urlfilter-encrypt"]["nfs"] if nf["type"] == "encrypt")
+    key = {"key_file": enc["config"]["key_file"]}
+    out["encrypt-decrypt"] = [enc, {"type": "decrypt", "config": key}]
+    return out
+
+
+def canonical_rows(runner: Runner, work: Path, hz: float, rounds: int, batch: int) -> dict:
+    rows: dict = {}
+    for label, nfs in canonical_chains().items():
+        _, proto, dport = CANONICAL[label.split("-")[0]]
+        for size in SIZES:
+            pcap = work / f"{label}-{size}.pcap"
+            make_chain_pcap(pcap, size, 1024, proto, dport)
+            variants = ["coop", "single_thread"] if len(nfs) > 1 else ["single_thread"]
+            r = runner.interleaved(variants, nfs, pcap, rounds, batch)
+            kpps = r[variants[0]]["kpps"]
+            rows.setdefault(label, {})[str(size)] = {
+                "nfs": [nf["type"] for nf in nfs],
+                "kpps": round(kpps, 1),
+                "cycles_per_pkt": round(hz / (kpps * 1e3)) if kpps else None,
+                "single_thread_kpps": round(r["single_thread"]["kpps"], 1),
+                "nf_cycles": [round(c, 1) for c in r[variants[0]]["nf_cycles"]],
+            }
+        paper = PAPER_KPPS.get(label)
+        if paper:
+            rows[label]["paper_kpps"] = paper
+            rows[label]["paper_cycles_per_pkt"] = round(PAPER_GHZ * 1e9 / (paper * 1e3))
+    return rows
+
+
+def report_canonical(rows: dict) -> None:
+    print("\ncanonical chains (examples/chains), coop, kpps per core and cycles/packet")
+    print(
+        f"{'chain':<22}{'size':>6}{'kpps':>9}{'cyc/pkt':>9}{'single':>9}"
+        f"{'paper kpps':>12}{'paper cyc':>11}  NF cycles/pkt"
+    )
+    for label, by_size in rows.items():
+        for size in SIZES:
+            e = by_size[str(size)]
+            if "paper_kpps" in by_size:
+                paper = f"{by_size['paper_kpps']:>12}{by_size['paper_cycles_per_pkt']:>11}"
+            else:
+                paper = f"{'-':>12}{'-':>11}"
+            cyc = f"{e['cycles_per_pkt']:>9}" if e["cycles_per_pkt"] else f"{'-':>9}"
+            per_nf = " + ".join(
+                f"{t} {c:.0f}" for t, c in zip(e["nfs"], e["nf_cycles"], strict=True)
+            )
+            print(
+                f"{label:<22}{size:>6}{e['kpps']:>9.1f}{cyc}"
+                f"{e['single_thread_kpps']:>9.1f}{paper}  {per_nf}"
+            )
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short windows (under 3 minutes)")
@@ -361,6 +462,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=32, help="batch size of the main table")
     ap.add_argument("--thirdparty-only", action="store_true",
                     help="only the third-party hop against a native one (short)")  # fmt: skip
+    ap.add_argument(
+        "--canonical-only", action="store_true", help="only the canonical chains' section"
+    )
     opts = ap.parse_args(argv)
     # windows of a second or more: RT throttling / the fair server take up to 50 ms of
     # every 1 s period from SCHED_FIFO tasks, a shorter window catches it or not
@@ -377,14 +481,21 @@ def main(argv=None) -> int:
         "kpps": {},
         "nf_cycles": {},
     }
-    if opts.thirdparty_only:
-        runner = Runner(opts.core, work, window, warmup, rounds)
+    runner = Runner(opts.core, work, window, warmup, rounds)
+    if opts.thirdparty_only or opts.canonical_only:
         try:
-            res["thirdparty_hop"] = thirdparty_hop(runner, work, hz, opts.batch)
+            if opts.thirdparty_only:
+                res["thirdparty_hop"] = thirdparty_hop(runner, work, hz, opts.batch)
+            if opts.canonical_only:
+                res["canonical"] = canonical_rows(runner, work, hz, rounds, opts.batch)
         finally:
             runner.close()
         res["elapsed_s"] = round(time.monotonic() - t_start, 1)
-        report_thirdparty(res)
+        print(f"TSC {hz / 1e9:.2f} GHz; window {window} s; {rounds} round(s)")
+        if opts.thirdparty_only:
+            report_thirdparty(res)
+        if opts.canonical_only:
+            report_canonical(res["canonical"])
         if opts.json:
             Path(opts.json).write_text(json.dumps(res, indent=2) + "\n")
         return 0
@@ -392,7 +503,6 @@ def main(argv=None) -> int:
         statistics.median(ctx_switch_cycles(opts.core) for _ in range(5)), 1
     )
     res["copy_cycles"] = copy_costs(Path("/dev/shm"), opts.core)
-    runner = Runner(opts.core, work, window, warmup, rounds)
     lengths = range(1, opts.max_len + 1)
     try:
         for size in SIZES:
@@ -430,6 +540,7 @@ def main(argv=None) -> int:
                 runner, [BPF] * n, pcap, hz, res["ctx_switch_cycles"], s
             )
         res["thirdparty_hop"] = thirdparty_hop(runner, work, hz, opts.batch)
+        res["canonical"] = canonical_rows(runner, work, hz, rounds, opts.batch)
     finally:
         runner.close()
     res["elapsed_s"] = round(time.monotonic() - t_start, 1)
@@ -490,6 +601,8 @@ def report(res: dict, lengths) -> None:
                 f"with microbench C: batch {row['microbench_C_batch']} "
                 f"{row[str(row['microbench_C_batch'])]}"
             )
+    if res.get("canonical"):
+        report_canonical(res["canonical"])
     print(f"\nelapsed {res['elapsed_s']} s")
 
 
