@@ -79,3 +79,6 @@ def controller(lab):
         yield ctl
     finally:
         ctl.stop()
+
+
+from tests.redis_fixture import redis_server  # noqa: E402,F401  (a fixture for every test)
