@@ -17,6 +17,7 @@ NF_TYPES = {
     "ipforward": "cext.nf_ipforward:IpForwardNF",
     "acl": "cext.nf_acl:AclNF",
     "bpf_lpm": "cext.nf_bpf_lpm:BpfLpmNF",
+    "nat": "cext.nf_nat:NatNF",  # stateful: needs a state: section (docs/state.rst)
     "native": None,
     "python": None,
 }
