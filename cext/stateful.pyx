@@ -27,7 +27,7 @@ agent only creates the NF's ACL user and hands it the credentials.
 """
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from cext.dpdk cimport (
@@ -48,7 +48,8 @@ from cext.runtime cimport (
     qd_stats_end,
 )
 from cext.state cimport (
-    QD_STATE_BATCH,
+    QD_STATE_MAX_DIRTY,
+    QD_STATE_VAL_MAX,
     StatefulNF,
     qd_entry,
     qd_key,
@@ -63,8 +64,34 @@ from cext.state cimport (
     rte_hash_add_key,
 )
 
+cdef extern from "src/qd_resp.h":
+    cdef int QD_RESP_ERR
+
+    cdef struct qd_resp:
+        int fd
+        uint8_t prefix[80]
+        uint32_t prefix_len
+        uint8_t *buf
+        uint32_t cap, len
+        uint64_t head, tail
+        int line_start
+        int failed
+        char error[201]
+        uint64_t bytes_sent, keys_written
+
+    uint32_t qd_resp_item_max(const qd_resp *r, uint32_t vmax) nogil
+    void qd_resp_cmd(qd_resp *r, uint32_t nargs, const char *name) nogil
+    void qd_resp_key(qd_resp *r, const uint8_t *key16) nogil
+    void qd_resp_bulk(qd_resp *r, const void *p, uint32_t n) nogil
+    int qd_resp_end_group(qd_resp *r, uint8_t replies) nogil
+    int qd_resp_flush(qd_resp *r) nogil
+    int64_t qd_resp_poll(qd_resp *r) nogil
+
+
 cdef enum:
     LAT_SLOTS = 65536   # ring of release latencies (cycles) of held packets
+    # free cache entries kept before a batch: its keys (256) and its changes (1024) fit
+    EVICT_MARGIN = 2048
 
 LAT_RING = LAT_SLOTS
 
@@ -82,6 +109,7 @@ cdef class StatefulRuntime(Runtime):
     cdef qd_state *s
     cdef object store
     cdef int has_store
+    cdef qd_resp *resp
     cdef object _hash_name
     cdef uint32_t max_held, held_head, held_count
     cdef rte_mbuf **held_m
@@ -101,8 +129,8 @@ cdef class StatefulRuntime(Runtime):
         super().__init__(nf, rx_port, tx_port, stats_buffer, burst=burst, core=core)
         if max_held < burst:
             raise ValueError(f"state.max_held: must be at least the batch ({burst}): {max_held}")
-        if cache_entries < 4 * QD_STATE_BATCH:
-            raise ValueError(f"state.cache_entries: must be at least {4 * QD_STATE_BATCH}")
+        if cache_entries < 4 * EVICT_MARGIN:
+            raise ValueError(f"state.cache_entries: must be at least {4 * EVICT_MARGIN}")
         self.snf = nf
         self.store = store
         self.has_store = store is not None
@@ -133,7 +161,25 @@ cdef class StatefulRuntime(Runtime):
         self.s.capacity = cache_entries
         nf.state = self.s
         if store is not None:
+            self._open_resp(store)
             nf.restore(store.fetch_many)
+
+    def _open_resp(self, store):
+        cdef bytes prefix = store.prefix
+        if len(prefix) > 80:
+            raise ValueError(f"state.prefix: at most 79 characters, got {len(prefix) - 1}")
+        self.resp = <qd_resp *>PyMem_Malloc(sizeof(qd_resp))
+        if self.resp == NULL:
+            raise MemoryError()
+        memset(self.resp, 0, sizeof(qd_resp))
+        self.resp.fd = store.wsock.fileno()
+        memcpy(self.resp.prefix, <char *>prefix, len(prefix))
+        self.resp.prefix_len = len(prefix)
+        self.resp.line_start = 1
+        self.resp.cap = QD_STATE_MAX_DIRTY * qd_resp_item_max(self.resp, QD_STATE_VAL_MAX) + 4096
+        self.resp.buf = <uint8_t *>PyMem_Malloc(self.resp.cap)
+        if self.resp.buf == NULL:
+            raise MemoryError()
 
     def __dealloc__(self):
         if self.snf is not None:
@@ -142,6 +188,9 @@ cdef class StatefulRuntime(Runtime):
             # packets still held at teardown: never acknowledged, never sent
             for i in range(self.held_count):
                 rte_pktmbuf_free_bulk(&self.held_m[(self.held_head + i) % self.max_held], 1)
+        if self.resp != NULL:
+            PyMem_Free(self.resp.buf)
+            PyMem_Free(self.resp)
         if self.s != NULL:
             if self.s.h != NULL:
                 rte_hash_free(self.s.h)
@@ -178,29 +227,52 @@ cdef class StatefulRuntime(Runtime):
         except BaseException as exc:
             return self._fail(exc)
 
-    cdef int _send(self) noexcept with gil:
+    cdef int _send(self) noexcept nogil:
+        """The batch's changes as one write group (MSET + DEL), sent, not waited for."""
         cdef qd_state *s = self.s
+        cdef qd_resp *r = self.resp
         cdef qd_entry *e
-        cdef uint32_t j
-        try:
-            sets, dels = [], []
+        cdef uint32_t j, nset = 0, ndel = 0
+        cdef uint8_t replies = 0
+        for j in range(s.ndirty):
+            if s.entries[s.dirty[j]].present:
+                nset += 1
+            else:
+                ndel += 1
+        if nset:
+            qd_resp_cmd(r, 1 + 2 * nset, "MSET")
             for j in range(s.ndirty):
                 e = &s.entries[s.dirty[j]]
-                k = (<char *>&e.key)[:sizeof(qd_key)]
                 if e.present:
-                    sets.append((k, (<char *>e.val.data)[:e.val.len]))
-                else:
-                    dels.append(k)
-            self.store.send(sets, dels)
-            return 0
-        except BaseException as exc:
-            return self._fail(exc)
+                    qd_resp_key(r, <uint8_t *>&e.key)
+                    qd_resp_bulk(r, e.val.data, e.val.len)
+            replies += 1
+        if ndel:
+            qd_resp_cmd(r, 1 + ndel, "DEL")
+            for j in range(s.ndirty):
+                e = &s.entries[s.dirty[j]]
+                if not e.present:
+                    qd_resp_key(r, <uint8_t *>&e.key)
+            replies += 1
+        r.keys_written += nset + ndel
+        if qd_resp_end_group(r, replies) or qd_resp_flush(r):
+            return self._resp_failed()
+        return 0
 
-    cdef int _poll(self) noexcept with gil:
+    cdef int _poll(self) noexcept nogil:
+        cdef int64_t done = qd_resp_poll(self.resp)
+        if done < 0:
+            return self._resp_failed()
+        self.s.acked += <uint64_t>done
+        return 0
+
+    cdef int _resp_failed(self) noexcept with gil:
+        from worker.state_store import StateStoreError
+
+        msg = (<char *>self.resp.error).decode(errors="replace") or "too many groups in flight"
         try:
-            self.s.acked += self.store.poll()
-            return 0
-        except BaseException as exc:
+            raise StateStoreError(f"state store: write refused or failed: {msg}")
+        except StateStoreError as exc:
             return self._fail(exc)
 
     cdef int _fail(self, exc) except? -1:
@@ -302,7 +374,7 @@ cdef class StatefulRuntime(Runtime):
                 p.port = m.port
                 rx_bytes += m.pkt_len
             # keys: cache lookups, misses fetched in one round trip
-            if <uint32_t>rte_hash_count(s.h) + 8 * QD_STATE_BATCH > s.capacity:
+            if <uint32_t>rte_hash_count(s.h) + EVICT_MARGIN > s.capacity:
                 self._evict()
             s.gen += 1
             s.count = n
@@ -384,7 +456,12 @@ cdef class StatefulRuntime(Runtime):
                         if s.acked < s.issued:
                             h = (self.held_head + self.held_count) % self.max_held
                             self.held_m[h] = m
-                            self.held_seq[h] = s.issued
+                            # its own write group, or its key's last one (FIFO release:
+                            # it may still wait behind an older packet of a newer group)
+                            if v == QD_HOLD or s.changed[i] or pos < 0:
+                                self.held_seq[h] = s.issued
+                            else:
+                                self.held_seq[h] = s.entries[pos].pending
                             self.held_tsc[h] = t0
                             self.held_count += 1
                             held += 1
@@ -452,10 +529,7 @@ cdef class StatefulRuntime(Runtime):
         end = time.monotonic() + timeout
         while self.held_count:
             if self.has_store and self.s.acked < self.s.issued:
-                try:
-                    self.s.acked += self.store.poll()
-                except Exception as exc:  # noqa: BLE001 - reported, held packets dropped
-                    self._fail(exc)
+                if self._poll():
                     break
             if not self._release(rte_rdtsc()):
                 if time.monotonic() > end:
@@ -483,4 +557,6 @@ cdef class StatefulRuntime(Runtime):
             "held_now": self.held_count, "held_dropped": self.held_dropped,
             "max_held": self.max_held, "max_held_seen": self.max_held_seen,
             "stalls": self.stalls, "evictions": self.evictions,
+            "keys_written": self.resp.keys_written if self.resp != NULL else 0,
+            "bytes_sent": self.resp.bytes_sent if self.resp != NULL else 0,
         }

@@ -275,7 +275,7 @@ def parse_state(value, batch: int, pool_size: int, base_dir: Path | None = None)
     max_held = _int(
         m.get("max_held", min(4096, pool_size // 2)), "state.max_held", batch, pool_size // 2
     )
-    entries = _int(m.get("cache_entries", 65536), "state.cache_entries", 1024, 1 << 24)
+    entries = _int(m.get("cache_entries", 65536), "state.cache_entries", 8192, 1 << 24)
     drain = m.get("drain_s", 1.0)
     drain = 0.0 if drain == 0 else _number(drain, "state.drain_s", 0)
     return StateSpec(store, host, port, user, password, prefix, max_held, entries, drain)

@@ -1,29 +1,28 @@
-"""The NF runtime's connection to Redis: one MGET per batch, pipelined writes, async acks.
+"""The NF runtime's two connections to Redis, authenticated as the NF's own ACL user.
 
-:class:`RedisStore` is what ``cext.stateful.StatefulRuntime`` calls, from
-Python, at most once per batch for each of:
-
-* :meth:`fetch`: the keys a batch needs that the local cache lacks, as ONE
-  ``MGET`` (one round trip; blocking: the NF cannot run without its state);
-* :meth:`send`: the keys a batch changed, as one write group (``MSET`` of the
-  set keys and ``DEL`` of the removed ones) written to a second connection
-  without waiting for the replies;
-* :meth:`poll`: replies read so far on the write connection, without
-  blocking (``recv(MSG_DONTWAIT)``): returns how many write groups Redis
-  acknowledged since the last call.  Replies come back in order, so the
-  runtime releases held packets in order.
+* the *read* connection (redis-py): :meth:`RedisStore.fetch`, called by
+  ``cext.stateful.StatefulRuntime`` from Python once per batch that has
+  misses, asks for all of them in ONE ``MGET`` (one round trip; blocking: the
+  NF cannot run without its state); :meth:`fetch_many` for the NF's
+  ``restore`` at start;
+* the *write* connection (a plain socket, :attr:`wsock`): after ``AUTH`` here
+  the runtime drives it from C without the GIL (``cext/src/qd_resp.h``): one
+  write group per batch with changes (``MSET`` of the set keys, ``DEL`` of
+  the removed ones), sent without waiting, replies read with
+  ``recv(MSG_DONTWAIT)`` at the next loop turns.  Replies come back in
+  order, so held packets are released in order.
 
 A key in Redis is ``<prefix>:<32 hex digits of the 16-byte qd_key>``; the
 prefix is the NF instance's own, and its ACL user may touch nothing else
-(worker/redis_server.py).  Any error reply (no permission, out of memory, a
-read-only replica) raises :class:`StateStoreError`: the runtime stops rather
-than release packets whose state is not stored (docs/state.rst).
+(worker/redis_server.py).  Any error (an error reply: no permission, out of
+memory, a read-only replica; a closed connection) is a
+:class:`StateStoreError`: the runtime stops rather than release packets
+whose state is not stored (docs/state.rst).
 """
 
 from __future__ import annotations
 
 import socket
-from collections import deque
 
 FETCH_CHUNK = 4096
 
@@ -56,15 +55,11 @@ class RedisStore:
         reply = self._read_line_blocking()
         if reply != b"+OK":
             raise StateStoreError(f"state store: AUTH as {user!r} refused: {reply.decode()}")
-        # Blocking mode from here: sendall blocks while the kernel buffer is full, and
-        # recv(MSG_DONTWAIT) returns at once (with a timeout set, Python would poll first).
+        # Blocking mode from here: send blocks while the kernel buffer is full, and
+        # recv(MSG_DONTWAIT) returns at once (the runtime's C code uses the descriptor).
         self.wsock.settimeout(None)
-        self.groups: deque[int] = deque()  # replies each outstanding write group waits for
-        self.partial = 0  # replies received towards the oldest group
-        self.buf = b""
         self.round_trips = 0
         self.keys_fetched = 0
-        self.keys_written = 0
 
     def _read_line_blocking(self) -> bytes:
         data = b""
@@ -97,53 +92,6 @@ class RedisStore:
             out.extend(part)
         self.round_trips += 1
         return out
-
-    def send(self, sets: list[tuple[bytes, bytes]], dels: list[bytes]) -> None:
-        """One write group; :meth:`poll` counts it acknowledged when all its replies are in."""
-        cmds, replies = [], 0
-        if sets:
-            args = [b"MSET"]
-            for k, v in sets:
-                args += (self.name(k), v)
-            cmds.append(_resp(*args))
-            replies += 1
-        if dels:
-            cmds.append(_resp(b"DEL", *[self.name(k) for k in dels]))
-            replies += 1
-        if not replies:
-            replies = 1
-            cmds.append(_resp(b"PING"))
-        self.keys_written += len(sets) + len(dels)
-        try:
-            self.wsock.sendall(b"".join(cmds))
-        except OSError as exc:
-            raise StateStoreError(f"state store: write failed: {exc}") from exc
-        self.groups.append(replies)
-
-    def poll(self) -> int:
-        """Write groups acknowledged since the last call (never blocks)."""
-        try:
-            data = self.wsock.recv(65536, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return 0
-        except OSError as exc:
-            raise StateStoreError(f"state store: reading acks failed: {exc}") from exc
-        if not data:
-            raise StateStoreError("state store: connection closed with writes outstanding")
-        data = self.buf + data
-        lines = data.split(b"\r\n")
-        self.buf = lines.pop()  # an incomplete last line, or b""
-        done = 0
-        for line in lines:
-            if line[:1] == b"-":
-                raise StateStoreError(f"state store: write refused: {line[1:].decode()}")
-            # MSET replies +OK, DEL :<n>, PING +PONG: one line each
-            self.partial += 1
-            if self.partial == self.groups[0]:
-                self.groups.popleft()
-                self.partial = 0
-                done += 1
-        return done
 
     def close(self) -> None:
         self.reader.close()

@@ -134,3 +134,12 @@ def test_missing_state_section_is_a_config_error(tmp_path):
     cfg = nf_config(tmp_path, "stnostate", FLOWTAG, "net_null0", None, max_packets=1)
     r = run_config(tmp_path, cfg)
     assert r.returncode == 2 and "state: missing" in r.stderr
+
+
+def test_write_refused_stops_the_runtime_nothing_released(run_stateful, nf_user, redis_server):
+    state = nf_user("tag7-h")
+    # the NF's user may read but no longer write: the first write group is refused
+    redis_server.client().execute_command("ACL", "SETUSER", state["user"], "-mset")
+    r = run_stateful(FLOWTAG, flow_packets(6, 2), state, expect_rc=4)
+    assert "write refused" in r.stderr and "no permissions" in r.stderr
+    assert r.output == []  # every packet of those flows waited for the write
