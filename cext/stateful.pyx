@@ -285,17 +285,24 @@ cdef class StatefulRuntime(Runtime):
     # -- data core -----------------------------------------------------------------------
 
     cdef void _evict(self) noexcept nogil:
-        """Drop every clean entry (no unacknowledged write) when the cache nears full."""
+        """Make room when the cache nears full: drop clean *absent* entries (keys Redis
+        has no value for: deleted NAT ports, flows without state) first, and only if
+        that frees too little every clean entry.  Entries with unacknowledged writes
+        stay; what is dropped is fetched again on its next packet."""
         cdef qd_state *s = self.s
         cdef uint32_t p
+        cdef int present
         cdef qd_entry *e
-        for p in range(s.capacity):
-            e = &s.entries[p]
-            if e.pending > s.acked or e.loading:
-                continue
-            if rte_hash_lookup(s.h, &e.key) == <int32_t>p:
-                rte_hash_del_key(s.h, &e.key)
-                self.evictions += 1
+        for present in range(2):
+            if present and <uint32_t>rte_hash_count(s.h) + 2 * EVICT_MARGIN <= s.capacity:
+                return
+            for p in range(s.capacity):
+                e = &s.entries[p]
+                if e.pending > s.acked or e.loading or e.present != present:
+                    continue
+                if rte_hash_lookup(s.h, &e.key) == <int32_t>p:
+                    rte_hash_del_key(s.h, &e.key)
+                    self.evictions += 1
 
     cdef uint16_t _release(self, uint64_t now) noexcept nogil:
         """Send held packets whose writes are acknowledged, oldest first; returns how many."""

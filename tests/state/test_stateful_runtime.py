@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from cext.state import key_bytes
-from scapy.all import Ether
+from scapy.all import Ether, raw
 
 from tests.dataplane.packets import non_ip, udp
 
@@ -21,9 +21,19 @@ def tag_of(frame: bytes) -> int:
     return int.from_bytes(frame[8:12], "big")
 
 
-def flow_packets(nflows: int, per_flow: int, base_port=2000):
-    """``per_flow`` rounds over ``nflows`` UDP flows, interleaved."""
-    return [udp(sport=base_port + f, dport=53) for _ in range(per_flow) for f in range(nflows)]
+_TEMPLATE = bytearray(raw(udp(sport=0, dport=53)))
+_TEMPLATE[40:42] = b"\0\0"  # no UDP checksum: the source port can be patched in
+
+
+def flow_packets(nflows: int, per_flow: int, base_port=2000) -> list[bytes]:
+    """``per_flow`` rounds over ``nflows`` UDP flows (10.1.0.1 -> 10.2.0.1:53), interleaved."""
+    out = []
+    for _ in range(per_flow):
+        for f in range(nflows):
+            frame = bytearray(_TEMPLATE)
+            frame[34:36] = (base_port + f).to_bytes(2, "big")
+            out.append(bytes(frame))
+    return out
 
 
 def tags_by_sport(frames) -> dict[int, set[int]]:
@@ -143,3 +153,15 @@ def test_write_refused_stops_the_runtime_nothing_released(run_stateful, nf_user,
     r = run_stateful(FLOWTAG, flow_packets(6, 2), state, expect_rc=4)
     assert "write refused" in r.stderr and "no permissions" in r.stderr
     assert r.output == []  # every packet of those flows waited for the write
+
+
+def test_cache_eviction_refetches_from_redis(run_stateful, nf_user):
+    # 7000 flows in a cache of 8192 entries: it evicts clean entries as it nears full;
+    # flows seen again keep their numbers (fetched again from Redis)
+    pkts = flow_packets(7000, 1, base_port=1000) + flow_packets(300, 1, base_port=1000)
+    r = run_stateful(FLOWTAG, pkts, nf_user("tag8-i", cache_entries=8192), batch=64)
+    s = r.summary["state"]
+    assert s["evictions"] > 0 and s["fetched"] > 7000 and s["updates"] == 7000
+    tags = tags_by_sport(r.output)
+    assert all(tags[1000 + f] == {100 + f} for f in range(300))
+    assert len(r.output) == 7300

@@ -6,11 +6,12 @@ One data core runs ``quadrant-nf`` with the ``nat`` NF (alone: the chain
 path for NF2..n has no state support yet, so ``acl -> nat`` is not measured);
 a real ``redis-server`` (AOF on, ``appendfsync`` as in the row) runs pinned
 to the other core.  Source: ``net_pcap`` with ``infinite_rx=1`` (saturated)
-over a pcap of outbound TCP connections, each ``K`` packets long (SYN,
-``K - 2`` ACKs with data, RST), all interleaved: every K-th packet opens a
-connection (two keys written, the packet held until Redis acknowledged) and
-every K-th ends one (two keys deleted, held likewise), so the new-connection
-rate is the packet rate / K.  Sink: ``net_null``.
+over a pcap of outbound traffic: UDP over 2000 long-lived flows (mapped in
+the first pass, then no state change) and ``N`` short TCP connections per
+1000 frames (SYN, an ACK 96 frames later, RST 96 frames after that): each
+SYN writes two keys and each RST deletes two, and those packets, and the
+connection's packets until the write is acknowledged, are held.  New
+connections per second = packet rate x N / 1000.  Sink: ``net_null``.
 
 Rows, interleaved per round so they see the same machine noise:
 
@@ -48,27 +49,41 @@ REPO = Path(__file__).resolve().parents[2]
 MEMORY_MB = 256
 MBUFS = 16383
 PCAP_PACKETS = 6000  # infinite_rx keeps the whole pcap in mbufs of the port's mempool
+UDP_FLOWS = 2000
+GAP = 96  # frames between a connection's SYN, ACK and RST
 EXTERNAL = "203.0.113.1"
 STORES = ("local", "redis-everysec", "redis-always")
 
 
-def make_pcap(path: Path, per_conn: int) -> int:
-    """Connections of ``per_conn`` packets, interleaved; returns how many connections."""
-    from scapy.all import IP, TCP, Ether, Raw, wrpcap
+def make_pcap(path: Path, new_per_1000: int) -> int:
+    """PCAP_PACKETS frames: UDP over UDP_FLOWS long-lived flows, and ``new_per_1000``
+    short TCP connections per 1000 frames (SYN, ACK ``GAP`` frames later, RST
+    ``GAP`` after that), spread evenly.  Returns the number of TCP connections."""
+    from scapy.all import IP, TCP, UDP, Ether, Raw, wrpcap
 
-    n = max(1, PCAP_PACKETS // per_conn)
-    pkts = []
-    for j in range(per_conn):
-        flags = "S" if j == 0 else ("R" if j == per_conn - 1 else "A")
-        for c in range(n):
-            hdr = (
-                Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
-                / IP(src=f"10.1.{c >> 8 & 255}.{c & 255 or 1}", dst="198.51.100.1")
-                / TCP(sport=10000 + c, dport=80, flags=flags)
-            )
-            pkts.append(hdr / Raw(b"\x00" * max(0, 64 - len(hdr))))
-    wrpcap(str(path), pkts)
-    return n
+    def frame(l3, l4):
+        hdr = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / l3 / l4
+        return hdr / Raw(b"\x00" * max(0, 64 - len(hdr)))
+
+    n_tcp = PCAP_PACKETS * new_per_1000 // 1000
+    slots: list = [None] * PCAP_PACKETS
+    step = PCAP_PACKETS / max(1, n_tcp)
+    for c in range(n_tcp):
+        ip = IP(src=f"10.1.{200 + (c >> 8 & 31)}.{c & 255}", dst="198.51.100.1")
+        for j, flags in enumerate(("S", "A", "R")):
+            p = (int(c * step) + j * GAP) % PCAP_PACKETS
+            while slots[p] is not None:
+                p = (p + 1) % PCAP_PACKETS
+            slots[p] = frame(ip, TCP(sport=10000 + c, dport=80, flags=flags))
+    u = 0
+    for p in range(PCAP_PACKETS):
+        if slots[p] is None:
+            f = u % UDP_FLOWS
+            ip = IP(src=f"10.1.{f >> 8}.{f & 255}", dst="198.51.100.2")
+            slots[p] = frame(ip, UDP(sport=20000 + f, dport=53))
+            u += 1
+    wrpcap(str(path), slots)
+    return n_tcp
 
 
 def nat_config() -> dict:
@@ -123,6 +138,8 @@ def run_nat(pcap: Path, core: int, seconds: float, state: dict, workdir: Path) -
         "held_p50_us": st["held_p50_us"],
         "held_p99_us": st["held_p99_us"],
         "stalls": st["stalls"],
+        "keys_fetched": st["fetched"],
+        "evictions": st["evictions"],
         "held_dropped": st["held_dropped"],
         "pool_exhausted": nf["pool_exhausted"],
         "batches": c["batches"],
@@ -137,14 +154,14 @@ def main(argv=None) -> int:
     ap.add_argument("--core", type=int, help="data core (default: the last allowed CPU)")
     ap.add_argument("--seconds", type=float, help="measurement per run")
     ap.add_argument("--rounds", type=int, help="interleaved repetitions")
-    ap.add_argument("--per-conn", help="packets per connection, comma-separated (K)")
+    ap.add_argument("--new", help="new connections per 1000 packets, comma-separated (N)")
     opts = ap.parse_args(argv)
     cpus = sorted(os.sched_getaffinity(0))
     core = opts.core if opts.core is not None else cpus[-1]
     redis_core = next((c for c in cpus if c != core), core)
     seconds = opts.seconds or (4.0 if opts.quick else 8.0)
     rounds = opts.rounds or (1 if opts.quick else 3)
-    per_conn = [int(k) for k in (opts.per_conn or ("20" if opts.quick else "100,20,4")).split(",")]
+    news = [int(k) for k in (opts.new or ("10" if opts.quick else "1,10,50")).split(",")]
 
     results: dict[int, dict[str, list[dict]]] = {}
     with tempfile.TemporaryDirectory(prefix="st-bench-") as tmp:
@@ -156,8 +173,8 @@ def main(argv=None) -> int:
         try:
             for srv in servers.values():
                 srv.start()
-            for k in per_conn:
-                pcap = workdir / f"conn{k}.pcap"
+            for k in news:
+                pcap = workdir / f"new{k}.pcap"
                 make_pcap(pcap, k)
                 runs: dict[str, list[dict]] = {s: [] for s in STORES}
                 for r in range(rounds):
@@ -179,7 +196,7 @@ def main(argv=None) -> int:
         "seconds": seconds,
         "rounds": rounds,
         "machine": "shared (other sessions' jobs run on the same 2 cores)",
-        "by_per_conn": {},
+        "by_new_per_1000": {},
     }
     for k, runs in results.items():
         local = statistics.median(r["mpps"] for r in runs["local"])
@@ -189,17 +206,17 @@ def main(argv=None) -> int:
             med["vs_local"] = med["mpps"] / local if local else None
             med["rounds_mpps"] = [r["mpps"] for r in rs]
             entry[store] = med
-        out["by_per_conn"][str(k)] = entry
+        out["by_new_per_1000"][str(k)] = entry
 
     print(
         f"state: nat on core {core}, redis-server on core {redis_core}, "
         f"{rounds} round(s) x {seconds:g} s, medians over rounds (machine shared)"
     )
     print(
-        f"{'store':<16}{'K':>5}{'Mpps':>8}{'vs local':>10}{'new conn/s':>12}"
+        f"{'store':<16}{'N':>5}{'Mpps':>8}{'vs local':>10}{'new conn/s':>12}"
         f"{'MGET/batch':>12}{'writes/batch':>14}{'held p50 us':>13}{'held p99 us':>13}"
     )
-    for k, entry in out["by_per_conn"].items():
+    for k, entry in out["by_new_per_1000"].items():
         for store, e in entry.items():
             print(
                 f"{store:<16}{k:>5}{e['mpps']:>8.3f}{e['vs_local']:>10.2f}"
