@@ -121,6 +121,7 @@ cdef class StatefulRuntime(Runtime):
     # counters
     cdef uint64_t fetch_round_trips, fetch_batches, write_groups, held_total, released
     cdef uint64_t held_dropped, stalls, evictions, max_held_seen
+    cdef uint64_t evict_acked
     cdef public object error
 
     def __init__(self, StatefulNF nf, int rx_port, int tx_port, stats_buffer, store=None,
@@ -136,6 +137,7 @@ cdef class StatefulRuntime(Runtime):
         self.has_store = store is not None
         self.error = None
         self.max_held = max_held
+        self.evict_acked = <uint64_t>-1
         self.s = <qd_state *>PyMem_Malloc(sizeof(qd_state))
         self.held_m = <rte_mbuf **>PyMem_Malloc(max_held * sizeof(rte_mbuf *))
         self.held_seq = <uint64_t *>PyMem_Malloc(max_held * sizeof(uint64_t))
@@ -284,25 +286,27 @@ cdef class StatefulRuntime(Runtime):
 
     # -- data core -----------------------------------------------------------------------
 
-    cdef void _evict(self) noexcept nogil:
+    cdef uint32_t _evict(self) noexcept nogil:
         """Make room when the cache nears full: drop clean *absent* entries (keys Redis
         has no value for: deleted NAT ports, flows without state) first, and only if
         that frees too little every clean entry.  Entries with unacknowledged writes
         stay; what is dropped is fetched again on its next packet."""
         cdef qd_state *s = self.s
-        cdef uint32_t p
+        cdef uint32_t p, freed = 0
         cdef int present
         cdef qd_entry *e
         for present in range(2):
             if present and <uint32_t>rte_hash_count(s.h) + 2 * EVICT_MARGIN <= s.capacity:
-                return
+                break
             for p in range(s.capacity):
                 e = &s.entries[p]
                 if e.pending > s.acked or e.loading or e.present != present:
                     continue
                 if rte_hash_lookup(s.h, &e.key) == <int32_t>p:
                     rte_hash_del_key(s.h, &e.key)
-                    self.evictions += 1
+                    freed += 1
+        self.evictions += freed
+        return freed
 
     cdef uint16_t _release(self, uint64_t now) noexcept nogil:
         """Send held packets whose writes are acknowledged, oldest first; returns how many."""
@@ -381,8 +385,11 @@ cdef class StatefulRuntime(Runtime):
                 p.port = m.port
                 rx_bytes += m.pkt_len
             # keys: cache lookups, misses fetched in one round trip
-            if <uint32_t>rte_hash_count(s.h) + EVICT_MARGIN > s.capacity:
-                self._evict()
+            if (<uint32_t>rte_hash_count(s.h) + EVICT_MARGIN > s.capacity
+                    and s.acked != self.evict_acked):
+                # an eviction that freed little is not retried until acks made
+                # more entries clean (else every batch would scan the whole cache)
+                self.evict_acked = s.acked if self._evict() < EVICT_MARGIN else <uint64_t>-1
             s.gen += 1
             s.count = n
             s.ndirty = 0
