@@ -16,7 +16,7 @@ import os
 
 from cext.nf cimport NativeNF, qd_batch, qd_pkt
 from cext.runtime cimport QD_MAX_BURST
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, uintptr_t
 from libc.string cimport memset
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
 
@@ -29,6 +29,8 @@ cdef extern from "src/qs_chainrt.h" nogil:
     uint32_t QS_SLOT_DATA
     uint32_t QS_MAX_RINGS
     uint32_t QS_MAX_NFS
+    uint32_t QS_HIST_BUCKETS
+    uint32_t QS_CB_VERSION
     uint32_t QS_MAX_BATCH
     uint32_t QS_NF_MAX_COUNT
     uint32_t QS_CTL_PARK
@@ -62,6 +64,7 @@ cdef extern from "src/qs_chainrt.h" nogil:
         uint32_t futex
         uint32_t yield_after_batch
         qs_nfctl nf[8]
+        uint64_t hist[8][128]
 
     struct qs_slot_meta:
         uint16_t data_off
@@ -100,7 +103,17 @@ cdef extern from "src/qs_chainrt.h" nogil:
     struct rte_mempool:
         pass
 
+    struct qs_hold_region:
+        pass
+
+    struct qs_hold_local:
+        pass
+
+    int qs_hold_local_init(qs_hold_local *h, qs_hold_region *r)
+    void qs_hold_local_free(qs_hold_local *h)
+
     struct qs_first_cfg:
+        qs_hold_local *hold
         uint16_t port_in
         uint16_t port_out
         rte_mempool *pool
@@ -146,6 +159,9 @@ SLOT_HEADROOM = QS_SLOT_HEADROOM
 SLOT_DATA = QS_SLOT_DATA
 MAX_RINGS = QS_MAX_RINGS
 MAX_NFS = QS_MAX_NFS
+HIST_BUCKETS = QS_HIST_BUCKETS  # per NF, the bucket rule of worker.nf_stats.bucket_of
+VERSION = QS_CB_VERSION
+HEADER_SIZE = QS_HDR_SIZE
 MAX_BATCH = QS_MAX_BATCH
 CTL_PARK = QS_CTL_PARK
 CTL_RUN = QS_CTL_RUN
@@ -330,6 +346,15 @@ cdef class ChainBuffer:
             "drops": s.drops, "cycles": s.cycles, "park_gen": s.park_gen,
         }
 
+    def nf_hist(self, int i):
+        """NF ``i``'s cycles-per-batch histogram (HIST_BUCKETS counts, cumulative;
+        bucket rule: :func:`worker.nf_stats.bucket_of`).  Read without a lock:
+        the writer is NF ``i``'s data core."""
+        if not 0 <= i < QS_MAX_NFS:
+            raise ChainBufferError(f"nf index: {i} is outside 0..{QS_MAX_NFS - 1}")
+        cdef qs_cbhdr *h = self._hdr()
+        return tuple([h.hist[i][b] for b in range(QS_HIST_BUCKETS)])
+
     @property
     def generation(self):
         """Bumped on every control change; an NF parked under the current one is parked."""
@@ -481,7 +506,7 @@ cdef class NF:
 
 def run_first(ChainBuffer ctl, list nfs, int port_in, int port_out, str pool,
               ChainBuffer out=None, int out_ring=1, ChainBuffer ret=None, int ret_ring=0,
-              int max_in_flight=0):
+              int max_in_flight=0, hold=None):
     """The first NF's loop until the control word says STOP.
 
     ``pool`` is the name of the mempool TX mbufs come from (the port's).
@@ -489,9 +514,11 @@ def run_first(ChainBuffer ctl, list nfs, int port_in, int port_out, str pool,
     chain for the single_thread baseline).  ``out`` None: transmit directly
     (a single-NF chain).  Otherwise copy each processed batch into ``out``'s
     free slots (ring 0), hand them to NF2 on ``out_ring``, and transmit what
-    comes back on ``ret``/``ret_ring``.
+    comes back on ``ret``/``ret_ring``.  ``hold``: the instance's
+    :class:`cext.flowhold.FlowHold` region (flows held for a migration).
     """
     cdef qs_first_cfg c
+    cdef qs_hold_local local
     cdef qs_nf arr[8]
     cdef NF nf
     if not 1 <= len(nfs) <= QS_MAX_NFS:
@@ -517,8 +544,17 @@ def run_first(ChainBuffer ctl, list nfs, int port_in, int port_out, str pool,
         c.ret_ring = ret._ring(ret_ring)
         limit = min(out.n_slots, ret.n_slots)
         c.max_in_flight = min(max_in_flight or limit, limit)
-    with nogil:
-        qs_run_first(&c)
+    if hold is not None:
+        if qs_hold_local_init(&local, <qs_hold_region *><uintptr_t>hold.address) != 0:
+            qs_hold_local_free(&local)
+            raise MemoryError("hold queues")
+        c.hold = &local
+    try:
+        with nogil:
+            qs_run_first(&c)
+    finally:
+        if hold is not None:
+            qs_hold_local_free(&local)
 
 
 def run_stage(ChainBuffer ctl, int index, NF nf, ChainBuffer inp, int in_ring,

@@ -100,6 +100,7 @@ cdef extern from "rte_ethdev.h":
                               const uint16_t nb_pkts) nogil
     uint16_t rte_eth_tx_burst(uint16_t port_id, uint16_t queue_id, rte_mbuf **tx_pkts,
                               uint16_t nb_pkts) nogil
+    int rte_eth_rx_queue_count(uint16_t port_id, uint16_t queue_id) nogil
 
 cdef extern from "rte_dev.h":
     int rte_dev_probe(const char *devargs)

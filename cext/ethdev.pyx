@@ -25,6 +25,7 @@ from cext.dpdk cimport (
     rte_eth_dev_stop,
     rte_eth_macaddr_get,
     rte_eth_promiscuous_enable,
+    rte_eth_rx_queue_count,
     rte_eth_rx_queue_setup,
     rte_eth_stats,
     rte_eth_stats_get,
@@ -38,6 +39,10 @@ from cext.dpdk cimport (
 from libc.stdint cimport uint16_t
 
 from cext.eal import EalError
+
+
+cdef extern from "errno.h":
+    int ENOTSUP
 
 
 cdef class Mempool:
@@ -142,6 +147,16 @@ cdef class Port:
             "imissed": st.imissed, "ierrors": st.ierrors, "oerrors": st.oerrors,
             "rx_nombuf": st.rx_nombuf,
         }
+
+    def rx_queue_count(self, int queue=0):
+        """Packets waiting in RX queue ``queue`` (``rte_eth_rx_queue_count``), or
+        None if the driver cannot tell (``-ENOTSUP``: net_af_packet, net_pcap,
+        net_null, net_ring, net_tap and most virtual devices)."""
+        ret = rte_eth_rx_queue_count(self.port_id, queue)
+        if ret == -ENOTSUP:
+            return None
+        self._check(ret, f"rte_eth_rx_queue_count(queue {queue})")
+        return ret
 
     def stop(self):
         if self.started:

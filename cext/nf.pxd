@@ -54,4 +54,9 @@ cdef class NativeNF:
     # Directory of the runtime's config file (a pathlib.Path or None), set
     # before configure(): resolve relative file names in the config against it.
     cdef public object base_dir
+    # Set True (in __init__ or configure) if process() never moves a frame's
+    # window (data/len): the runtime then skips comparing every descriptor
+    # with its buffer after the call.  Only a speed hint: with it set, a moved
+    # window is ignored (the frame goes out as received, rewritten in place).
+    cdef public bint in_place
     cdef void process(self, qd_batch *batch) noexcept nogil

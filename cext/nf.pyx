@@ -56,6 +56,7 @@ cdef class PythonNF(NativeNF):
         self.impl = impl
         self._process = impl.process
         self.error = None
+        self.in_place = True  # memoryviews: a Python NF cannot resize a frame
 
     def configure(self, config):
         configure = getattr(self.impl, "configure", None)

@@ -57,6 +57,7 @@ cdef class AclNF(NativeNF):
         cdef qd_acl_rule_in *rin
         cdef int err = 0
         cdef uint32_t i, n
+        self.in_place = True  # verdicts only: never moves a frame's window
         cfg = parse_acl(config or {}, self.base_dir)
         n = len(cfg.rules)
         rin = <qd_acl_rule_in *>malloc(sizeof(qd_acl_rule_in) * (n + 1))

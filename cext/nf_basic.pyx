@@ -1,8 +1,8 @@
 # cython: language_level=3
 """The basic NFs without tables: ``empty`` (MAC swap) and ``tunnel`` (VLAN push)."""
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memmove
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
+from libc.string cimport memmove
 
 from cext.dpdk cimport rte_lpm_lookup
 from cext.lpm cimport LpmTable
@@ -12,26 +12,25 @@ from cext.pkt cimport QD_PARSE_BAD, QD_PARSE_OK, qd_flow, qd_parse
 from worker.nf_tables import parse_tunnel
 
 
+cdef extern from "src/qd_macswap.h" nogil:
+    void qd_macswap(uint8_t *d, uint16_t len)
+
+
 cdef class EmptyNF(NativeNF):
     """Swaps source and destination MAC; drops frames shorter than 14 bytes."""
 
+    def __init__(self, name=None):
+        super().__init__(name)
+        self.in_place = True
+
     cdef void process(self, qd_batch *batch) noexcept nogil:
-        cdef uint16_t i
-        cdef uint64_t x, x2
-        cdef uint32_t y, y2
-        cdef uint8_t *d
-        for i in range(batch.count):
-            if batch.pkts[i].len < 14:
+        cdef qd_pkt *pkts = batch.pkts
+        cdef uint16_t i, n = batch.count
+        for i in range(n):
+            if pkts[i].len < 14:
                 batch.verdicts[i] = QD_DROP
-                continue
-            # bytes 0-11 are dst(6) src(6): two loads, two stores (little endian)
-            d = batch.pkts[i].data
-            memcpy(&x, d, 8)
-            memcpy(&y, d + 8, 4)
-            x2 = (x >> 48) | (<uint64_t>y << 16) | ((x & 0xffff) << 48)
-            y2 = <uint32_t>(x >> 16)
-            memcpy(d, &x2, 8)
-            memcpy(d + 8, &y2, 4)
+            else:
+                qd_macswap(pkts[i].data, pkts[i].len)
 
 
 cdef inline bint push_vlan(qd_pkt *p, uint16_t tci) noexcept nogil:

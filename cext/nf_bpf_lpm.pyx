@@ -47,6 +47,7 @@ cdef class BpfLpmNF(NativeNF):
 
     def configure(self, config):
         config = dict(config or {})
+        self.in_place = True  # reads and sets verdicts: never moves a frame's window
         keys = config.pop("keys", "tuple")
         if keys not in ("tuple", "spread"):
             raise NFConfigError("config.keys", f"must be 'tuple' or 'spread', got {keys!r}")

@@ -25,6 +25,9 @@ cdef class PortBlockNF(NativeNF):
 
     def configure(self, config):
         # Runs once, from Python, before the first batch: validate, build tables.
+        # This NF only sets verdicts, never moves a frame's data/len: saying so
+        # lets the runtime skip checking every descriptor after process().
+        self.in_place = True
         ports = (config or {}).get("ports")
         if not isinstance(ports, list) or not ports:
             raise NFConfigError("config.ports", "must be a non-empty list of port numbers")

@@ -41,6 +41,7 @@ cdef class IpForwardNF(NativeNF):
     def configure(self, config):
         cdef int idx
         cfg = parse_ipforward(config or {}, self.base_dir)
+        self.in_place = True  # rewrites in place: never moves a frame's window
         macs = {}
         routes = []
         for net, depth, mac in cfg.routes:

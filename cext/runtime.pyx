@@ -5,11 +5,15 @@ One iteration of :meth:`Runtime.loop`:
 
 1. **RX** ``rte_eth_rx_burst`` into a preallocated mbuf array;
 2. **describe** each mbuf as a :c:type:`qd_pkt` (data, len, head/tailroom),
-   prefetching the frame's first cache line, and preset verdicts to forward;
+   prefetching the frame's first cache line, in one pass; the verdict
+   array already holds ``QD_FORWARD`` (kept so between batches);
 3. **NF** ``nf.process(&batch)``: one call per batch, no GIL (a Python NF
    takes the GIL once per batch inside its own ``process``);
-4. **sync** forwarded descriptors back into their mbufs (data_off, lengths),
-   free dropped and held ones;
+4. **sync**: if every verdict is FORWARD (one OR over 8-byte words) and
+   the NF is ``in_place`` (it never moves a frame's window), the received
+   mbufs go on as they are; otherwise forwarded descriptors are synced back
+   into their mbufs (data_off, lengths), dropped and held ones freed, and the
+   verdicts restored to FORWARD;
 5. **emit** the forwarded mbufs: :meth:`Runtime.emit`.  THIS IS THE SEAM.
    For a single-NF chain (this module) ``emit`` is ``rte_eth_tx_burst`` on the
    TX port and frees what the queue did not take.  A chain's first NF
@@ -22,7 +26,8 @@ One iteration of :meth:`Runtime.loop`:
 6. **count** once per batch into the shared counter block (``qd_stats``,
    layout in ``cext/src/qd_stats.h`` and docs/dataplane.rst), inside a
    sequence lock, with the batch's TSC cycle count in the histogram and the
-   sample ring.
+   sample ring.  One TSC read per batch: the end of one batch (or of the
+   last empty poll) is the start of the next.
 
 :meth:`Runtime.run` runs the loop for a slice of time (or until a packet
 count is reached, or the NF sets ``halt``) and returns to Python, which
@@ -46,6 +51,10 @@ from cext.dpdk cimport (
     rte_rdtsc,
 )
 from cext.nf cimport QD_FORWARD, QD_HOLD, NativeNF, qd_batch, qd_pkt
+
+
+cdef extern from "src/qd_burst.h" nogil:
+    int qd_all_forward(const uint8_t *v, unsigned n)
 
 STATS_SIZE = sizeof(qd_stats)
 STATS_MAGIC = QD_STATS_MAGIC
@@ -86,6 +95,7 @@ cdef class Runtime:
         self.tx_queue = tx_queue
         self.burst = burst
         self.pending_empty = 0
+        memset(self.verdicts, QD_FORWARD, QD_MAX_BURST)  # kept so between batches
         memset(self.st, 0, sizeof(qd_stats))
         self.st.version = QD_STATS_VERSION
         self.st.size = sizeof(qd_stats)
@@ -136,77 +146,105 @@ cdef class Runtime:
 
     cdef int loop(self, uint64_t deadline, uint64_t max_rx) noexcept nogil:
         cdef qd_stats *st = self.st
-
+        cdef bint in_place = self.nf.in_place
+        cdef rte_mbuf **rx = self.rx_mbufs
+        cdef rte_mbuf **out
+        cdef qd_pkt *pkts = self.pkts
+        cdef uint8_t *verdicts = self.verdicts
+        cdef uint16_t port = self.rx_port, queue = self.rx_queue, burst = self.burst
         cdef qd_batch batch
         cdef rte_mbuf *m
         cdef qd_pkt *p
         cdef uint8_t *base
-        cdef uint16_t n, i, nout, ndrop, sent
+        cdef uint8_t *data
+        cdef uint16_t n, i, nout, ndrop, sent, off, dlen, blen
         cdef uint64_t t0, t1, cyc, rx_bytes, tx_bytes, drops_nf, held, empty = 0
         cdef uint32_t slot
         cdef uint8_t v
-        batch.pkts = self.pkts
-        batch.verdicts = self.verdicts
-        while True:
-            t0 = rte_rdtsc()
-            if t0 >= deadline:
-                break
-            n = rte_eth_rx_burst(self.rx_port, self.rx_queue, self.rx_mbufs, self.burst)
+        cdef bint moved
+        batch.pkts = pkts
+        batch.verdicts = verdicts
+        # The verdict array is all QD_FORWARD between batches (set up in
+        # __cinit__, restored below after a batch that had other verdicts), so
+        # there is no preset pass.  One TSC read per batch: the end of one
+        # batch (or the last empty poll) is the start of the next.
+        t0 = rte_rdtsc()
+        while t0 < deadline:
+            n = rte_eth_rx_burst(port, queue, rx, burst)
             if n == 0:
                 empty += 1
+                t0 = rte_rdtsc()
                 continue
+            # describe and prefetch in one pass (mbuf fields loaded before the
+            # descriptor is stored, so the stores do not force reloads)
             rx_bytes = 0
             for i in range(n):
-                m = self.rx_mbufs[i]
+                m = rx[i]
                 base = <uint8_t *>m.buf_addr
-                rte_prefetch0(base + m.data_off)
-                p = &self.pkts[i]
-                p.data = base + m.data_off
-                p.len = m.data_len
-                p.headroom = m.data_off
-                p.tailroom = m.buf_len - m.data_off - m.data_len
-                p.port = m.port
+                off = m.data_off
+                dlen = m.data_len
+                blen = m.buf_len
                 rx_bytes += m.pkt_len
-            memset(self.verdicts, QD_FORWARD, n)
+                data = base + off
+                rte_prefetch0(data)
+                p = &pkts[i]
+                p.data = data
+                p.len = dlen
+                p.headroom = off
+                p.tailroom = blen - off - dlen
+                p.port = m.port
             batch.count = n
             batch.tsc = t0
             self.nf.process(&batch)
-            nout = 0
-            ndrop = 0
-            drops_nf = 0
-            held = 0
-            tx_bytes = 0
-            for i in range(n):
-                m = self.rx_mbufs[i]
-                p = &self.pkts[i]
-                v = self.verdicts[i]
-                base = <uint8_t *>m.buf_addr
-                if v == QD_FORWARD:
-                    if p.data != base + m.data_off or p.len != m.data_len:
-                        # the NF pushed/popped or trimmed: move the mbuf's window
-                        if p.data < base or p.len == 0 or p.data + p.len > base + m.buf_len:
-                            drops_nf += 1  # outside the buffer: refuse to send it
-                            self.drop_mbufs[ndrop] = m
-                            ndrop += 1
-                            continue
-                        m.pkt_len = m.pkt_len - m.data_len + p.len
-                        m.data_len = p.len
-                        m.data_off = <uint16_t>(p.data - base)
-                    tx_bytes += m.pkt_len
-                    self.out_mbufs[nout] = m
-                    nout += 1
-                else:
-                    if v == QD_HOLD:
-                        held += 1
+            if qd_all_forward(verdicts, n) and in_place:
+                # the common case: everything goes out as received
+                out = rx
+                nout = n
+                ndrop = 0
+                drops_nf = 0
+                held = 0
+                tx_bytes = rx_bytes
+            else:
+                out = self.out_mbufs
+                nout = 0
+                ndrop = 0
+                drops_nf = 0
+                held = 0
+                tx_bytes = 0
+                for i in range(n):
+                    m = rx[i]
+                    p = &pkts[i]
+                    v = verdicts[i]
+                    base = <uint8_t *>m.buf_addr
+                    if v == QD_FORWARD:
+                        moved = p.data != base + m.data_off or p.len != m.data_len
+                        if moved and not in_place:
+                            # the NF pushed/popped or trimmed: move the mbuf's window
+                            if (p.data < base or p.len == 0
+                                    or p.data + p.len > base + m.buf_len):
+                                drops_nf += 1  # outside the buffer: refuse to send it
+                                self.drop_mbufs[ndrop] = m
+                                ndrop += 1
+                                continue
+                            m.pkt_len = m.pkt_len - m.data_len + p.len
+                            m.data_len = p.len
+                            m.data_off = <uint16_t>(p.data - base)
+                        tx_bytes += m.pkt_len
+                        out[nout] = m
+                        nout += 1
                     else:
-                        drops_nf += 1
-                    self.drop_mbufs[ndrop] = m
-                    ndrop += 1
-            sent = self.emit(self.out_mbufs, nout)
+                        if v == QD_HOLD:
+                            held += 1
+                        else:
+                            drops_nf += 1
+                        self.drop_mbufs[ndrop] = m
+                        ndrop += 1
+                memset(verdicts, QD_FORWARD, QD_MAX_BURST)
+            sent = self.emit(out, nout)
             if sent < nout:
                 for i in range(sent, nout):
-                    tx_bytes -= self.out_mbufs[i].pkt_len
-                rte_pktmbuf_free_bulk(self.out_mbufs + sent, nout - sent)
+                    tx_bytes -= out[i].pkt_len
+                rte_pktmbuf_free_bulk(out + sent, nout - sent)
             if ndrop:
                 rte_pktmbuf_free_bulk(self.drop_mbufs, ndrop)
             t1 = rte_rdtsc()
@@ -233,6 +271,7 @@ cdef class Runtime:
             st.sample_head += 1
             qd_stats_end(st)
             empty = 0
+            t0 = t1
             if self.nf.halt:
                 return 2
             if max_rx and st.rx_packets >= max_rx:
@@ -240,6 +279,6 @@ cdef class Runtime:
         if empty:
             qd_stats_begin(st)
             st.empty_polls += empty
-            st.last_tsc = rte_rdtsc()
+            st.last_tsc = t0
             qd_stats_end(st)
         return 0

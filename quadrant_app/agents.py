@@ -36,6 +36,7 @@ class WorkerState:
     inventory: dict | None = None
     instances: list = dataclasses.field(default_factory=list)  # as the agent last reported
     events: list = dataclasses.field(default_factory=list)  # the latest few
+    failed: str | None = None  # why it was declared failed (until it registers again)
 
     def to_json(self, now: float) -> dict:
         return {
@@ -48,6 +49,7 @@ class WorkerState:
             else round(now - self.last_heartbeat, 3),
             "inventory": self.inventory,
             "instances": self.instances,
+            "failed": self.failed,
         }
 
 
@@ -109,6 +111,7 @@ class AgentHub:
         state.sessions += 1
         state.inventory = inv
         state.instances = instances
+        state.failed = None
         LOG.info("agent %s registered (session %d, %d instances)", worker, state.sessions,
                  len(instances))  # fmt: skip
         return {"worker": worker, "heartbeat_s": self.heartbeat_s, "session": state.sessions}
@@ -128,9 +131,12 @@ class AgentHub:
             where = f"params.instances[{i}]"
             iid = require(rep, "id", int, where)
             row = {"id": iid}
-            for key in ("pps", "load", "p99_us", "queue_len", "drops"):
+            for key in ("pps", "load", "p99_us", "queue_len", "buffered", "drops"):
                 if key in rep:
                     value = rep[key]
+                    if value is None and key == "queue_len":
+                        row[key] = None  # the worker cannot read its NIC's queue
+                        continue
                     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                         raise RpcError(jsonrpc.INVALID_PARAMS, f"{where}.{key}: must be >= 0")
                     row[key] = value
@@ -155,13 +161,21 @@ class AgentHub:
     # -- what the controller asks ----------------------------------------------------
 
     def lapsed(self, now: float, misses: int = 3) -> list[str]:
-        """Connected workers whose last heartbeat is older than ``misses`` periods."""
+        """Workers not yet declared failed whose last heartbeat is older than ``misses``
+        periods, connected or not: a socket that closed is not enough (the agent may be
+        back in a moment, its NFs still running), silence is."""
         limit = misses * self.heartbeat_s
         return [
             w.name
             for w in self.workers.values()
-            if w.connected and w.last_heartbeat is not None and now - w.last_heartbeat > limit
+            if w.failed is None and w.last_heartbeat is not None and now - w.last_heartbeat > limit
         ]
+
+    def mark_failed(self, worker: str, reason: str) -> None:
+        state = self.workers[worker]
+        if state.failed is None:
+            state.failed = reason
+            LOG.warning("worker %s failed: %s", worker, reason)
 
     def _live(self, worker: str) -> WorkerState:
         state = self.workers.get(worker)

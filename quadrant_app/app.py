@@ -9,10 +9,12 @@ green threads of the same hub, so the core is never entered concurrently.
 
 from __future__ import annotations
 
+import collections
 import gc
 import time
 
 import eventlet
+import eventlet.event
 import eventlet.wsgi
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
@@ -26,8 +28,10 @@ from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
 
 from quadrant_app import agents, auth, config, topology
+from quadrant_app.autoscale import Autoscaler
 from quadrant_app.core import Core
 from quadrant_app.jsonrpc import RpcError
+from quadrant_app.latency_profile import ProfileError
 from quadrant_app.orchestrator import Orchestrator
 from quadrant_app.rest import RestApi
 
@@ -49,13 +53,20 @@ class QuadrantApp(app_manager.OSKenApp):
                 self.logger.warning(
                     "quadrant: no tokens_file, so no REST API (nobody could use it)"
                 )
-        except (topology.TopologyError, auth.TokensError) as exc:
+            scaling_settings = config.scaling_settings(opts)
+        except (topology.TopologyError, auth.TokensError, ProfileError) as exc:
             raise SystemExit(f"quadrant: {exc}") from None
+        except OSError as exc:
+            raise SystemExit(f"quadrant: {exc.filename}: {exc.strerror}") from None
         self.core = Core(self.topology, config.settings(opts))
+        self.persister = None
+        if opts.state_redis:
+            self.persister = self._restore(opts)
         self.datapaths = {}
         self.rest = None
-        self.hub = self.orchestrator = self.agents_wsgi = None
+        self.hub = self.orchestrator = self.agents_wsgi = self.autoscaler = None
         self.sessions: dict[str, agents.AgentSession] = {}
+        self._barriers: dict[tuple[int, int], eventlet.event.Event] = {}
         if tokens is not None and opts.agents_enabled:
             unknown = tokens.workers() - {w.name for w in self.topology.workers}
             if unknown:
@@ -67,6 +78,14 @@ class QuadrantApp(app_manager.OSKenApp):
             self.orchestrator = Orchestrator(
                 self.core, self.hub, pool_size=opts.warm_pool, batch=opts.default_batch
             )
+            if opts.scaling_policy != "off":
+                self.autoscaler = Autoscaler(
+                    self.core,
+                    scaling_settings,
+                    managed=lambda w: w in self.sessions,
+                    pending=self.orchestrator.preparing_for,
+                )
+                self.orchestrator.latency_us = self.autoscaler.latency_us
             self.agents_wsgi = agents.wsgi_app(
                 self.hub,
                 tokens.worker_of,
@@ -86,6 +105,7 @@ class QuadrantApp(app_manager.OSKenApp):
                 max_body=opts.max_body_bytes,
                 max_page=opts.max_page,
                 hub=self.hub,
+                mover=self._start_move if self.orchestrator is not None else None,
             )
         self.logger.info(
             "quadrant: topology %s (%d switches, %d workers) from %s",
@@ -94,6 +114,39 @@ class QuadrantApp(app_manager.OSKenApp):
             len(self.topology.workers),
             opts.topology,
         )
+
+    def _restore(self, opts):
+        """Connect to the controller's store and put back what it holds."""
+        import redis
+
+        from quadrant_app import persist
+
+        prefix = opts.state_prefix or f"quadrant:controller:{self.topology.name}"
+        try:
+            client = redis.Redis.from_url(opts.state_redis, socket_timeout=5)
+            store = persist.RedisStore(client, prefix)
+            chains, instances, meta = store.read()
+        except (redis.RedisError, ValueError) as exc:
+            raise SystemExit(f"quadrant: state_redis: {exc}") from None
+        n_c, n_i = persist.restore(self.core, chains, instances, meta, tuple(opts.nf_types))
+        self.logger.info("quadrant: restored %d chains and %d instances from %s", n_c, n_i,
+                         prefix)  # fmt: skip
+        p = persist.Persister(self.core, store)
+        p.mark_saved()
+        return p
+
+    def _persist(self) -> None:
+        """Write what changed to the store; on failure, say so and retry at the next tick."""
+        if self.persister is None:
+            return
+        import redis
+
+        try:
+            self.persister.sync()
+        except redis.RedisError as exc:
+            self.core.metrics.persist_failures.value += 1
+            self.logger.error("quadrant: could not store the controller's books (retrying "
+                              "every tick): %s", exc)  # fmt: skip
 
     def start(self):
         super().start()
@@ -112,7 +165,10 @@ class QuadrantApp(app_manager.OSKenApp):
         """One server, two endpoints: the agents' WebSocket and the REST API."""
         if self.agents_wsgi is not None and environ.get("PATH_INFO") == "/v1/agents":
             return self.agents_wsgi(environ, start_response)
-        return self.rest(environ, start_response)
+        out = self.rest(environ, start_response)
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            self._persist()  # what the answer acknowledges is stored before it leaves
+        return out
 
     # -- the agents -----------------------------------------------------------------
 
@@ -131,25 +187,94 @@ class QuadrantApp(app_manager.OSKenApp):
         for cmd in cmds:
             hub.spawn(self._command, cmd)
 
+    def _call(self, worker, method, params, timeout=None):
+        """``(result, error)`` of one call to ``worker``'s agent; never raises."""
+        session = self.sessions.get(worker)
+        if session is None:
+            return None, f"no agent connected for worker {worker}"
+        try:
+            return session.call(method, params, timeout or self.opts.agent_call_timeout), None
+        except RpcError as exc:
+            return None, exc.message
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+
     def _command(self, cmd):
         """Carry one orchestrator command to its agent (a green thread of its own)."""
-        session = self.sessions.get(cmd.worker)
-        result = error = None
-        if session is None:
-            error = f"no agent connected for worker {cmd.worker}"
-        else:
-            timeout = (
-                self.opts.prepare_timeout
-                if cmd.method == "prepare"
-                else self.opts.agent_call_timeout
-            )
-            try:
-                result = session.call(cmd.method, cmd.params, timeout)
-            except RpcError as exc:
-                error = exc.message
-            except (TimeoutError, ConnectionError, OSError) as exc:
-                error = f"{type(exc).__name__}: {exc}"
+        timeout = self.opts.prepare_timeout if cmd.method == "prepare" else None
+        result, error = self._call(cmd.worker, cmd.method, cmd.params, timeout)
         self.send(self.orchestrator.done(cmd, result, error, _monotonic()))
+
+    def _move(self, move):
+        """Move flows between two instances, in the order that keeps each flow's packets
+        in order and loses none (docs/scaling.rst, *Migration*): the new instance holds
+        the flows' packets, the switch's rules change (barrier), the old instance emits
+        what it had of them, the new one releases what it held.  A green thread of its own.
+        """
+        core = self.core
+        try:
+            src, dst = core.instances.by_id.get(move.src), core.instances.by_id.get(move.dst)
+            if src is None or dst is None:
+                return
+            keys = core.flow_keys(move.flow_ids, move.src)
+            if not keys:
+                return
+            flows = [k.to_json() for k in keys]
+            if not dst.attached:  # from the warm pool (an operator's move): attach it first
+                self.send(core.attach(dst.id, _monotonic()))
+                _, err = self._call(dst.worker, "attach", {"instance": dst.id})
+                if err is not None:
+                    self.logger.warning("quadrant: move to instance %d not started: attach "
+                                        "failed: %s", dst.id, err)  # fmt: skip
+                    self.send(core.detach(dst.id, _monotonic()))
+                    return
+            _, err = self._call(dst.worker, "hold", {"instance": dst.id, "flows": flows})
+            if err is not None:
+                self.logger.warning("quadrant: move of %d flows %d -> %d not started: hold "
+                                    "failed: %s", len(keys), src.id, dst.id, err)  # fmt: skip
+                return
+            try:
+                _moved, msgs = core.migrate(move.flow_ids, move.src, move.dst, _monotonic())
+                self.send(msgs)
+                if msgs and not self._barrier_done(msgs[-1]):
+                    self.logger.warning("quadrant: no barrier reply from %016x in time", dst.dpid)
+                res, err = self._call(
+                    src.worker, "drain",
+                    {"instance": src.id, "timeout": self.opts.drain_timeout},
+                    timeout=self.opts.drain_timeout + self.opts.agent_call_timeout,
+                )  # fmt: skip
+                if err is None and not (isinstance(res, dict) and res.get("drained")):
+                    err = f"not drained within drain_timeout ({self.opts.drain_timeout} s)"
+                if err is not None:
+                    core.metrics.drain_failures.value += 1
+                    self.logger.warning("quadrant: drain of instance %d failed (%s); releasing "
+                                        "the moved flows anyway", src.id, err)  # fmt: skip
+            finally:
+                _, err = self._call(dst.worker, "release", {"instance": dst.id, "flows": flows})
+                if err is not None:
+                    self.logger.warning("quadrant: release at instance %d failed: %s (its "
+                                        "runtime releases by itself after its hold limit)",
+                                        dst.id, err)  # fmt: skip
+        finally:
+            if self.autoscaler is not None:
+                self.autoscaler.moving.subtract((move.src, move.dst))
+                self.autoscaler.moving += collections.Counter()  # drop the zeros
+
+    def _start_move(self, move):
+        if self.autoscaler is not None:
+            self.autoscaler.moving.update((move.src, move.dst))
+        hub.spawn(self._move, move)
+
+    def _barrier_done(self, dpid_msg, timeout=1.0) -> bool:
+        dpid, msg = dpid_msg
+        ev = self._barriers[(dpid, msg.xid)] = eventlet.event.Event()
+        try:
+            with eventlet.Timeout(timeout, False):
+                ev.wait()
+                return True
+            return False
+        finally:
+            self._barriers.pop((dpid, msg.xid), None)
 
     def send(self, msgs) -> None:
         """Bind each ``(dpid, msg)`` to its datapath and send it.
@@ -173,7 +298,14 @@ class QuadrantApp(app_manager.OSKenApp):
             try:
                 now = _monotonic()
                 self.send(self.core.tick(now))
+                self._persist()
+                if self.autoscaler is not None:
+                    msgs, moves = self.autoscaler.tick(now)
+                    self.send(msgs)
+                    for move in moves:
+                        self._start_move(move)
                 if self.orchestrator is not None:
+                    self.send(self.orchestrator.failures(now))
                     for cmd in self.orchestrator.tick(now):
                         hub.spawn(self._command, cmd)
                 else:
@@ -231,11 +363,22 @@ class QuadrantApp(app_manager.OSKenApp):
         more = bool(m.flags & m.datapath.ofproto.OFPMPF_REPLY_MORE)
         self.send(self.core.flow_stats_reply(m.datapath.id, m.xid, m.body, more, _monotonic()))
 
+    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    def _barrier_reply(self, ev):
+        waiter = self._barriers.get((ev.msg.datapath.id, ev.msg.xid))
+        if waiter is not None and not waiter.ready():
+            waiter.send(True)
+
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     def _port_status(self, ev):
         m = ev.msg
         down = bool(m.desc.state & m.datapath.ofproto.OFPPS_LINK_DOWN)
-        self.send(self.core.port_status(m.datapath.id, m.desc.port_no, not down, _monotonic()))
+        now = _monotonic()
+        self.send(self.core.port_status(m.datapath.id, m.desc.port_no, not down, now))
+        if self.orchestrator is not None and down:
+            self.send(self.orchestrator.port_down(m.datapath.id, m.desc.port_no, now))
+        elif self.orchestrator is not None:
+            self.orchestrator.port_up(m.datapath.id, m.desc.port_no, now)
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev):

@@ -167,6 +167,9 @@ class ChainSpec:
     slo_us: float
     scaling: Scaling
     priority: int = 0
+    # Replies of this chain's flows (the reversed 5-tuple, arriving from the
+    # egress side) go through the same instance; otherwise they bypass it.
+    bidirectional: bool = False
 
 
 def precedence(spec: ChainSpec, seq: int) -> tuple:
@@ -181,7 +184,7 @@ def precedence(spec: ChainSpec, seq: int) -> tuple:
 
 
 _PROTO_NAMES = {v: k for k, v in PROTO_NUMBERS.items()}
-CHAIN_FIELDS = {"name", "nfs", "filter", "slo_us", "scaling", "priority"}
+CHAIN_FIELDS = {"name", "nfs", "filter", "slo_us", "scaling", "priority", "bidirectional"}
 CHAIN_REQUIRED = {"name", "nfs", "filter", "slo_us"}
 FILTER_FIELDS = {"src", "dst", "proto", "src_ports", "dst_ports"}
 SCALING_FIELDS = {"alpha", "beta", "load_cap"}
@@ -318,6 +321,9 @@ def parse_chain(body: Any, nf_types=DEFAULT_NF_TYPES) -> ChainSpec:
         raise SpecError("priority", f"must be an integer, not {_kind(priority)}")
     if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
         raise SpecError("priority", f"must be in {MIN_PRIORITY}..{MAX_PRIORITY}, not {priority}")
+    bidirectional = raw.get("bidirectional", False)
+    if not isinstance(bidirectional, bool):
+        raise SpecError("bidirectional", f"must be true or false, not {_kind(bidirectional)}")
     return ChainSpec(
         name=name,
         nfs=tuple(nfs),
@@ -325,6 +331,7 @@ def parse_chain(body: Any, nf_types=DEFAULT_NF_TYPES) -> ChainSpec:
         slo_us=slo,
         scaling=Scaling(**knobs),
         priority=priority,
+        bidirectional=bidirectional,
     )
 
 
@@ -336,4 +343,5 @@ def chain_to_json(spec: ChainSpec) -> dict:
         "slo_us": spec.slo_us,
         "scaling": dataclasses.asdict(spec.scaling),
         "priority": spec.priority,
+        "bidirectional": spec.bidirectional,
     }

@@ -137,6 +137,58 @@ OPTS = [
         help="Seconds to wait for an agent to prepare an instance (NF processes start, "
         "each brings up its DPDK EAL).",
     ),
+    cfg.StrOpt(
+        "scaling_policy",
+        default="quadrant",
+        choices=["quadrant", "metron", "off"],
+        help="The scaling loop (needs agents): quadrant (SLO-aware, the paper's), metron "
+        "(load > 80 %, power-of-two choices; for comparison) or off (no migration, "
+        "scale-out only when a new flow finds no candidate, no reclaim).",
+    ),
+    cfg.FloatOpt(
+        "scaling_interval",
+        default=1.0,
+        min=0.05,
+        help="Seconds between two scaling rounds.  Flow rates come from flow stats, so "
+        "keep flow_stats_interval no longer than this for migration to see them.",
+    ),
+    cfg.StrOpt(
+        "latency_profile",
+        help="Network latency profile (JSON, quadrant-network-profile/1; made by "
+        "tools/profile_network.py): its p99 at the worker's throughput is added to "
+        "2 x p99 per-batch time in the latency estimate.  None: no network term.",
+    ),
+    cfg.FloatOpt(
+        "reclaim_grace",
+        default=5.0,
+        min=0.0,
+        help="Seconds an instance attached by the scaling loop may go without flows "
+        "before it is reclaimed.",
+    ),
+    cfg.BoolOpt(
+        "scaling_rate_adapt",
+        default=True,
+        help="Eq. 4 with its rate-adapting term (the paper's default); false drops it.",
+    ),
+    cfg.FloatOpt(
+        "drain_timeout",
+        default=0.5,
+        min=0.001,
+        help="Longest wait (s), when flows move, for the old instance to emit what it "
+        "had of them; the new instance holds their packets meanwhile.",
+    ),
+    cfg.StrOpt(
+        "state_redis",
+        secret=True,
+        help="Redis URL (redis://USER:PASSWORD@HOST:PORT/DB) where the controller keeps "
+        "its chains and instances, so that a restarted controller carries on "
+        "(docs/reliability.rst).  None: nothing survives a restart.",
+    ),
+    cfg.StrOpt(
+        "state_prefix",
+        help="Key prefix of the controller's books in state_redis (default "
+        "quadrant:controller:<topology name>).",
+    ),
     cfg.ListOpt(
         "nf_types",
         default=list(DEFAULT_NF_TYPES),
@@ -155,6 +207,23 @@ def options(conf: cfg.ConfigOpts = osken_cfg.CONF):
     """The ``[quadrant]`` option group, registered if it was not yet."""
     register(conf)
     return conf[GROUP]
+
+
+def scaling_settings(opts):
+    """The autoscaler's :class:`~quadrant_app.autoscale.Settings` from the option group."""
+    from quadrant_app import autoscale
+    from quadrant_app.latency_profile import load_profile
+
+    network = load_profile(opts.latency_profile) if opts.latency_profile else autoscale.NO_NETWORK
+    return autoscale.Settings(
+        policy=opts.scaling_policy,
+        interval=opts.scaling_interval,
+        pool_size=opts.warm_pool,
+        reclaim_grace=opts.reclaim_grace,
+        batch=opts.default_batch,
+        rate_adapt=opts.scaling_rate_adapt,
+        network=network,
+    )
 
 
 def settings(opts):

@@ -16,6 +16,7 @@ collect in ``core.instances.agent_requests``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import itertools
 import logging
 
@@ -71,6 +72,15 @@ class Core:
         self._rule_templates: dict[tuple, ofbuild.FlowRuleTemplate] = {}
         self._out_templates: dict[object, ofbuild.PacketOutTemplate] = {}
         self._resync: dict[int, tuple[int, set]] = {}  # dpid -> (xid, keys seen)
+        # dpid -> [(network, netmask, host)]: where the switch delivers by IPv4 destination
+        self._hosts = {
+            s.dpid: [
+                (int(n.network_address), int(n.netmask), h)
+                for h in topology.hosts_on(s.name)
+                for n in [ipaddress.IPv4Network(h.ip, strict=False)]
+            ]
+            for s in topology.switches
+        }
         self._wire_metrics()
 
     # ------------------------------------------------------------------
@@ -87,7 +97,8 @@ class Core:
         LOG.info("switch %s (dpid %016x) connected", state.name, dpid)
         switch = self.topology.switch(state.name)
         ports = [w.switch_port for w in self.topology.workers_on(switch.name)]
-        msgs = [(dpid, m) for m in ofbuild.base_pipeline(switch, ports)]
+        hosts = self.topology.hosts_on(switch.name)
+        msgs = [(dpid, m) for m in ofbuild.base_pipeline(switch, ports, hosts)]
         req = self._xid(ofbuild.flow_stats_request(ofbuild.COOKIE_FLOW))
         self._resync[dpid] = (req.xid, set())
         msgs.append((dpid, req))
@@ -119,6 +130,9 @@ class Core:
         rec = self.flows.get(dpid, key)
         if rec is not None:
             return self._repeat(rec, in_port, data, now)
+        fwd = self.flows.get(dpid, key.reverse())
+        if fwd is not None:
+            return self._reply(fwd, dpid, key, in_port, data, now)
         chain = self.chains.match(key)
         if chain is None:
             return self._unmatched(dpid, key, in_port, data)
@@ -277,14 +291,68 @@ class Core:
         self._out_templates.pop(instance_id, None)
         return [(inst.dpid, ofbuild.delete_instance_flows(instance_id))]
 
-    def update_stats(self, instance_id: int, now: float, load=None, p99_us=None, pps=None):
-        """An instance's latest figures; returns the messages for flows it can now take."""
-        inst = self.instances.update_stats(instance_id, now, load=load, p99_us=p99_us, pps=pps)
+    def update_stats(
+        self, instance_id: int, now: float, load=None, p99_us=None, pps=None, batch_p99_us=None
+    ):
+        """An instance's latest figures; returns the messages for flows it can now take.
+
+        ``p99_us`` is the latency estimate the candidate rule judges;
+        ``batch_p99_us`` the agent's p99 per-batch time it was made from.
+        """
+        inst = self.instances.update_stats(
+            instance_id, now, load=load, p99_us=p99_us, pps=pps, batch_p99_us=batch_p99_us
+        )
         return self._release(self.chains.by_id[inst.chain_id], now)
 
     def attach(self, instance_id: int, now: float) -> list:
         inst = self.instances.set_attached(instance_id, True)
         return self._release(self.chains.by_id[inst.chain_id], now)
+
+    def flow_keys(self, flow_ids, instance_id: int) -> list:
+        """The keys of those flows still on ``instance_id``, with their replies' keys."""
+        keys = []
+        for fid in flow_ids:
+            rec = self.flows.by_id(fid)
+            if rec is None or rec.instance_id != instance_id:
+                continue
+            keys.append(rec.key)
+            rev = self.flows.get(rec.dpid, rec.key.reverse())
+            if rev is not None and rev.instance_id == instance_id:
+                keys.append(rev.key)
+        return keys
+
+    def migrate(self, flow_ids, src_id: int, dst_id: int, now: float) -> tuple[list, list]:
+        """Move flows of instance ``src_id`` to ``dst_id``: their rules now rewrite to
+        ``dst_id``'s VF and port (an add that replaces the entry; the flow's packets
+        are never sent to the controller meanwhile).  The reply direction of a
+        moved flow moves with it.  Returns ``(keys moved, messages)``, the messages
+        ending with a barrier: once its reply is in, the switch sends every later
+        packet of these flows to ``dst_id``.  Flows gone or no longer on ``src_id``
+        are skipped.
+        """
+        src = self.instances.by_id.get(src_id)
+        dst = self.instances.by_id.get(dst_id)
+        if src is None or dst is None or src.chain_id != dst.chain_id or src.dpid != dst.dpid:
+            return [], []
+        moved, msgs = [], []
+        for fid in flow_ids:
+            rec = self.flows.by_id(fid)
+            if rec is None or rec.instance_id != src_id:
+                continue
+            for r in (rec, self.flows.get(rec.dpid, rec.key.reverse())):
+                if r is None or r.instance_id != src_id:
+                    continue
+                self.flows.move(r, dst_id, now)
+                src.flows -= 1
+                dst.flows += 1
+                moved.append(r.key)
+                msgs += self._install(r, dst, 0, None)
+        if moved:
+            self.metrics.migrated_flows.value += len(moved)
+            msgs.append((dst.dpid, self._xid(ofbuild.barrier())))
+            LOG.info("moved %d flows of chain %d from instance %d to %d",
+                     len(moved), src.chain_id, src_id, dst_id)  # fmt: skip
+        return moved, msgs
 
     def detach(self, instance_id: int, now: float) -> list:
         """Take an instance out of the candidates; its live flows stay on it."""
@@ -349,23 +417,52 @@ class Core:
         rec.installed_at = now  # the rule went missing: install it again
         return self._install(rec, inst, in_port, data)
 
-    def _unmatched(self, dpid, key, in_port, data) -> list:
-        """No chain takes the flow: a per-flow rule with the topology's default action."""
-        self.metrics.unmatched_flows.value += 1
-        tkey = ("default", dpid, key.eth_type, key.proto)
+    def _reply(self, fwd: FlowRecord, dpid, key, in_port, data, now) -> list:
+        """The first packet of a known flow's other direction (``key`` reversed is ``fwd``).
+
+        A bidirectional chain's instance takes the reply too (NAT, firewalls
+        with connection tracking need both directions); a one-way chain's reply
+        goes straight to its host.  Either way it never starts a flow of its own.
+        """
+        chain = self.chains.by_id.get(fwd.chain_id)
+        inst = self.instances.by_id.get(fwd.instance_id)
+        if chain is not None and inst is not None and chain.spec.bidirectional:
+            self.metrics.reply_flows.inc("chain")
+            return self._assign(chain, inst, dpid, key, in_port, data, now)
+        self.metrics.reply_flows.inc("direct")
+        return self._unmatched(dpid, key, in_port, data, deliver=True)
+
+    def _host_of(self, dpid: int, key) -> object | None:
+        if key.eth_type != flowkey.ETH_IPV4:
+            return None
+        return next((h for net, mask, h in self._hosts[dpid] if key.dst & mask == net), None)
+
+    def _unmatched(self, dpid, key, in_port, data, deliver=False) -> list:
+        """A per-flow rule for a flow no chain takes: deliver it, or the default action.
+
+        ``deliver`` (replies of one-way chains' flows) hands the flow to the host
+        that owns its destination whatever the default; the default ``forward``
+        does the same, falling back to the egress port for unknown destinations.
+        """
+        switch = self.topology.switch(self.switches[dpid].name)
+        if not deliver:
+            self.metrics.unmatched_flows.value += 1
+        host = self._host_of(dpid, key) if deliver or switch.default_action == "forward" else None
+        name = host.name if host is not None else None
+        tkey = ("default", dpid, key.eth_type, key.proto, name)
         tpl = self._rule_templates.get(tkey)
+        okey = ("default", dpid, name)
         if tpl is None:
-            switch = self.topology.switch(self.switches[dpid].name)
-            actions = ofbuild.default_actions(switch)
+            actions = ofbuild.deliver_actions(switch, host)
             tpl = self._rule_templates[tkey] = ofbuild.FlowRuleTemplate(
                 key.eth_type, key.proto, actions, ofbuild.COOKIE_UNMATCHED,
                 self.settings.idle_timeout,
             )  # fmt: skip
-            if actions and ("default", dpid) not in self._out_templates:
-                self._out_templates[("default", dpid)] = ofbuild.PacketOutTemplate(actions)
+            if actions and okey not in self._out_templates:
+                self._out_templates[okey] = ofbuild.PacketOutTemplate(actions)
         xid = next(self._xids) & 0xFFFFFFFF
         buf = tpl.render(key, xid)
-        out = self._out_templates.get(("default", dpid))
+        out = self._out_templates.get(okey)
         if out is not None:
             buf += out.render(in_port, data, xid)
         return [(dpid, buf)]

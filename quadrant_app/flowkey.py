@@ -42,6 +42,10 @@ class FlowKey(NamedTuple):
     sport: int
     dport: int
 
+    def reverse(self) -> FlowKey:
+        """The key of the other direction of the same conversation (a reply)."""
+        return FlowKey(self.eth_type, self.proto, self.dst, self.src, self.dport, self.sport)
+
     def to_json(self) -> dict:
         make = ipaddress.IPv4Address if self.eth_type == ETH_IPV4 else ipaddress.IPv6Address
         name = next((k for k, v in PROTO_NUMBERS.items() if v == self.proto), self.proto)

@@ -4,8 +4,7 @@ One record per flow steered to a chain instance, keyed by (switch, 5-tuple).
 Records are created when a flow is assigned and removed when the switch
 reports the rule gone (flow-removed) or its chain or instance goes away;
 per-flow packet and byte rates come from periodic flow stats.  The records
-are what a switch reconnect re-syncs against, and what migration (a later
-issue) moves.
+are what a switch reconnect re-syncs against, and what migration moves.
 
 The table is kept out of the garbage collector's sight, because it holds
 hundreds of thousands of records: each record is one flat, exact tuple of
@@ -174,6 +173,21 @@ class FlowTable:
         del self._by_id[fid]
         self.ident[slot] = None
         self._free.append(slot)
+
+    def by_id(self, fid: int) -> FlowRecord | None:
+        slot = self._by_id.get(fid)
+        return None if slot is None else FlowRecord(self, slot)
+
+    def move(self, rec: FlowRecord, instance_id: int, now: float) -> None:
+        """The flow now goes to ``instance_id`` (migration): its new rule starts counting
+        from zero, so the counters restart; the last measured rate stays until the
+        next sample."""
+        s = rec._slot
+        ident = self.ident[s]
+        self.ident[s] = (*ident[:_INSTANCE], instance_id, *ident[_INSTANCE + 1 :])
+        self.installed_at[s] = now
+        self.packets[s] = self.nbytes[s] = 0
+        self.stats_at[s] = now
 
     def _records(self, index: int, value: int) -> list[FlowRecord]:
         return [

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import itertools
 from collections import deque
 
 from quadrant_app.chains import ChainSpec, ConflictError, SpecError, precedence
@@ -46,8 +45,8 @@ class ChainTable:
     def __init__(self):
         self.by_id: dict[int, Chain] = {}
         self._ordered: list[Chain] = []
-        self._ids = itertools.count(1)
-        self._seq = itertools.count()
+        self._next_id = 1
+        self._next_seq = 0
 
     def __iter__(self):
         return iter(self._ordered)
@@ -74,11 +73,31 @@ class ChainTable:
                 f"overlaps the filter of chain {other.id} ({other.spec.name!r}) at the same "
                 f"priority {spec.priority}; give one of them another priority",
             )
-        seq = next(self._seq)
-        chain = Chain(next(self._ids), tenant, spec, seq, now, precedence(spec, seq))
+        seq, self._next_seq = self._next_seq, self._next_seq + 1
+        cid, self._next_id = self._next_id, self._next_id + 1
+        return self._insert(Chain(cid, tenant, spec, seq, now, precedence(spec, seq)))
+
+    def _insert(self, chain: Chain) -> Chain:
         self.by_id[chain.id] = chain
         bisect.insort(self._ordered, chain, key=lambda c: c.sort_key)
         return chain
+
+    def restore(self, chain_id: int, tenant: str, spec: ChainSpec, seq: int, created: float):
+        """A chain from the controller's store, with its id and registration order."""
+        if chain_id in self.by_id:
+            raise ConflictError("id", f"chain {chain_id} exists")
+        self._next_id = max(self._next_id, chain_id + 1)
+        self._next_seq = max(self._next_seq, seq + 1)
+        return self._insert(Chain(chain_id, tenant, spec, seq, created, precedence(spec, seq)))
+
+    def peek_ids(self) -> tuple[int, int]:
+        """The next chain id and registration number (for the store)."""
+        return self._next_id, self._next_seq
+
+    def set_ids(self, next_id: int, next_seq: int) -> None:
+        """Never hand out an id or a number again that a stored chain had."""
+        self._next_id = max(self._next_id, int(next_id))
+        self._next_seq = max(self._next_seq, int(next_seq))
 
     def remove(self, chain_id: int) -> Chain:
         chain = self.by_id.pop(chain_id)
@@ -103,7 +122,8 @@ class Instance:
     port: int  # the worker's switch port
     attached: bool
     load: float = 0.0  # share of the core's capacity, 0..1
-    p99_us: float = 0.0  # estimated p99 latency
+    p99_us: float = 0.0  # estimated p99 latency (what the candidate rule judges)
+    batch_p99_us: float = 0.0  # p99 per-batch execution time its agent last reported
     pps: float = 0.0  # packet rate its agent last reported
     stats_at: float | None = None
     flows: int = 0
@@ -119,6 +139,7 @@ class Instance:
             "attached": self.attached,
             "load": self.load,
             "p99_us": self.p99_us,
+            "batch_p99_us": self.batch_p99_us,
             "pps": self.pps,
             "flows": self.flows,
         }
@@ -130,7 +151,7 @@ class InstanceRegistry:
         self.on_pool_attach = on_pool_attach
         self.chains = chains
         self.by_id: dict[int, Instance] = {}
-        self._ids = itertools.count(1)
+        self._next_id = 1
         self._candidates: dict[tuple[int, int], list[Instance]] = {}
         self._workers = {w.name: w for w in topology.workers}
         self._dpids = {s.name: s.dpid for s in topology.switches}
@@ -143,7 +164,14 @@ class InstanceRegistry:
 
     def reserve_id(self) -> int:
         """An instance id for an instance still being prepared (see :meth:`add`)."""
-        return next(self._ids)
+        iid, self._next_id = self._next_id, self._next_id + 1
+        return iid
+
+    def peek_id(self) -> int:
+        return self._next_id
+
+    def set_next_id(self, next_id: int) -> None:
+        self._next_id = max(self._next_id, int(next_id))
 
     def add(
         self,
@@ -161,6 +189,8 @@ class InstanceRegistry:
         """
         if instance_id is not None and instance_id in self.by_id:
             raise ConflictError("instance_id", f"instance {instance_id} exists")
+        if instance_id is not None:
+            self._next_id = max(self._next_id, instance_id + 1)
         if chain_id not in self.chains.by_id:
             raise SpecError("chain_id", f"no chain {chain_id}")
         w = self._workers.get(worker) if isinstance(worker, str) else None
@@ -177,7 +207,7 @@ class InstanceRegistry:
             if other.worker == worker and other.core == core:
                 raise ConflictError("core", f"core {core} of {worker} runs instance {other.id}")
         inst = Instance(
-            id=next(self._ids) if instance_id is None else instance_id,
+            id=self.reserve_id() if instance_id is None else instance_id,
             chain_id=chain_id,
             worker=worker,
             vf_mac=vf_mac,
@@ -202,9 +232,11 @@ class InstanceRegistry:
         return inst
 
     def update_stats(
-        self, instance_id: int, now: float, load=None, p99_us=None, pps=None
+        self, instance_id: int, now: float, load=None, p99_us=None, pps=None, batch_p99_us=None
     ) -> Instance:
         inst = self.by_id[instance_id]
+        if batch_p99_us is not None:
+            inst.batch_p99_us = float(batch_p99_us)
         if pps is not None:
             inst.pps = float(pps)
         if load is not None:

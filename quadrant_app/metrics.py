@@ -107,6 +107,47 @@ class Metrics:
             "quadrant_unmatched_flows_total",
             "New flows no chain's filter takes; given the topology's default action.",
         )
+        self.reply_flows = LabeledCounter(
+            "quadrant_reply_flows_total",
+            "Reply directions of known flows: path=chain (a bidirectional chain's instance) "
+            "or direct (delivered to their host, bypassing a one-way chain).",
+            "path",
+        )
+        self.migrated_flows = Counter(
+            "quadrant_migrated_flows_total",
+            "Flow rules moved from one instance to another (scaling, reclaim).",
+        )
+        self.drain_failures = Counter(
+            "quadrant_drain_failures_total",
+            "Flow moves whose old instance did not confirm it had emitted their packets "
+            "(agent error or drain_timeout); the flows moved all the same.",
+        )
+        self.worker_failures = LabeledCounter(
+            "quadrant_worker_failures_total",
+            "Workers declared failed and failed over: reason=heartbeats (stopped) or "
+            "link (its switch port went down).",
+            "reason",
+        )
+        self.persist_failures = Counter(
+            "quadrant_persist_failures_total",
+            "Times the controller's books could not be written to state_redis (retried "
+            "every tick).",
+        )
+        self.scale_outs = Counter(
+            "quadrant_scale_outs_total",
+            "Warm-pool instances the scaling loop attached ahead of new flows.",
+        )
+        self.reclaims = LabeledCounter(
+            "quadrant_reclaims_total",
+            "Instances with no flows left taken out of service: kept=warm (back to the "
+            "pool) or torn down.",
+            "kept",
+        )
+        self.scaling_shortage_pps = Counter(
+            "quadrant_scaling_shortage_pps_total",
+            "Rate (pps, summed over scaling rounds) that hot instances could not shed "
+            "for lack of an instance to take it.",
+        )
         self.non_ip_packet_ins = Counter(
             "quadrant_non_ip_packet_ins_total", "Packet-ins that were not IPv4/IPv6 (ignored)."
         )

@@ -7,9 +7,16 @@ The app binds and sends both (``QuadrantApp.send``).
 
 Pipeline (docs/controller.rst has the picture)::
 
-  table 0 CLASSIFY  in_port=uplink -> goto 1;  in_port=worker -> egress;  miss -> default
-  table 1 FLOWS     per-flow 5-tuple -> set eth_dst, out worker;  IPv4/IPv6 -> controller;
-                    miss (non-IP) -> default
+  table 0 CLASSIFY  in_port=uplink or egress -> goto 1;
+                    in_port=worker, ipv4_dst in a host's subnet -> set eth_dst host, out host;
+                    in_port=worker -> egress;  miss -> default
+  table 1 FLOWS     per-flow 5-tuple -> set eth_dst, out worker (or deliver, if no chain);
+                    IPv4/IPv6 -> controller;  miss (non-IP) -> default
+
+Traffic from the egress side is classified too: replies of a flow follow the
+flow's instance when its chain is bidirectional, and are delivered straight
+to their host otherwise (core.py decides).  "Deliver" is what the switch does
+as the hosts' last router hop: the destination MAC becomes the host's.
 """
 
 from __future__ import annotations
@@ -108,8 +115,21 @@ def default_actions(switch):
     return []
 
 
-def base_pipeline(switch, worker_ports):
+def deliver_actions(switch, host):
+    """Hand a packet to ``host`` (its MAC, its port); without one, the default."""
+    if host is None:
+        return default_actions(switch)
+    return [
+        parser.OFPActionSetField(eth_dst=host.mac),
+        parser.OFPActionOutput(host.switch_port),
+    ]
+
+
+def base_pipeline(switch, worker_ports, hosts=()):
     """Replace the base pipeline of ``switch``; per-flow entries are left alone.
+
+    ``hosts`` are the topology's hosts on this switch: a chain's output whose
+    IPv4 destination is in a host's subnet goes to that host, with its MAC.
 
     Removes every entry of table 0 and the base entries of table 1 (by
     cookie), then installs them anew, so a reconnecting switch keeps its
@@ -120,7 +140,10 @@ def base_pipeline(switch, worker_ports):
         flow_delete(TABLE_CLASSIFY),
         flow_delete(TABLE_FLOWS, cookie=COOKIE_BASE, cookie_mask=COOKIE_KIND_MASK),
     ]
-    for port in switch.uplink_ports:
+    from_outside = list(switch.uplink_ports)
+    if switch.egress_port not in from_outside:
+        from_outside.append(switch.egress_port)
+    for port in from_outside:
         msgs.append(
             flow_add(
                 TABLE_CLASSIFY,
@@ -130,6 +153,20 @@ def base_pipeline(switch, worker_ports):
             )
         )
     for port in worker_ports:
+        for h in hosts:
+            net = ipaddress.IPv4Network(h.ip, strict=False)
+            msgs.append(
+                flow_add(
+                    TABLE_CLASSIFY,
+                    PRIO_PORT + 1,
+                    parser.OFPMatch(
+                        in_port=port,
+                        eth_type=ETH_IPV4,
+                        ipv4_dst=(str(net.network_address), str(net.netmask)),
+                    ),
+                    apply(*deliver_actions(switch, h)),
+                )
+            )
         msgs.append(
             flow_add(
                 TABLE_CLASSIFY,

@@ -92,6 +92,11 @@ SCHEMAS = {
                 "maximum": chains.MAX_PRIORITY,
                 "default": 0,
             },
+            "bidirectional": {
+                "type": "boolean",
+                "default": False,
+                "description": "replies of the chain's flows go through the same instance",
+            },
         },
     },
     "Chain": {
@@ -132,7 +137,11 @@ SCHEMAS = {
             "core": {"type": "integer"},
             "attached": {"type": "boolean"},
             "load": {"type": "number"},
-            "p99_us": {"type": "number"},
+            "p99_us": {"type": "number", "description": "latency estimate (us) judged by"},
+            "batch_p99_us": {
+                "type": "number",
+                "description": "p99 per-batch execution time (us) its agent last reported",
+            },
             "pps": {"type": "number", "description": "packet rate its agent last reported"},
             "flows": {"type": "integer"},
         },
@@ -145,6 +154,12 @@ SCHEMAS = {
             "load": {"type": "number", "minimum": 0, "maximum": 1},
             "p99_us": {"type": "number", "minimum": 0},
         },
+    },
+    "FlowMove": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["to"],
+        "properties": {"to": {"type": "integer", "description": "instance id"}},
     },
     "Flow": {
         "type": "object",
@@ -219,6 +234,14 @@ OPERATIONS = {
         "InstanceStats",
         200,
         _ref("Instance"),
+    ),
+    "move_flow": (
+        "Move a flow (and its reply) to another instance of its chain, keeping its "
+        "packets in order; a warm-pool instance is attached first (admin; 202: the move "
+        "runs with the agents).",
+        "FlowMove",
+        202,
+        {"type": "object"},
     ),
     "list_flows": (
         "Flows, paged: pass the returned next as after.",

@@ -49,6 +49,9 @@ class Orchestrator:
         self.preparing: dict[int, Pending] = {}
         self.retry_after: dict[int, float] = {}  # chain id -> when to try preparing again
         self.errors: list[dict] = []  # the latest refusals, for the API and logs
+        # (worker, p99 per-batch us) -> the latency estimate the ingress judges by;
+        # the app plugs in the autoscaler's (network profile included)
+        self.latency_us = lambda worker, batch_p99_us: 2.0 * batch_p99_us
 
     # -- what to do now -------------------------------------------------------------
 
@@ -81,6 +84,10 @@ class Orchestrator:
                 cmds.append(Command(worker, "prepare", params, iid))
         return cmds
 
+    def preparing_for(self, chain_id: int) -> int:
+        """Pool instances of ``chain_id`` asked for and not ready yet."""
+        return sum(1 for p in self.preparing.values() if p.chain_id == chain_id)
+
     def requests(self) -> list[Command]:
         """The core's queued requests for the agents (attach from the pool, teardown)."""
         cmds = []
@@ -101,7 +108,7 @@ class Orchestrator:
             used_vfs.add((p.worker, p.vf))
         best = None
         for state in self.hub.workers.values():
-            if not state.connected or not state.inventory:
+            if not state.connected or not state.inventory or state.failed is not None:
                 continue
             cores = [c for c in state.inventory["cores"] if (state.name, c) not in used_cores]
             vfs = [
@@ -154,8 +161,14 @@ class Orchestrator:
             inst = self.core.instances.by_id.get(row["id"])
             if inst is None or inst.worker != worker:
                 continue  # not (or no longer) ours: ignore, never trust a report blindly
+            batch = row.get("p99_us")
             msgs += self.core.update_stats(
-                inst.id, now, load=row.get("load"), p99_us=row.get("p99_us"), pps=row.get("pps")
+                inst.id,
+                now,
+                load=row.get("load"),
+                p99_us=None if batch is None else self.latency_us(worker, batch),
+                pps=row.get("pps"),
+                batch_p99_us=batch,
             )
         return msgs
 
@@ -173,6 +186,74 @@ class Orchestrator:
         LOG.warning("instance %d on %s failed (%s): removing it", iid, worker,
                     event.get("reason", "no reason given"))  # fmt: skip
         return self.core.remove_instance(iid, now)
+
+    def failures(self, now: float) -> list:
+        """Workers whose heartbeats stopped: fail them over; returns OF messages."""
+        msgs = []
+        for worker in self.hub.lapsed(now):
+            msgs += self.worker_failed(worker, "heartbeats stopped", now, kind="heartbeats")
+        return msgs
+
+    def _worker_at(self, dpid: int, port: int) -> str | None:
+        for w in self.core.topology.workers:
+            if self.core.topology.switch(w.switch).dpid == dpid and w.switch_port == port:
+                return w.name
+        return None
+
+    def port_down(self, dpid: int, port: int, now: float) -> list:
+        """A switch port went down: if it is a worker's uplink, fail that worker over."""
+        worker = self._worker_at(dpid, port)
+        if worker is None:
+            return []
+        return self.worker_failed(worker, f"switch port {port} down", now, kind="link")
+
+    def port_up(self, dpid: int, port: int, now: float) -> None:
+        """A worker's uplink is back: it may take instances again (its agent never left)."""
+        worker = self._worker_at(dpid, port)
+        state = self.hub.workers.get(worker) if worker else None
+        if state is not None and state.failed and state.failed.startswith("switch port"):
+            LOG.info("worker %s: switch port %d is up again", worker, port)
+            state.failed = None
+
+    def worker_failed(self, worker: str, reason: str, now: float, kind: str = "other") -> list:
+        """Declare ``worker`` failed: its instances' flows go to healthy instances of their
+        chains now (their rules re-pointed, no drain: the old side is gone), what finds
+        none re-assigns on its next packet (held at the controller until an instance
+        can take it), and its instances are forgotten.  When its agent registers again
+        it is reconciled (:meth:`registered`: what it still runs is torn down), so a flow
+        is never served by two instances.
+        """
+        if worker not in self.hub.workers or self.hub.workers[worker].failed is not None:
+            return []
+        self.hub.mark_failed(worker, reason)
+        self.core.metrics.worker_failures.inc(kind)
+        # an agent still connected (a link failure) tears its instances down now; a
+        # silent one is reconciled when it registers again
+        tell = kind == "link" and self.hub.workers[worker].connected
+        for iid in [i for i, p in self.preparing.items() if p.worker == worker]:
+            del self.preparing[iid]
+        core = self.core
+        mine = [i for i in core.instances.by_id.values() if i.worker == worker]
+        for inst in mine:  # none of them may take a flow from here on
+            if inst.attached:
+                core.instances.set_attached(inst.id, False)
+        msgs, moved = [], 0
+        for inst in mine:
+            chain = core.chains.by_id.get(inst.chain_id)
+            for rec in core.flows.of_instance(inst.id) if chain is not None else ():
+                if rec.instance_id != inst.id:
+                    continue  # moved already, as the reply of a flow moved before it
+                dst = core.instances.pick(chain, inst.dpid)
+                if dst is None or dst.worker == worker:
+                    continue
+                keys, m = core.migrate([rec.id], inst.id, dst.id, now)
+                moved += len(keys)
+                msgs += m
+        for inst in mine:
+            msgs += core.remove_instance(inst.id, now, tell_agent=tell)
+        LOG.warning("worker %s failed (%s): %d flows moved to other instances, %d instances "
+                    "forgotten", worker, reason, moved, len(mine))  # fmt: skip
+        return msgs
 
     def registered(self, worker: str, reported: list, now: float) -> tuple[list[Command], list]:
         """Reconcile after an agent (re)registers with the instances it still runs.

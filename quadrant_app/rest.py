@@ -49,10 +49,12 @@ ROUTES = [
     ("DELETE", "/v1/instances/{id}", "delete_instance", "admin"),
     ("PUT", "/v1/instances/{id}/stats", "put_instance_stats", "admin"),
     ("GET", "/v1/flows", "list_flows", "tenant"),
+    ("POST", "/v1/flows/{id}/move", "move_flow", "admin"),
 ]
 
 INSTANCE_FIELDS = {"chain_id", "worker", "vf_mac", "core", "attached"}
 STATS_FIELDS = {"load", "p99_us"}
+MOVE_FIELDS = {"to"}
 
 
 def _compile(pattern: str):
@@ -65,8 +67,13 @@ _COMPILED = [(m, _compile(p), h, who) for m, p, h, who in ROUTES]
 class RestApi:
     """WSGI callable.  ``send`` takes the core's ``[(dpid, msg)]``; ``clock`` gives ``now``."""
 
-    def __init__(self, core, tokens: Tokens, send, clock, max_body=65536, max_page=1000, hub=None):
+    def __init__(
+        self, core, tokens: Tokens, send, clock, max_body=65536, max_page=1000, hub=None,
+        mover=None,
+    ):  # fmt: skip
         self.core = core
+        # mover(Move): start a flow move with the agents (the app's; None without agents)
+        self.mover = mover
         self.hub = hub  # the agents' registry, when agents are enabled
         self.tokens = tokens
         self.send = send
@@ -224,7 +231,7 @@ class RestApi:
                 entry["agent"] = {
                     k: v
                     for k, v in st.to_json(self.clock()).items()
-                    if k in ("connected", "sessions", "heartbeats", "heartbeat_age_s")
+                    if k in ("connected", "sessions", "heartbeats", "heartbeat_age_s", "failed")
                 }
             if principal.admin:
                 used = {i.vf_mac: i.id for i in self.core.instances.by_id.values()
@@ -312,6 +319,32 @@ class RestApi:
         after = _int_param(req, "after", 0, 0, 2**63)
         recs, nxt = self.core.flows.page(after, limit, self._visible_chain_ids(principal))
         return _json({"flows": [r.to_json() for r in recs], "next": nxt})
+
+    def move_flow(self, req, principal, id):
+        """Move one flow (and its reply) to another instance of its chain, in order."""
+        from quadrant_app.autoscale import Move
+
+        rec = self.core.flows.by_id(id)
+        if rec is None:
+            raise HttpError(404, f"no flow {id}")
+        body = self._body(req)
+        if not isinstance(body, dict) or set(body) - MOVE_FIELDS or "to" not in body:
+            raise HttpError(400, "must be an object {to: instance id}", "to")
+        to = body["to"]
+        if isinstance(to, bool) or not isinstance(to, int):
+            raise HttpError(400, "must be an instance id", "to")
+        dst = self.core.instances.by_id.get(to)
+        if dst is None:
+            raise HttpError(404, f"no instance {to}", "to")
+        src = self.core.instances.by_id.get(rec.instance_id)
+        if dst.id == rec.instance_id:
+            raise HttpError(409, f"flow {id} is on instance {to} already", "to")
+        if src is None or dst.chain_id != src.chain_id or dst.dpid != src.dpid:
+            raise HttpError(409, "must be an instance of the flow's chain on its switch", "to")
+        if self.mover is None:
+            raise HttpError(409, "flows move through the agents; none are enabled")
+        self.mover(Move(src.chain_id, src.id, dst.id, (id,), rec.pps))
+        return _json({"flow": id, "from": src.id, "to": dst.id}, status=202)
 
 
 def _int_param(req, name, default, lo, hi) -> int:

@@ -138,6 +138,8 @@ class Stack:
             "--heartbeat", str(self.heartbeat_s),
             "--netns", self.lab.ns(worker),
             "--cores", ",".join(str(c) for c in self.data_cores),
+            # the lab's names: an agent removes what an earlier one of its prefix left
+            "--prefix", f"{self.lab.plan.prefix}-{worker}",
         ]  # fmt: skip
         self.log(f"agent {worker}: NFs in netns {self.lab.ns(worker)}, cores {self.data_cores}")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)

@@ -393,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                   instances=manager.list, monitor=monitor,
                   monitor_interval=args.monitor_interval)  # fmt: skip
     manager.register(agent.dispatcher)
+    manager.reap_leftovers()
     try:
         manager.start_schedulers()
     except SchedError as exc:

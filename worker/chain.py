@@ -50,7 +50,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cext import chainbuf
+from cext import chainbuf, flowhold
+from worker import flowhold as holds
 from worker.coopsched import CoreScheduler
 from worker.launcher import Launcher, LaunchSpec, host_tid
 
@@ -113,6 +114,7 @@ class ChainInstance:
         launcher: Launcher | None = None,
         netns: str | None = None,
         startup_cpus: tuple[int, ...] = (),
+        max_hold_ms: int = 1000,
     ):
         if not nfs:
             raise ChainError("nfs: a chain has at least one NF")
@@ -158,6 +160,10 @@ class ChainInstance:
         self.summaries: list[dict | None] = []
         self.state = "new"
         self._ctl_path = ""
+        # flows held for a move (cext/src/qs_flowhold.h): a hold the controller never
+        # releases ends by itself after this long
+        self.max_hold_ms = max_hold_ms
+        self.hold: flowhold.FlowHold | None = None
 
     # -- layout ---------------------------------------------------------------
     def _path(self, tag: str, size: int) -> str:
@@ -206,6 +212,18 @@ class ChainInstance:
             )
         return out
 
+    def _make_hold(self) -> str:
+        """The per-flow hold region NF1 maps: small, so tmpfs (a hugetlbfs file would
+        take a 2 MB page), unless the caller chose a root that is not hugetlbfs."""
+        root = self.buffer_root
+        if not root or chainbuf._on_hugetlbfs(os.path.join(root, "x")):
+            root = "/dev/shm"
+        path = os.path.join(root, f"{self.prefix}-{self.name}-hold")
+        self.hold = flowhold.FlowHold.create(
+            path, self.max_hold_ms, mode=0o660, uid=0, gid=self.ids.gid
+        )
+        return path
+
     @property
     def ctl(self) -> chainbuf.ChainBuffer:
         """The region whose header holds the control word and the NFs' counters."""
@@ -220,6 +238,7 @@ class ChainInstance:
         self.state = "preparing"
         try:
             layout = self._layout()
+            layout[0]["hold"] = self._make_hold()
             self._ctl_path = layout[0]["ctl"]
             ctl = self.buffers[self._ctl_path]
             ctl.batch = self.batch
@@ -361,10 +380,49 @@ class ChainInstance:
             raise ChainError(f"set_batch: instance {self.name} is {self.state}")
         self.ctl.batch = batch  # validated there; the first NF reads it between batches
 
+    def hold_flows(self, keys: list[tuple]) -> list[int]:
+        """NF1 sets these flows' packets aside until :meth:`release_flows`."""
+        if self.state not in ("detached", "attached") or self.hold is None:
+            raise ChainError(f"hold: instance {self.name} is {self.state}")
+        return self.hold.hold(keys)
+
+    def release_flows(self, keys: list[tuple]) -> int:
+        if self.state not in ("detached", "attached") or self.hold is None:
+            raise ChainError(f"release: instance {self.name} is {self.state}")
+        return self.hold.release(keys)
+
+    def drain(self, timeout: float) -> dict:
+        """Wait until this instance has emitted what its port had queued now."""
+        if self.state not in ("detached", "attached") or self.hold is None:
+            raise ChainError(f"drain: instance {self.name} is {self.state}")
+        ctl, hold = self.ctl, self.hold
+
+        def counters():
+            s = ctl.nf_stats(0)
+            return s["pkts"], s["tx"] + s["drops"]
+
+        return holds.drain(hold.progress, counters, timeout)
+
     def stats(self) -> list[dict]:
+        """Per NF process: its counters and its cycles-per-batch histogram (``hist``)
+        from the buffer header; the first also ``buffered``, the packets waiting in
+        the chain buffer's rings between the NFs."""
         c = self.ctl
         n = 1 if self.mode == "single_thread" else len(self.nfs)
-        return [c.nf_stats(i) for i in range(n)]
+        out = [{**c.nf_stats(i), "hist": c.nf_hist(i)} for i in range(n)]
+        out[0]["buffered"] = self.buffered()
+        return out
+
+    def buffered(self) -> int:
+        """Packets in the rings from each NF to the next and from the last back to the
+        first (ring 0 of a region holds free slots, not packets)."""
+        n = len(self.nfs)
+        if self.mode == "single_thread":
+            return 0
+        if self.mode in ("coop", "cfs"):
+            return sum(self.ctl.ring_count(r) for r in range(1, n + 1))
+        # copy: every region after the control one carries its batches on ring 1
+        return sum(b.ring_count(1) for p, b in self.buffers.items() if p != self._ctl_path)
 
     def alive(self) -> bool:
         return bool(self.procs) and all(p.poll() is None for p in self.procs)
@@ -418,6 +476,14 @@ class ChainInstance:
             except FileNotFoundError:
                 pass
         self.buffers = {}
+        if self.hold is not None:
+            path = self.hold.path
+            self.hold.close()
+            self.hold = None
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
         # Each NF's EAL made its runtime directory as root, before the NF gave root
         # up, so the NF cannot remove it on its way out: the agent does.
         for i in range(len(self.nfs)):

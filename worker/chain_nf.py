@@ -61,7 +61,7 @@ def _port_name(d: dict) -> str:
 
 def main() -> int:
     spec = json.load(sys.stdin)
-    from cext import chainbuf, eal, ethdev
+    from cext import chainbuf, eal, ethdev, flowhold
     from worker import sandbox
     from worker.nf_config import NFSpec
     from worker.nf_registry import build_nf
@@ -99,6 +99,7 @@ def main() -> int:
             return opened[path]
 
         ctl, inp, out, ret = buf("ctl"), buf("in"), buf("out"), buf("ret")
+        hold = flowhold.FlowHold.open(bufs["hold"]) if bufs.get("hold") else None
         wrapped = [chainbuf.NF(n) for n in nfs]
         sandbox.lock_memory()
         sandbox.confine(spec["uid"], spec["gid"])
@@ -117,6 +118,7 @@ def main() -> int:
                 out_ring=bufs.get("out_ring", 1),
                 ret=ret,
                 ret_ring=bufs.get("ret_ring", 0),
+                hold=hold,
             )
         else:
             chainbuf.run_stage(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from collections import deque
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from quadrant_app import jsonrpc
 from quadrant_app.jsonrpc import RpcError
+from worker import flowhold
 from worker.chain import MODES, ChainError, ChainIds, ChainInstance
 from worker.launcher import Launcher, LaunchError
 
@@ -116,7 +118,8 @@ class InstanceManager:
 
     # -- registration on the agent ------------------------------------------------
     def register(self, dispatcher) -> None:
-        for name in ("prepare", "attach", "detach", "set_batch", "teardown"):
+        for name in ("prepare", "attach", "detach", "set_batch", "teardown", "hold", "release",
+                     "drain"):  # fmt: skip
             dispatcher.add(name, self._guarded(name, getattr(self, name)))
 
     @staticmethod
@@ -237,6 +240,39 @@ class InstanceManager:
         self._run(e, "set_batch", lambda: e.chain.set_batch(batch))
         return {"instance": e.id, "batch": batch}
 
+    def hold(self, params) -> dict:
+        """Set the flows' packets aside until ``release`` (the new side of a move)."""
+        p = self._params(params)
+        e = self._entry(p)
+        keys = flowhold.parse_flows(p.get("flows"))
+        out = {}
+        self._run(e, "hold", lambda: out.update(entries=e.chain.hold_flows(keys)))
+        return {"instance": e.id, "held": len(keys)}
+
+    def release(self, params) -> dict:
+        p = self._params(params)
+        e = self._entry(p)
+        keys = flowhold.parse_flows(p.get("flows"))
+        out = {}
+        self._run(e, "release", lambda: out.update(n=e.chain.release_flows(keys)))
+        return {"instance": e.id, "released": out["n"]}
+
+    def drain(self, params) -> dict:
+        """Return once the instance has emitted what its port had queued (the old
+        side of a move), or after ``timeout`` seconds with ``drained: false``."""
+        p = self._params(params)
+        e = self._entry(p)
+        timeout = p.get("timeout", 0.5)
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not (0 < timeout <= 10)
+        ):
+            raise RpcError(jsonrpc.INVALID_PARAMS, "params.timeout: seconds in (0, 10]")
+        out = {}
+        self._run(e, "drain", lambda: out.update(e.chain.drain(float(timeout))))
+        return {"instance": e.id, **out}
+
     def teardown(self, params) -> dict:
         e = self._entry(params)
         self._remove(e)
@@ -281,6 +317,60 @@ class InstanceManager:
         """From a core's watchdog or master thread (it ended a chain).  Only queued:
         the thread may be serving a request of a command that holds the lock."""
         self._ended.append(ev)
+
+    def reap_leftovers(self, cgroup_root: Path = Path("/sys/fs/cgroup")) -> dict:
+        """Remove what an earlier agent of this prefix left when it was killed: its NF
+        processes (every task of the cgroups under the prefix), their cgroups, the
+        chain buffer and hold files, the DPDK runtime directories.  Run at start, before
+        anything of our own exists: an agent that comes back after a crash starts
+        clean, so no chain it no longer knows keeps serving a flow."""
+        killed, files = 0, 0
+        parents = [cgroup_root / self.prefix] + [
+            cgroup_root / c / self.prefix for c in ("cpuset", "memory")
+        ]
+        for parent in parents:
+            if not parent.is_dir():
+                continue
+            for d in [x for x in parent.iterdir() if x.is_dir()]:
+                try:
+                    pids = [int(x) for x in (d / "cgroup.procs").read_text().split()]
+                except OSError:
+                    pids = []
+                for pid in pids:
+                    try:
+                        os.kill(pid, 9)
+                        killed += 1
+                    except ProcessLookupError:
+                        pass
+                for _ in range(100):
+                    try:
+                        d.rmdir()
+                        break
+                    except FileNotFoundError:
+                        break
+                    except OSError:
+                        time.sleep(0.02)  # the killed tasks are still leaving
+        for root in ("/dev/shm", "/dev/hugepages", "/var/run/dpdk"):
+            try:
+                names = os.listdir(root)
+            except OSError:
+                continue
+            for name in names:
+                if not name.startswith(self.prefix + "-"):
+                    continue
+                path = os.path.join(root, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        continue
+                files += 1
+        if killed or files:
+            LOG.warning("an earlier agent of %s left %d NF processes and %d files: removed",
+                        self.prefix, killed, files)  # fmt: skip
+        return {"killed": killed, "files": files}
 
     def close(self) -> None:
         """Tear down every instance and stop the schedulers (agent exit)."""

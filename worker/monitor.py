@@ -3,7 +3,8 @@
 It runs in the agent, on the housekeeping core, and never writes to an NF's
 memory: each tick it reads the counters every NF runtime keeps in its
 chain buffer's header (``qs_nfctl``: batches, packets, drops, TSC cycles in
-the NF; see docs/chains.rst) and turns two readings into, per instance:
+the NF, and the NF's cycles-per-batch histogram; see docs/chains.rst) and
+turns two readings into, per instance:
 
 ``pps``
     packets per second the first NF took from the VF;
@@ -11,20 +12,30 @@ the NF; see docs/chains.rst) and turns two readings into, per instance:
     the fraction of the core's time spent inside the chain's NFs
     (sum over the NFs of their cycles / TSC Hz / wall time);
 ``p99_us``
-    the 99th percentile of the chain's per-batch execution time (µs): per
-    tick the mean batch time of each NF (cycles / batches in that tick),
-    summed over the NFs, gives one sample; the percentile is over the last
-    ``window`` ticks with traffic.  The chain buffer keeps no per-batch
-    histogram (the single-NF counter block of :mod:`worker.nf_stats`
-    does), so this is a percentile of tick means, not of single batches;
+    the 99th percentile of the chain's per-batch execution time (µs) over the
+    batches of the last ``window`` ticks (default: since the last tick).
+    Each NF's process files every batch it works on in its histogram in the
+    chain buffer header (cycles from the start of its batch work to the end,
+    log-linear buckets: see docs/chains.rst); the difference between two
+    readings is the histogram of that tick's batches, whose 99th percentile
+    (:func:`worker.nf_stats.hist_quantile`) converted with the TSC frequency
+    is the NF's.  The chain's is the sum over its NFs: exact for a chain in
+    one process; for one process per NF an estimate that in practice errs
+    high (the sum of the NFs' p99s is the p99 of a batch's total only if
+    the NFs' slow batches coincide; they rarely do).  0 when no batch ran;
 ``drops``
     packets dropped by the chain since it was prepared, a running total: the
     first NF's drop count (which includes what later NFs dropped: their slots
-    come back to it flagged) plus descriptors any NF refused as invalid.
-
-The NIC queue length is not reported: the first NF owns its port, and
-``rte_eth_rx_queue_count`` works only in that process (and not at all on
-``net_af_packet``), so the agent cannot read it from outside.
+    come back to it flagged) plus descriptors any NF refused as invalid;
+``queue_len``
+    always None (JSON null): the NIC RX queue length.  The first NF owns its
+    port, so only its process could call ``rte_eth_rx_queue_count``, and no
+    driver of the lab's (``net_af_packet``; nor ``net_pcap``, ``net_null``,
+    ``net_ring``, ``net_tap``, ``net_memif``) implements it: -ENOTSUP;
+``buffered``
+    packets waiting in the chain buffer between the chain's NFs (the rings
+    from each NF to the next and from the last back to the first), from the
+    rings' indices; 0 for a chain in one process.
 
 :class:`Significance` (pure) decides which rows are worth a ``stats`` call:
 a value crossing a configured threshold, a change by more than a configured
@@ -36,6 +47,8 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+
+from worker import nf_stats
 
 
 def tsc_hz(seconds: float = 0.05) -> float:
@@ -51,28 +64,46 @@ def tsc_hz(seconds: float = 0.05) -> float:
 class _Track:
     t: float
     nfs: list[dict]
-    p99_samples: deque = field(default_factory=lambda: deque(maxlen=200))
+    hists: deque = field(default_factory=deque)  # per tick: a delta histogram per NF
 
 
-def percentile(values, q: float) -> float:
-    xs = sorted(values)
-    if not xs:
-        return 0.0
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
+def chain_p99_cycles(deltas: list[tuple[int, ...] | None]) -> float:
+    """The chain's p99 batch time (cycles) from one delta histogram per NF (None:
+    that NF's reading is not usable): the sum of the NFs' 99th percentiles."""
+    total = 0.0
+    for d in deltas:
+        q = nf_stats.hist_quantile(d, 0.99) if d is not None else None
+        if q is not None:
+            total += q
+    return total
+
+
+def sum_hists(ticks: list[list[tuple[int, ...] | None]]) -> list[tuple[int, ...] | None]:
+    """Per NF, the sum of its delta histograms over ``ticks`` (each tick: one delta
+    per NF, None where unusable); None for an NF with no usable tick."""
+    out: list[tuple[int, ...] | None] = []
+    for per_tick in zip(*ticks, strict=True):
+        usable = [d for d in per_tick if d is not None]
+        out.append(tuple(map(sum, zip(*usable, strict=True))) if usable else None)
+    return out
 
 
 class Rates:
     """Per-instance figures from successive counter readings (pure: readings in, rows out)."""
 
-    def __init__(self, hz: float, window: int = 200):
+    def __init__(self, hz: float, window: int = 1):
         if hz <= 0:
             raise ValueError(f"hz: {hz!r} is not a positive TSC frequency")
+        if window < 1:
+            raise ValueError(f"window: {window!r} ticks, must be >= 1")
         self.hz = hz
         self.window = window
         self.tracks: dict[int, _Track] = {}
 
     def update(self, readings: dict[int, list[dict]], now: float) -> list[dict]:
-        """``readings``: instance id -> its NFs' counters (``ChainInstance.stats()``)."""
+        """``readings``: instance id -> its NFs' counters and histograms
+        (``ChainInstance.stats()``: ``pkts``, ``batches``, ``cycles``, ``drops``,
+        ``bad``, ``hist``; ``buffered`` in the first NF's entry, optional)."""
         rows = []
         for iid, nfs in readings.items():
             prev = self.tracks.get(iid)
@@ -80,30 +111,29 @@ class Rates:
             # no free slot, TX refused, and slots a later NF flagged dropped when they
             # come back; later NFs' own drop counts are already in it
             drops = nfs[0]["drops"] + sum(n["bad"] for n in nfs)
-            if prev is None:
-                track = _Track(now, nfs, deque(maxlen=self.window))
-                self.tracks[iid] = track
-                rows.append({"id": iid, "pps": 0.0, "load": 0.0, "p99_us": 0.0, "drops": drops})
+            buffered = nfs[0].get("buffered", 0)
+            if prev is None or len(prev.nfs) != len(nfs):
+                self.tracks[iid] = _Track(now, nfs, deque(maxlen=self.window))
+                rows.append({"id": iid, "pps": 0.0, "load": 0.0, "p99_us": 0.0, "drops": drops,
+                             "queue_len": None, "buffered": buffered})  # fmt: skip
                 continue
             dt = now - prev.t
             if dt <= 0:
                 continue
+            pairs = list(zip(nfs, prev.nfs, strict=True))
             pps = (nfs[0]["pkts"] - prev.nfs[0]["pkts"]) / dt
-            cycles = sum(n["cycles"] - p["cycles"] for n, p in zip(nfs, prev.nfs, strict=True))
-            per_batch = 0.0
-            for n, p in zip(nfs, prev.nfs, strict=True):
-                b = n["batches"] - p["batches"]
-                if b > 0:
-                    per_batch += (n["cycles"] - p["cycles"]) / b
-            if per_batch > 0:
-                prev.p99_samples.append(per_batch / self.hz * 1e6)
+            cycles = sum(n["cycles"] - p["cycles"] for n, p in pairs)
+            prev.hists.append([nf_stats.hist_delta(p["hist"], n["hist"]) for n, p in pairs])
+            p99 = chain_p99_cycles(sum_hists(list(prev.hists)))
             prev.t, prev.nfs = now, nfs
             rows.append({
                 "id": iid,
                 "pps": round(max(0.0, pps), 1),
                 "load": round(min(1.0, max(0.0, cycles / self.hz / dt)), 6),
-                "p99_us": round(percentile(prev.p99_samples, 0.99), 3),
+                "p99_us": round(p99 / self.hz * 1e6, 3),
                 "drops": drops,
+                "queue_len": None,
+                "buffered": buffered,
             })  # fmt: skip
         for gone in set(self.tracks) - set(readings):
             del self.tracks[gone]
@@ -133,7 +163,8 @@ class Significance:
             raise ValueError(f"summary_s: {summary_s!r} must be > 0")
         self.fraction = fraction
         self.thresholds = {k: sorted(v) for k, v in (thresholds or {}).items()}
-        self.floor = {"pps": 50.0, "load": 0.02, "p99_us": 2.0, "drops": 1, **(floor or {})}
+        self.floor = {"pps": 50.0, "load": 0.02, "p99_us": 2.0, "drops": 1, "buffered": 32,
+                      **(floor or {})}  # fmt: skip
         self.summary_s = summary_s
         self.last: dict[int, dict] = {}
         self.last_summary: float | None = None
@@ -148,6 +179,10 @@ class Significance:
             if key == "id" or key not in last:
                 continue
             old = last[key]
+            if not isinstance(new, (int, float)) or not isinstance(old, (int, float)):
+                if new != old:  # e.g. queue_len None -> a number: news
+                    return True
+                continue
             if self._crossed(key, old, new):
                 return True
             delta = abs(new - old)

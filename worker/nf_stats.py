@@ -61,6 +61,45 @@ def bucket_low(b: int) -> int:
     return (4 + b % 4) << (e - 2)
 
 
+def hist_delta(before, after) -> tuple[int, ...] | None:
+    """Batches per bucket between two readings of the same cumulative histogram,
+    or None if a bucket went down (the writer restarted, or the memory was
+    rewritten: nothing to conclude from this pair)."""
+    if len(before) != len(after):
+        raise ValueError(f"histograms of {len(before)} and {len(after)} buckets")
+    d = tuple(b - a for a, b in zip(before, after, strict=True))
+    return None if any(x < 0 for x in d) else d
+
+
+def hist_quantile(hist, q: float) -> float | None:
+    """Cycles at quantile ``q`` (0..1) of the batches counted in ``hist`` (one
+    count per bucket of :func:`bucket_of`), None if it counts none.
+
+    The rank ``q * total`` (at least 1) falls in one bucket; the value is
+    interpolated linearly across that bucket's range (buckets below 4 are
+    exact; the last one, open-ended, gives its lower bound).  So the result
+    is never below the smallest and never above the largest cycle count the
+    histogram can hold for its batches."""
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q: {q!r} is outside 0..1")
+    total = sum(hist)
+    if total <= 0:
+        return None
+    rank = max(1.0, q * total)
+    seen = 0
+    for b, n in enumerate(hist):
+        if n <= 0:
+            continue
+        if seen + n >= rank:
+            low = bucket_low(b)
+            if b < 4 or b + 1 >= len(hist):
+                return float(low)
+            high = bucket_low(b + 1) - 1
+            return low + (high - low) * (rank - seen) / n
+        seen += n
+    return float(bucket_low(len(hist) - 1))  # not reached: rank <= total
+
+
 @dataclass(frozen=True)
 class Snapshot:
     tsc_hz: int

@@ -2,7 +2,8 @@
  *
  * One file-backed region per chain instance (hugetlbfs or memfd/tmpfs):
  *
- *   [header: geometry, control word, per-NF counters]   4 KiB
+ *   [header: geometry, control word, per-NF counters and
+ *            per-NF cycles-per-batch histograms]        16 KiB
  *   [ring 0][ring 1]...[ring R-1]                        SP/SC rings of slot offsets
  *   [slot 0][slot 1]...[slot S-1]                        QS_SLOT_SIZE bytes each
  *
@@ -23,9 +24,11 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "qd_stats.h" /* qd_hist_bucket: the single-NF runtime's histogram rule */
+
 #define QS_CB_MAGIC 0x3146554248434d51ULL /* "QMCHBUF1" little-endian */
-#define QS_CB_VERSION 1u
-#define QS_HDR_SIZE 4096u
+#define QS_CB_VERSION 2u /* 2: per-NF histograms, 16 KiB header */
+#define QS_HDR_SIZE 16384u
 #define QS_SLOT_SHIFT 11
 #define QS_SLOT_SIZE (1u << QS_SLOT_SHIFT) /* 2048 */
 #define QS_SLOT_META 64u
@@ -34,6 +37,7 @@
 #define QS_MAX_RINGS 16u
 #define QS_MAX_NFS 8u
 #define QS_CACHE 64u
+#define QS_HIST_BUCKETS QD_STATS_HIST_BUCKETS /* 128, log-linear: see qd_stats.h */
 
 /* control word values (header.ctl) */
 #define QS_CTL_PARK 0u /* detached: finish in-flight batches, then sleep */
@@ -96,6 +100,13 @@ struct qs_cbhdr {
     volatile uint32_t futex;   /* bumped on every ctl change; parked NFs wait on it */
     volatile uint32_t yield_after_batch; /* 1: cooperative (coop/copy); 0: yield only when idle (cfs) */
     struct qs_nfctl nf[QS_MAX_NFS] __attribute__((aligned(QS_CACHE)));
+    /* hist[i][b]: batches of NF i's process whose cycles fall in bucket b
+     * (qd_hist_bucket), from the start of its batch work to its end (NF1:
+     * TX of what came back, RX, its NF(s), copy into the buffer; NF2..n:
+     * dequeue, its NF, pass on).  Written by NF i's process only, with plain
+     * stores; a monitor reads it without a lock (each bucket is one aligned
+     * 8-byte word, so a reading is at most a batch or two behind). */
+    volatile uint64_t hist[QS_MAX_NFS][QS_HIST_BUCKETS] __attribute__((aligned(QS_CACHE)));
 };
 
 /* A process's private copy of the geometry, checked once. */

@@ -36,6 +36,7 @@
 #include <rte_prefetch.h>
 
 #include "qs_chainbuf.h"
+#include "qs_flowhold.h"
 
 #define QS_FORWARD 0
 #define QS_DROP 1
@@ -80,6 +81,7 @@ struct qs_first_cfg {
     struct qs_view *ret; /* region the last NF's output comes back in */
     uint32_t ret_ring;
     uint32_t max_in_flight;
+    struct qs_hold_local *hold; /* NULL: this instance never holds flows */
 };
 
 struct qs_stage_cfg {
@@ -327,6 +329,8 @@ static int qs_run_first(struct qs_first_cfg *c)
     me->tid = (int32_t)syscall(SYS_gettid);
     qs_set_state(me, QS_NF_RUNNING);
     for (;;) {
+        /* a batch's work starts here: TX of what came back, then RX */
+        uint64_t tb = qs_rdtsc();
         uint32_t gen = qs_load(&h->futex), ctl = qs_load(&h->ctl), b, n = 0, k, live;
         if (ctl == QS_CTL_STOP)
             break;
@@ -351,10 +355,22 @@ static int qs_run_first(struct qs_first_cfg *c)
             b = QS_MAX_BATCH;
         if (c->out && in_flight + b > c->max_in_flight)
             b = in_flight >= c->max_in_flight ? 0 : (uint32_t)(c->max_in_flight - in_flight);
-        if (b)
+        if (b && c->hold != NULL) {
+            /* released flows' set-aside packets go first (qs_flowhold.h) */
+            n = c->hold->r->active ? qs_hold_take(c->hold, rx, b) : 0;
+            if (n == 0) {
+                uint32_t got = rte_eth_rx_burst(c->port_in, 0, rx, (uint16_t)b);
+                n = qs_hold_filter(c->hold, rx, got);
+                if (got < b) { /* the port's queue is empty: all before is received */
+                    c->hold->r->rx_at_short = me->pkts + n;
+                    c->hold->r->short_polls++;
+                }
+            }
+        } else if (b) {
             n = rte_eth_rx_burst(c->port_in, 0, rx, (uint16_t)b);
+        }
         if (n) {
-            uint64_t tsc = qs_rdtsc();
+            uint64_t tsc = tb;
             for (i = 0; i < n; i++) {
                 struct rte_mbuf *m = rx[i];
                 uint8_t *lo = (uint8_t *)m->buf_addr;
@@ -406,6 +422,7 @@ static int qs_run_first(struct qs_first_cfg *c)
                 me->drops += k - j;             /* no free slot for the rest */
                 in_flight += qs_ring_enqueue(c->out, c->out_ring, offs, j);
             }
+            h->hist[0][qd_hist_bucket(qs_rdtsc() - tb)]++;
         }
         if (h->yield_after_batch || n == 0)
             sched_yield();
@@ -446,6 +463,7 @@ static int qs_run_stage(struct qs_stage_cfg *c)
     me->tid = (int32_t)syscall(SYS_gettid);
     qs_set_state(me, QS_NF_RUNNING);
     for (;;) {
+        uint64_t tb = qs_rdtsc(); /* a batch's work starts with the dequeue */
         uint32_t gen = qs_load(&h->futex), ctl = qs_load(&h->ctl), nl = 0, k = 0, b;
         int32_t n;
         if (ctl == QS_CTL_STOP)
@@ -494,7 +512,7 @@ static int qs_run_stage(struct qs_stage_cfg *c)
             live[nl++] = off;
         }
         if (nl)
-            qs_run_nfs(&c->nf, 1, pkts, verdict, idx, nl, qs_rdtsc(), me);
+            qs_run_nfs(&c->nf, 1, pkts, verdict, idx, nl, tb, me);
         for (i = 0; i < nl; i++) {
             uint8_t *slot = c->in->slots + live[i];
             struct qs_slot_meta *m = qs_meta(c->in, live[i]);
@@ -544,6 +562,7 @@ static int qs_run_stage(struct qs_stage_cfg *c)
             uint32_t put = qs_ring_enqueue(c->out, c->out_ring, offs, k);
             me->drops += k - put;
         }
+        h->hist[c->index][qd_hist_bucket(qs_rdtsc() - tb)]++;
         if (h->yield_after_batch)
             sched_yield();
     }

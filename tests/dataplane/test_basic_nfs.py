@@ -14,6 +14,7 @@ def swap_macs(frame: bytes) -> bytes:
 def test_empty_swaps_macs_and_survives_malformed(run_nf):
     good = [raw(udp(dport=p)) for p in range(5)] + [raw(tcp()), raw(icmp())]
     odd = list(malformed().values()) + list(non_ip().values())
+    odd.append(good[0][:15])  # 14 and 15 bytes take the scalar swap, 16 and up SSE
     frames = good + odd
     result = run_nf({"type": "empty"}, frames)
     # empty only needs a MAC header: everything of 14 bytes and more goes out, swapped

@@ -33,13 +33,15 @@ SCRIPT = textwrap.dedent(
     out["huge_pool"] = err(lambda: ethdev.Mempool("qd_too_big", 50_000_000))
     pool = ethdev.Mempool("qd_pool", 2047, 32)
     out["ports"] = sorted(p["name"] for p in eal.ports())
-    drivers = {}
+    drivers, qcount = {}, {}
     for name in ("net_ring0", "net_null0", "net_memif0"):
         port = ethdev.Port(name)
         port.setup(pool)
         drivers[name] = port.driver()
+        qcount[name] = port.rx_queue_count()
         port.close()
     out["drivers"] = drivers
+    out["rx_queue_count"] = qcount
     out["dup_pool"] = err(lambda: ethdev.Mempool("qd_pool", 2047, 32))
     rundir = eal.runtime_dir()
     eal.cleanup()
@@ -75,3 +77,5 @@ def test_dpdk_errors_and_vdev_ports(tmp_path):
         "net_null0": "net_null",
         "net_memif0": "net_memif",
     }
+    # none of these drivers can count its RX queue (rte_eth_rx_queue_count: -ENOTSUP)
+    assert out["rx_queue_count"] == {"net_ring0": None, "net_null0": None, "net_memif0": None}

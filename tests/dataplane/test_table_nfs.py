@@ -154,3 +154,27 @@ def test_python_nf_from_the_docs(run_nf):
     result = run_nf(nf, frames)
     assert result.output == frames[1:]
     assert result.summary["nf_stats"] == {"dropped": 1}
+
+
+@pytest.mark.parametrize(
+    "nf",
+    [
+        {"type": "python", "class": "tests.dataplane.pynfs:DropOddTTL", "config": {"mark": 0}},
+        {"type": "native", "class": "cext.nf_example:PortBlockNF", "config": {"ports": [23]}},
+    ],
+    ids=["python", "native"],
+)
+def test_a_drop_does_not_outlive_its_batch(run_nf, nf):
+    # the runtime restores its verdict array to FORWARD after a batch with drops
+    # (there is no preset pass): batches of 4, drops only in the first one
+    drop = {1, 3}
+    frames = [
+        raw(udp(ttl=63, dport=23) if i in drop else udp(ttl=64, dport=24, sport=1000 + i))
+        for i in range(12)
+    ]
+    if nf["type"] == "python":
+        frames = [f[:-1] + b"\x00" for f in frames]  # DropOddTTL marks with 0: unchanged
+    result = run_nf(nf, frames, batch=4)
+    assert result.output == [f for i, f in enumerate(frames) if i not in drop]
+    assert result.summary["counters"]["drops_nf"] == len(drop)
+    assert result.summary["counters"]["tx_packets"] == len(frames) - len(drop)

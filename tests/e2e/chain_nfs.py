@@ -177,3 +177,19 @@ class RingCorruptor:
             self.done += 1
             big = self.buf.n_slots * chainbuf.SLOT_SIZE
             self.buf.enqueue(self.ring, [7, big, big + chainbuf.SLOT_SIZE, 2**32 - 1, 100])
+
+
+class SlowEvery:
+    """Forwards everything; every ``every``-th batch it spins ``spin_us`` first (a tail)."""
+
+    def configure(self, config):
+        self.every = int(config.get("every", 20))
+        self.spin = float(config.get("spin_us", 1000)) / 1e6
+        self.calls = 0
+
+    def process(self, packets, verdicts):
+        self.calls += 1
+        if self.calls % self.every == 0:
+            end = time.perf_counter() + self.spin
+            while time.perf_counter() < end:
+                pass

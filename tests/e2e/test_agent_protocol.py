@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -69,7 +70,8 @@ class AgentProc:
         self.args = [sys.executable, "-m", "worker.agent",
                      "--controller", f"ws://127.0.0.1:{ctl.rest_port}/v1/agents",
                      "--worker-id", worker, "--token-file", str(self.token_file),
-                     "--topology", str(LAB_TOPOLOGY), "--heartbeat", "0.2"]  # fmt: skip
+                     "--topology", str(LAB_TOPOLOGY), "--heartbeat", "0.2",
+                     "--prefix", f"qp{os.getpid() % 1000}-{worker}"]  # fmt: skip
         self.proc = None
 
     def __enter__(self):

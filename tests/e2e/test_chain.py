@@ -327,3 +327,43 @@ def test_buffer_file_is_the_chains_alone(work, sched):
         inst.teardown()
     with pytest.raises(chainbuf.ChainBufferError, match="path"):  # teardown removed it
         chainbuf.ChainBuffer.open(path)
+
+
+def test_monitor_p99_comes_from_the_nfs_batch_histograms(work, sched):
+    # issue 6's monitor: p99_us of single batches (histogram deltas), not of tick means
+    from worker.monitor import Rates, tsc_hz
+    from worker.nf_stats import bucket_low, hist_delta, hist_quantile
+
+    nfs = [{"type": "empty"}, py("SlowEvery", every=20, spin_us=1000), {"type": "empty"}]
+    inst = chain("pfp99", nfs, work, sched)
+    hz = tsc_hz()
+    rates = Rates(hz)
+    try:
+        inst.prepare()
+        before = inst.stats()
+        assert [sum(s["hist"]) for s in before] == [0, 0, 0]
+        rates.update({1: before}, time.monotonic())
+        inst.attach()
+        assert wait_for(lambda: inst.stats()[1]["batches"] > 400, timeout=10)
+        mid = inst.stats()
+        (row,) = rates.update({1: mid}, time.monotonic())
+        assert 0 <= mid[0]["buffered"] <= 512 and row["queue_len"] is None
+        inst.detach()
+        after = inst.stats()
+    finally:
+        inst.teardown()
+    # parked: every batch an NF worked on is in its histogram, once
+    assert [sum(s["hist"]) for s in after] == [s["batches"] for s in after]
+    assert after[0]["buffered"] == 0  # drained
+    # the chain's p99 lies between the fastest and the slowest batches each NF had
+    lo = hi = 0
+    for b, m in zip(before, mid, strict=True):
+        used = [i for i, n in enumerate(hist_delta(b["hist"], m["hist"])) if n]
+        lo, hi = lo + bucket_low(used[0]), hi + bucket_low(used[-1] + 1)
+    assert lo / hz * 1e6 <= row["p99_us"] <= hi / hz * 1e6
+    # the slow NF's p99 sits in its slow batches (5 % of them), far above its mean
+    d = hist_delta(before[1]["hist"], mid[1]["hist"])
+    p99_us = hist_quantile(d, 0.99) / hz * 1e6
+    mean_us = (mid[1]["cycles"] - before[1]["cycles"]) / sum(d) / hz * 1e6
+    assert p99_us >= 800 and p99_us > 3 * mean_us
+    assert row["p99_us"] >= p99_us

@@ -106,6 +106,13 @@ class Capture:
         assert "listening" in line, line
 
     def packets(self):
+        # tcpdump writes each packet as it comes (-U); let it catch up with a busy
+        # machine before stopping it: wait until the file stops growing.
+        size, stable = -1, 0
+        while stable < 3:
+            time.sleep(0.1)
+            now = self.path.stat().st_size if self.path.exists() else 0
+            stable, size = (stable + 1, size) if now == size else (0, now)
         self.proc.terminate()
         self.proc.wait(10)
         return [Ether(raw(p)) for p in rdpcap(str(self.path))]

@@ -254,7 +254,9 @@ def test_dead_nf_is_reported_once(manager, worker_ns):
     res = manager.prepare({"instance": 31, "chain": EMPTY2, "core": CORE, "vf": VF1})
     manager.attach({"instance": 31})
     mon = Monitor(manager, Rates(2e9), Significance())
-    assert mon.tick() == ([{"id": 31, "pps": 0.0, "load": 0.0, "p99_us": 0.0, "drops": 0}], [])
+    first = {"id": 31, "pps": 0.0, "load": 0.0, "p99_us": 0.0, "drops": 0, "queue_len": None,
+             "buffered": 0}  # fmt: skip
+    assert mon.tick() == ([first], [])
     os.kill(res["pids"][1], signal.SIGKILL)
     # the core's watchdog sees the thread gone and ends the chain (every process of it)
     sched = manager.schedulers[CORE]

@@ -120,9 +120,26 @@ def _mac(b: bytes) -> str:
 
 
 def _norm(field, value):
+    if isinstance(value, tuple):  # masked: (value, mask)
+        return (_norm(field, value[0]), _norm(field, value[1]))
     if field.startswith("ipv6"):
         return str(ipaddress.IPv6Address(value))
     return value
+
+
+def _matches(fields: dict, k: str, v) -> bool:
+    got = fields.get(k)
+    if not isinstance(v, tuple):
+        return got == v
+    if got is None:
+        return False
+    if k.startswith("ipv4"):
+        value, mask = (int(ipaddress.IPv4Address(x)) for x in v)
+        return int(ipaddress.IPv4Address(got)) & mask == value & mask
+    if k.startswith("eth"):
+        value, mask, got = (int(x.replace(":", ""), 16) for x in (*v, got))
+        return got & mask == value & mask
+    raise AssertionError(f"masked match on {k} not modelled")
 
 
 class FakeOFTable:
@@ -214,7 +231,7 @@ class FakeOFTable:
                 (
                     e
                     for e in self.tables[table_id]
-                    if all(fields.get(k) == v for k, v in e.match.items())
+                    if all(_matches(fields, k, v) for k, v in e.match.items())
                 ),
                 None,
             )

@@ -42,8 +42,12 @@ def test_register_heartbeat_stats_event():
     assert ev["kind"] == "nf_failed" and st.events[-1] is ev
     assert hub.lapsed(11.0) == [] and hub.lapsed(12.1) == ["w1"]
     hub.disconnected("w1", 12.2)
-    assert not st.connected and hub.lapsed(20.0) == []
+    # a closed socket is not a failure; silence is, connected or not, and only once
+    assert not st.connected and hub.lapsed(20.0) == ["w1"]
+    hub.mark_failed("w1", "heartbeats stopped")
+    assert hub.lapsed(21.0) == [] and st.to_json(21.0)["failed"] == "heartbeats stopped"
     assert hub.register("w1", reg(), now=30.0)["session"] == 2
+    assert st.failed is None  # registered again: healthy
     assert st.to_json(31.0)["heartbeat_age_s"] == 1.0
 
 
@@ -93,6 +97,10 @@ def test_bad_stats():
         hub.stats("w1", {"instances": [{"id": 1, "pps": -1}]}, 0)
     with pytest.raises(RpcError, match="must be >= 0"):
         hub.stats("w1", {"instances": [{"id": 1, "load": True}]}, 0)
+    with pytest.raises(RpcError, match=r"instances\[0\].p99_us: must be >= 0"):
+        hub.stats("w1", {"instances": [{"id": 1, "p99_us": None}]}, 0)  # only queue_len may be null
+    rows = hub.stats("w1", {"instances": [{"id": 1, "queue_len": None, "buffered": 3}]}, 0)
+    assert rows == [{"id": 1, "queue_len": None, "buffered": 3}]
 
 
 def test_bearer():

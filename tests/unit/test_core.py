@@ -468,3 +468,61 @@ def test_tick_releases_held_packets_when_an_instance_is_eligible():
     lab.core.instances.refresh(chain.id)
     lab.apply(lab.core.tick(lab.now))
     assert not chain.held and len(lab.table.packet_outs) == 1
+
+
+def reply(pkt):
+    """The other direction of ``pkt`` (a TCP packet from tcp()), as the sink sends it."""
+    ip, seg = pkt[IP], pkt[TCP]
+    return (
+        Ether(src="02:00:00:00:0b:01", dst="02:00:00:00:0a:01")
+        / IP(src=ip.dst, dst=ip.src)
+        / TCP(sport=seg.dport, dport=seg.sport, flags="SA")
+    )
+
+
+def test_replies_of_a_bidirectional_chain_go_to_the_same_instance():
+    lab = Lab()
+    chain = lab.chain({"dst": "10.2.0.0/16", "proto": "tcp"}, bidirectional=True)
+    first = lab.instance(chain, "w1", core=0, load=0.5, p99=10)
+    lab.send(tcp(sport=7))
+    # a more loaded instance appears: new flows would go there, replies must not
+    lab.instance(chain, "w2", core=0, load=0.8, p99=10)
+    assert lab.send(reply(tcp(sport=7)), in_port=EGRESS) == "controller"
+    ((port, data),) = lab.table.packet_outs[-1:]
+    assert port == W1_PORT and data[:6] == bytes.fromhex(W1_MACS[0].replace(":", ""))
+    rec = lab.core.flows.get(DPID, flowkey.parse(raw(reply(tcp(sport=7)))))
+    assert rec.instance_id == first.id
+    assert lab.send(reply(tcp(sport=7)), in_port=EGRESS)[0][0] == W1_PORT  # by the switch now
+    assert lab.core.metrics.reply_flows.values == {"chain": 1}
+    # a new flow from the egress side that is nobody's reply is classified normally
+    assert lab.send(tcp(sport=9, src="10.2.0.1", dst="10.1.0.1"), in_port=EGRESS) == "controller"
+    assert lab.core.metrics.unmatched_flows.value == 1
+
+
+def test_replies_of_a_one_way_chain_bypass_it_to_their_host():
+    lab = Lab()  # default action drop: replies are delivered all the same
+    chain = lab.chain({"dst": "10.2.0.0/16", "proto": "tcp"})
+    lab.instance(chain, "w1", core=0)
+    lab.send(tcp(sport=7))
+    back = reply(tcp(sport=7))
+    assert lab.send(back, in_port=EGRESS) == "controller"
+    assert lab.table.packet_outs[-1] == (UPLINK, raw(back))  # to the source host
+    assert lab.send(back, in_port=EGRESS) == [(UPLINK, raw(back))]
+    assert lab.core.metrics.reply_flows.values == {"direct": 1}
+    assert lab.core.metrics.unmatched_flows.value == 0
+    assert chain.flows == 1
+
+
+def test_forward_default_delivers_to_the_host_of_the_destination():
+    import dataclasses
+
+    lab = Lab()
+    topo = lab.core.topology
+    sw = dataclasses.replace(topo.switches[0], default_action="forward")
+    lab.core.topology = dataclasses.replace(topo, switches=(sw,))
+    pkt = tcp(src="10.1.0.1", dst="10.2.9.9")
+    pkt[Ether].dst = "02:00:00:00:99:99"
+    assert lab.send(pkt) == "controller"
+    delivered = bytes.fromhex("020000000b01") + raw(pkt)[6:]
+    assert lab.table.packet_outs == [(EGRESS, delivered)]
+    assert lab.send(pkt) == [(EGRESS, delivered)]

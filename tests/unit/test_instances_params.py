@@ -60,8 +60,10 @@ def test_missing_fields_are_invalid_params(manager, drop):
 def test_commands_on_unknown_instances_and_registration(manager):
     d = Dispatcher()
     manager.register(d)
-    assert set(d.methods) == {"prepare", "attach", "detach", "set_batch", "teardown"}
-    for method in ("attach", "detach", "teardown"):
+    assert set(d.methods) == {
+        "prepare", "attach", "detach", "set_batch", "teardown", "hold", "release", "drain"
+    }  # fmt: skip
+    for method in ("attach", "detach", "teardown", "hold", "release", "drain"):
         with pytest.raises(RpcError, match="params.instance: no instance 4"):
             getattr(manager, method)({"instance": 4})
     with pytest.raises(RpcError) as e:

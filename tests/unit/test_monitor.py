@@ -4,54 +4,108 @@ from __future__ import annotations
 
 import pytest
 
-from worker.monitor import Rates, Significance, percentile
+from worker.monitor import Rates, Significance, chain_p99_cycles, sum_hists
+from worker.nf_stats import HIST_BUCKETS, bucket_low, bucket_of, hist_delta, hist_quantile
 
 HZ = 2e9
 
 
-def nf(pkts=0, batches=0, cycles=0, drops=0, bad=0):
+def hist(*batches):
+    """A cumulative histogram: ``(cycles, count)`` pairs filed by the data core's rule."""
+    h = [0] * HIST_BUCKETS
+    for cycles, count in batches:
+        h[bucket_of(cycles)] += count
+    return tuple(h)
+
+
+def nf(pkts=0, batches=0, cycles=0, drops=0, bad=0, h=None, **extra):
     return {"pkts": pkts, "batches": batches, "cycles": cycles, "drops": drops, "bad": bad,
-            "tx": 0, "state": "running"}  # fmt: skip
+            "tx": 0, "state": "running", "hist": h or hist(), **extra}  # fmt: skip
+
+
+def test_hist_delta_and_reset():
+    a, b = hist((100, 3)), hist((100, 5), (5000, 1))
+    assert hist_delta(a, b) == hist((100, 2), (5000, 1))
+    assert hist_delta(b, a) is None  # a bucket went down: the writer restarted
+    with pytest.raises(ValueError, match="buckets"):
+        hist_delta(a, a[:10])
+
+
+def test_hist_quantile_stays_inside_the_observed_buckets():
+    assert hist_quantile(hist(), 0.99) is None
+    assert hist_quantile(hist((3, 7)), 0.99) == 3.0  # values below 4 are exact
+    h = hist((1000, 99), (100_000, 1))
+    lo, hi = bucket_low(bucket_of(1000)), bucket_low(bucket_of(1000) + 1) - 1
+    assert lo <= hist_quantile(h, 0.5) <= hist_quantile(h, 0.99) <= hi  # rank 99: the bulk
+    top = hist_quantile(h, 1.0)  # rank 100: the one slow batch
+    assert bucket_low(bucket_of(100_000)) <= top < bucket_low(bucket_of(100_000) + 1)
+    assert hist_quantile(hist((2**62, 1)), 0.99) == bucket_low(HIST_BUCKETS - 1)  # open top
+    with pytest.raises(ValueError, match="q"):
+        hist_quantile(h, 1.5)
+
+
+def test_p99_follows_the_tail_not_the_mean():
+    # 1000 batches of ~2,000 cycles and 20 of ~200,000: the mean is ~6,000 (3 us), the
+    # p99 is in the slow ones (~100 us at 2 GHz), which a mean of ticks cannot see
+    h = hist((2_000, 1000), (200_000, 20))
+    q = hist_quantile(h, 0.99)
+    assert bucket_low(bucket_of(200_000)) <= q < bucket_low(bucket_of(200_000) + 1)
+
+
+def test_chain_p99_sums_the_nfs_and_skips_unusable_readings():
+    a, b = hist((1000, 100)), hist((3000, 100))
+    assert chain_p99_cycles([a, b]) == hist_quantile(a, 0.99) + hist_quantile(b, 0.99)
+    assert chain_p99_cycles([a, None, hist()]) == hist_quantile(a, 0.99)
+    assert sum_hists([[a, None], [a, b]]) == [tuple(2 * x for x in a), b]
+    assert sum_hists([[None], [None]]) == [None]
 
 
 def test_rates_from_two_readings():
     r = Rates(HZ)
-    first = r.update({7: [nf(), nf()]}, now=10.0)
-    assert first == [{"id": 7, "pps": 0.0, "load": 0.0, "p99_us": 0.0, "drops": 0}]
-    # 0.5 s: 1000 packets in 100 batches; NF0 2e6 cycles (10 us per batch), NF1 4e6 (20 us)
+    first = r.update({7: [nf(buffered=5), nf()]}, now=10.0)
+    assert first == [{"id": 7, "pps": 0.0, "load": 0.0, "p99_us": 0.0, "drops": 0,
+                      "queue_len": None, "buffered": 5}]  # fmt: skip
+    # 0.5 s: 1000 packets in 100 batches; NF0 2e6 cycles, NF1 4e6; batch times from the
+    # histograms: NF0 all ~20,000 cycles (10 us), NF1 all 40,000 (20 us)
     # NF1 dropped 2 of the 3 NF0 counts (flagged slots come back to NF0): not counted twice
-    second = nf(990, 100, 4_000_000, drops=2, bad=1)
-    rows = r.update({7: [nf(1000, 100, 2_000_000, drops=3), second]}, 10.5)
-    assert rows == [{"id": 7, "pps": 2000.0, "load": 0.006, "p99_us": 30.0, "drops": 4}]
+    n0 = nf(1000, 100, 2_000_000, drops=3, h=hist((20_000, 100)), buffered=0)
+    n1 = nf(990, 100, 4_000_000, drops=2, bad=1, h=hist((40_000, 100)))
+    (row,) = r.update({7: [n0, n1]}, 10.5)
+    want = hist_quantile(hist((20_000, 100)), 0.99) + hist_quantile(hist((40_000, 100)), 0.99)
+    assert row == {"id": 7, "pps": 2000.0, "load": 0.006, "p99_us": round(want / HZ * 1e6, 3),
+                   "drops": 4, "queue_len": None, "buffered": 0}  # fmt: skip
+    assert 30.0 <= row["p99_us"] <= 30.0 * 1.25  # 10 + 20 us, at a quarter octave's resolution
 
 
-def test_p99_over_recent_ticks_and_idle_ticks_add_no_sample():
-    r = Rates(HZ, window=100)
-    t, c, b = 0.0, 0, 0
-    r.update({1: [nf()]}, t)
-    for k in range(100):
-        t += 0.1
-        b += 10
-        c += 10 * (20_000 if k == 50 else 2_000)  # one tick of 10 us batches, the rest 1 us
-        row = r.update({1: [nf(b * 4, b, c)]}, t)[0]
-    assert row["p99_us"] == 10.0
-    row = r.update({1: [nf(b * 4, b, c)]}, t + 0.1)[0]  # no batch: no sample, same p99
-    assert row["pps"] == 0.0 and row["p99_us"] == 10.0
+def test_p99_is_over_the_last_window_ticks_and_zero_when_idle():
+    r = Rates(HZ, window=2)
+    acc = []
+    r.update({1: [nf()]}, 0.0)
+
+    def tick(t, *batches):
+        acc.extend(batches)
+        return r.update({1: [nf(h=hist(*acc))]}, t)[0]["p99_us"]
+
+    slow = tick(0.5, (20_000, 1000), (2_000_000, 50))  # 5 % of batches at 1 ms
+    assert 900 <= slow <= 1200
+    assert 900 <= tick(1.0, (20_000, 1000)) <= 1200  # still in the 2-tick window (50 of 2050)
+    assert tick(1.5, (20_000, 1000)) < 15  # the slow tick left the window
+    assert 0 < tick(2.0) < 15  # an idle tick, the last busy one still in the window
+    assert tick(2.5) == 0.0  # no batch in the window: 0
+    acc.clear()
+    r.update({1: [nf()]}, 3.0)  # counters went down (the NF restarted): nothing concluded
+    assert tick(3.5, (20_000, 10)) < 15
 
 
-def test_rates_forget_gone_instances_and_refuse_bad_hz():
+def test_rates_forget_gone_instances_and_refuse_bad_args():
     r = Rates(HZ)
     r.update({1: [nf()], 2: [nf()]}, 0.0)
     r.update({2: [nf()]}, 1.0)
     assert set(r.tracks) == {2}
     with pytest.raises(ValueError, match="hz"):
         Rates(0)
-
-
-def test_percentile():
-    assert percentile([], 0.99) == 0.0
-    assert percentile(range(1, 101), 0.99) == 100
-    assert percentile([5, 1, 3], 0.5) == 3
+    with pytest.raises(ValueError, match="window"):
+        Rates(HZ, window=0)
 
 
 def row(iid=1, pps=1000.0, p99=10.0, drops=0, load=0.1):
@@ -105,3 +159,13 @@ def test_significance_refuses_bad_settings():
         Significance(fraction=0)
     with pytest.raises(ValueError, match="summary_s"):
         Significance(summary_s=0)
+
+
+def test_significance_compares_only_numbers():
+    s = Significance(fraction=0.2, summary_s=100)
+    base = {**row(), "queue_len": None, "buffered": 0}
+    s.select([base], 0)
+    assert s.select([dict(base)], 1) == []  # None == None: no news
+    assert s.select([{**base, "buffered": 20}], 2) == []  # under the 32-packet floor
+    assert s.select([{**base, "buffered": 500}], 3) != []
+    assert s.select([{**base, "buffered": 500, "queue_len": 7}], 4) != []  # None -> a number

@@ -97,7 +97,7 @@ def _pipeline(default="drop"):
 
         sw = dataclasses.replace(sw, default_action=default)
     table = FakeOFTable()
-    table.apply((1, m) for m in ofbuild.base_pipeline(sw, [11, 12]))
+    table.apply((1, m) for m in ofbuild.base_pipeline(sw, [11, 12], topo.hosts_on(sw.name)))
     return table
 
 
@@ -115,11 +115,25 @@ def test_base_pipeline_routes_by_port():
     assert table.lookup(V4, 1) == "controller"  # new flow from the uplink
     assert table.lookup(V6, 1) == "controller"
     assert table.lookup(NON_IP, 1) == []  # non-IP from the uplink: default (drop)
-    assert table.lookup(V4, 11) == [(2, V4)]  # back from a worker: on to egress
+    assert table.lookup(V4, 11) == [(2, V4)]  # back from a worker: to the sink host
     assert table.lookup(V4, 12) == [(2, V4)]
-    assert table.lookup(V4, 2) == []  # anything else: default (drop)
+    assert table.lookup(V4, 2) == "controller"  # from the egress side: classified too
+    assert table.lookup(NON_IP, 2) == []  # non-IP from there: default (drop)
+    assert table.lookup(V4, 7) == []  # anything else: default (drop)
     defaults = [e for t in (0, 1) for e in table.entries(t) if e.cookie == ofbuild.COOKIE_DEFAULT]
-    assert sum(e.packets for e in defaults) == 2  # counted
+    assert sum(e.packets for e in defaults) == 3  # counted
+
+
+def test_worker_output_is_delivered_to_the_host_of_its_destination():
+    table = _pipeline()
+    # a chain's output with whatever MAC its NFs left: the host's MAC, the host's port
+    to_sink = raw(Ether(dst="02:00:00:00:01:01") / IP(src="10.1.0.9", dst="10.2.3.4") / TCP())
+    to_src = raw(Ether(dst="02:00:00:00:01:01") / IP(src="10.2.0.1", dst="10.1.7.7") / TCP())
+    elsewhere = raw(Ether(dst="02:00:00:00:01:01") / IP(src="10.2.0.1", dst="192.0.2.1") / TCP())
+    assert table.lookup(to_sink, 11) == [(2, bytes.fromhex("020000000b01") + to_sink[6:])]
+    assert table.lookup(to_src, 12) == [(1, bytes.fromhex("020000000a01") + to_src[6:])]
+    assert table.lookup(elsewhere, 11) == [(2, elsewhere)]  # unknown: egress, untouched
+    assert table.lookup(V6, 11) == [(2, V6)]
 
 
 def test_base_pipeline_forward_default():

@@ -124,7 +124,7 @@ def test_stats_only_from_the_instances_own_worker():
     inst = core.instances.by_id[prep.instance]
     assert inst.load == 0.0
     orch.stats(prep.worker, [{"id": prep.instance, "load": 0.7, "p99_us": 50.0}, {"id": 999}], 2.0)
-    assert (inst.load, inst.p99_us) == (0.7, 50.0)
+    assert (inst.load, inst.batch_p99_us, inst.p99_us) == (0.7, 50.0, 100.0)  # 2 x p99 batch
     assert c.id == inst.chain_id
 
 
@@ -156,3 +156,65 @@ def test_failed_instance_is_removed_and_torn_down():
     cmds = orch.tick(2.0)
     assert ("teardown", prep.instance) in [(x.method, x.instance) for x in cmds]
     assert any(x.method == "prepare" and x.params["chain"]["id"] == c.id for x in cmds)
+
+
+def two_instances():
+    """A chain with an attached instance on each worker, and a flow on each."""
+    from scapy.all import IP, TCP, Ether, raw
+
+    core, hub, orch = setup()
+    c = chain(core)
+    insts = []
+    for w, mac in (("w1", "02:00:00:00:01:01"), ("w2", "02:00:00:00:02:01")):
+        inst, _ = core.add_instance(c.id, w, mac, 1, attached=True, now=1.0)
+        insts.append(inst)
+    for sport, inst in ((1000, insts[0]), (1001, insts[1])):
+        for other in insts:  # only ``inst`` takes new flows for this one
+            core.update_stats(other.id, 1.0, load=0.5, p99_us=1 if other is inst else 1e6)
+        pkt = raw(Ether() / IP(src="10.1.0.1", dst="10.2.0.1") / TCP(sport=sport, dport=80))
+        core.packet_in(1, 1, pkt, 1.0)
+    for inst in insts:
+        core.update_stats(inst.id, 1.0, load=0.5, p99_us=1)
+    return core, hub, orch, c, insts
+
+
+def test_a_silent_worker_is_failed_over_and_reconciled_when_it_returns():
+    core, hub, orch, c, (a, b) = two_instances()
+    assert {r.instance_id for r in core.flows.of_switch(1)} == {a.id, b.id}
+    for w in ("w1", "w2"):
+        hub.heartbeat(w, {"seq": 1}, 5.0)
+    hub.heartbeat("w2", {"seq": 2}, 9.0)
+    assert orch.failures(8.0) == []  # 3 s without: not yet (3 missed beats of 1 s)
+    msgs = orch.failures(8.5)
+    assert hub.workers["w1"].failed == "heartbeats stopped"
+    assert a.id not in core.instances.by_id  # forgotten ...
+    assert {r.instance_id for r in core.flows.of_switch(1)} == {b.id}  # ... its flow moved
+    assert any(type(m).__name__ == "OFPBarrierRequest" for _, m in msgs)
+    assert core.metrics.worker_failures.values == {"heartbeats": 1}
+    hub.heartbeat("w2", {"seq": 3}, 19.5)
+    assert orch.failures(20.0) == []  # once
+    assert all(cmd.worker != "w1" for cmd in orch.tick(20.0))  # no new instance there
+    # it comes back still running the old instance: torn down, nothing double-served
+    cmds, _ = orch.registered("w1", [{"id": a.id}], 21.0)
+    hub.register("w1", {"version": PROTOCOL_VERSION, "inventory": inventory(TOPO, "w1"),
+                        "instances": [{"id": a.id}]}, 21.0)  # fmt: skip
+    assert [(x.method, x.instance) for x in cmds] == [("teardown", a.id)]
+    assert hub.workers["w1"].failed is None
+
+
+def test_a_worker_whose_link_goes_down_is_failed_over_and_told_to_tear_down():
+    core, hub, orch, c, (a, b) = two_instances()
+    assert orch.port_down(1, 7, 2.0) == []  # not a worker's port
+    orch.port_down(1, 11, 2.0)  # w1's
+    assert hub.workers["w1"].failed.startswith("switch port 11")
+    assert ("teardown", a.id, "w1") in core.instances.agent_requests
+    assert {r.instance_id for r in core.flows.of_switch(1)} == {b.id}
+    orch.port_up(1, 11, 3.0)
+    assert hub.workers["w1"].failed is None
+
+
+def test_flows_with_nowhere_to_go_reassign_on_their_next_packet():
+    core, hub, orch, c, (a, b) = two_instances()
+    orch.worker_failed("w2", "test", 2.0)
+    orch.worker_failed("w1", "test", 2.0)
+    assert len(core.flows) == 0 and not core.instances.by_id  # rules deleted, not moved

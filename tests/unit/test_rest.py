@@ -143,7 +143,7 @@ def test_instances_and_stats(api):
     inst = api.instance(chain["id"], "w2", "02:00:00:00:02:03", 1, attached=False)
     assert inst == {
         "id": 1, "chain_id": 1, "worker": "w2", "vf_mac": "02:00:00:00:02:03", "core": 1,
-        "attached": False, "load": 0.0, "p99_us": 0.0, "pps": 0.0, "flows": 0,
+        "attached": False, "load": 0.0, "p99_us": 0.0, "batch_p99_us": 0.0, "pps": 0.0, "flows": 0,
     }  # fmt: skip
     status, data = api.call("PUT", "/v1/instances/1/stats", ADMIN, {"load": 0.4, "p99_us": 31.5})
     assert status == 200 and data["load"] == 0.4 and data["p99_us"] == 31.5
@@ -366,6 +366,7 @@ def test_openapi_matches_the_implementation(api):
     assert set(schemas["Scaling"]["properties"]) == set(chains.DEFAULT_SCALING)
     assert set(schemas["InstanceSpec"]["properties"]) == rest.INSTANCE_FIELDS
     assert set(schemas["InstanceStats"]["properties"]) == rest.STATS_FIELDS
+    assert set(schemas["FlowMove"]["properties"]) == rest.MOVE_FIELDS
     # every $ref resolves
     for ref in re.findall(r'"\$ref": "#/components/schemas/(\w+)"', json.dumps(doc)):
         assert ref in schemas

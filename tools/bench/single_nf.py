@@ -1,6 +1,6 @@
 """Single-NF throughput: each basic NF on one pinned core vs dpdk-testpmd macswap.
 
-    .venv/bin/python -m tools.bench.single_nf [--quick] [--json PATH] [--core N]
+    .venv/bin/python -m tools.bench.single_nf [--quick] [--json PATH] [--core N] [--prefix P]
 
 Source: ``net_pcap`` with ``infinite_rx=1`` over a pcap of UDP frames across
 many flows (one pcap per frame size, 64 and 1024 bytes); sink: ``net_null``
@@ -40,6 +40,7 @@ SIZES = (64, 1024)
 PAPER_BPF_LPM_MPPS, PAPER_GHZ = 4.7, 2.4  # SoCC '22, 2.4 GHz Haswell
 MEMORY_MB = 256
 MBUFS = 16383
+PREFIX = "qd-bench"  # DPDK --file-prefix and stats file names start with this (--prefix)
 
 
 def make_pcap(path: Path, size: int, flows: int) -> None:
@@ -91,8 +92,10 @@ def dpdk_runtime_dir(prefix: str) -> Path:
     return Path(os.environ.get("XDG_RUNTIME_DIR", "/tmp")) / "dpdk" / prefix
 
 
-def run_testpmd(pcap: Path, core: int, main_core: int, seconds: float, huge: bool) -> float:
-    prefix = f"qd-bench-tp-{uuid.uuid4().hex[:6]}"
+def run_testpmd(
+    pcap: Path, core: int, main_core: int, seconds: float, huge: bool, prefix: str = PREFIX
+) -> float:
+    prefix = f"{prefix}-tp-{uuid.uuid4().hex[:6]}"
     cmd = [
         "stdbuf",  # line-buffered stdout: we timestamp the start of forwarding
         "-oL",
@@ -165,13 +168,20 @@ def run_testpmd(pcap: Path, core: int, main_core: int, seconds: float, huge: boo
 
 
 def run_nf(
-    nf: str, config: dict, pcap: Path, core: int, seconds: float, huge: bool, workdir: Path
+    nf: str,
+    config: dict,
+    pcap: Path,
+    core: int,
+    seconds: float,
+    huge: bool,
+    workdir: Path,
+    prefix: str = PREFIX,
 ) -> dict:
-    tag = uuid.uuid4().hex[:6]
+    tag = f"{prefix}-{uuid.uuid4().hex[:6]}"
     cfg = {
-        "name": f"qd-bench-{tag}",
+        "name": tag,
         "core": core,
-        "eal": {"file_prefix": f"qd-bench-{tag}", "hugepages": huge, "memory_mb": MEMORY_MB},
+        "eal": {"file_prefix": tag, "hugepages": huge, "memory_mb": MEMORY_MB},
         "mempool": {"size": MBUFS},
         "ports": {
             "rx": {"vdev": f"net_pcap0,rx_pcap={pcap},infinite_rx=1"},
@@ -179,7 +189,7 @@ def run_nf(
         },
         "nf": {"type": nf, "config": config},
         # the default place, /dev/shm (tmpfs: no writeback faults on the data core)
-        "stats": {"path": f"/dev/shm/quadrant-nf-qd-bench-{tag}.stats", "keep": True},
+        "stats": {"path": f"/dev/shm/quadrant-nf-{tag}.stats", "keep": True},
         "run": {"duration_s": seconds},
     }
     path = workdir / f"{tag}.yaml"
@@ -218,6 +228,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, help="measurement per run")
     ap.add_argument("--rounds", type=int, help="interleaved repetitions")
     ap.add_argument("--nfs", default=",".join(NFS), help="comma-separated NF types")
+    ap.add_argument("--prefix", default=PREFIX, help="start of every DPDK --file-prefix")
     opts = ap.parse_args(argv)
     if shutil.which("dpdk-testpmd") is None:
         sys.exit("dpdk-testpmd not found (Debian package dpdk; tools/setup-host installs it)")
@@ -239,9 +250,13 @@ def main(argv=None) -> int:
             make_pcap(pcap, size, flows=1024)
             runs = {"testpmd": [], **{nf: [] for nf in nfs}}
             for _ in range(rounds):
-                runs["testpmd"].append(run_testpmd(pcap, core, main_core, seconds, huge))
+                runs["testpmd"].append(
+                    run_testpmd(pcap, core, main_core, seconds, huge, opts.prefix)
+                )
                 for nf in nfs:
-                    runs[nf].append(run_nf(nf, configs[nf], pcap, core, seconds, huge, workdir))
+                    runs[nf].append(
+                        run_nf(nf, configs[nf], pcap, core, seconds, huge, workdir, opts.prefix)
+                    )
             results[size] = runs
 
     hz = next(iter(results[sizes[0]][nfs[0]]))["tsc_hz"] if nfs else 0
