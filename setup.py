@@ -40,6 +40,8 @@ def extensions() -> list[Extension]:
             extra_compile_args=cflags,
             extra_link_args=ldflags,
             include_dirs=["cext"],
+            # rebuild when a hand-written header changes, not only the .pyx
+            depends=sorted(str(h) for h in Path("cext/src").glob("*.h")),
         )
         for pyx in sorted(Path("cext").glob("*.pyx"))
     ]

@@ -153,6 +153,37 @@ cdef extern from "src/qs_chainrt.h" nogil:
     void rte_memcpy(void *dst, const void *src, size_t n)
 
 
+cdef extern from "src/qs_bridge.h" nogil:
+    struct qs_bridgectl:
+        uint64_t to_nf
+        uint64_t to_nf_fail
+        uint64_t from_nf
+        uint64_t passed
+        uint64_t expired
+        uint64_t overflow
+        uint64_t reverse
+        uint64_t held
+        uint64_t late
+        uint64_t flushed
+
+    struct qs_bridge_cfg:
+        qs_view *ctl
+        uint32_t index
+        qs_view *in_ "in"
+        uint32_t in_ring
+        uint32_t out_ring
+        uint16_t port_to
+        uint16_t port_from
+        rte_mempool *pool
+        uint64_t hold_cycles
+        uint32_t max_held
+        int set_dst
+        uint8_t dst_mac[6]
+
+    qs_bridgectl *qs_bridgectl_of(qs_cbhdr *h, uint32_t index)
+    int qs_run_bridge(qs_bridge_cfg *c)
+
+
 SLOT_SIZE = QS_SLOT_SIZE
 SLOT_META = QS_SLOT_META
 SLOT_HEADROOM = QS_SLOT_HEADROOM
@@ -344,6 +375,18 @@ cdef class ChainBuffer:
             "state": NF_STATES.get(s.state, str(s.state)), "tid": s.tid,
             "batches": s.batches, "pkts": s.pkts, "tx": s.tx, "bad": s.bad,
             "drops": s.drops, "cycles": s.cycles, "park_gen": s.park_gen,
+        }
+
+    def bridge_stats(self, int i):
+        """Counters of the third-party bridge at chain position ``i`` (``cext/src/qs_bridge.h``)."""
+        if not 0 <= i < QS_MAX_NFS:
+            raise ChainBufferError(f"nf index: {i} is outside 0..{QS_MAX_NFS - 1}")
+        cdef qs_bridgectl *s = qs_bridgectl_of(self._hdr(), i)
+        return {
+            "to_nf": s.to_nf, "to_nf_fail": s.to_nf_fail, "from_nf": s.from_nf,
+            "passed": s.passed, "expired": s.expired, "overflow": s.overflow,
+            "reverse": s.reverse, "held": s.held, "late": s.late,
+            "flushed": s.flushed,
         }
 
     def nf_hist(self, int i):
@@ -583,6 +626,54 @@ def run_stage(ChainBuffer ctl, int index, NF nf, ChainBuffer inp, int in_ring,
     c.nf = nf.c
     with nogil:
         qs_run_stage(&c)
+
+
+def run_bridge(ChainBuffer ctl, int index, ChainBuffer inp, int in_ring, int out_ring,
+               int port_to, int port_from, str pool, double hold_us=1000.0, int max_held=0,
+               bytes dst_mac=None, double tsc_hz=0.0):
+    """The third-party bridge at chain position ``index`` until STOP (``qs_bridge.h``).
+
+    Sends each batch from ``in_ring`` out of ``port_to``, fills the batch's slots
+    with what comes back on ``port_from`` and passes them on to ``out_ring``;
+    a slot waits at most ``hold_us`` (and at most ``max_held`` slots wait) before
+    it goes on empty.  ``dst_mac``: write it as the destination of every frame
+    sent to the NF.  ``tsc_hz``: TSC ticks per second (measured if 0).
+    """
+    cdef qs_bridge_cfg c
+    cdef int j
+    if not 1 <= index < QS_MAX_NFS:
+        raise ChainBufferError(f"index: {index} is outside 1..{QS_MAX_NFS - 1}")
+    cdef rte_mempool *mp = rte_mempool_lookup(pool.encode())
+    if mp == NULL:
+        raise ChainBufferError(f"pool: no mempool named {pool!r}")
+    if dst_mac is not None and len(dst_mac) != 6:
+        raise ChainBufferError(f"dst_mac: {len(dst_mac)} bytes, a MAC has 6")
+    if tsc_hz <= 0:
+        tsc_hz = _tsc_hz()
+    memset(&c, 0, sizeof(c))
+    c.ctl = ctl._view()
+    c.index = index
+    c.in_ = inp._view()
+    c.in_ring = inp._ring(in_ring)
+    c.out_ring = inp._ring(out_ring)
+    c.port_to = port_to
+    c.port_from = port_from
+    c.pool = mp
+    c.hold_cycles = <uint64_t>(hold_us * tsc_hz / 1e6)
+    c.max_held = max_held if 0 < max_held <= inp.n_slots else inp.n_slots // 2
+    if dst_mac is not None:
+        c.set_dst = 1
+        for j in range(6):
+            c.dst_mac[j] = dst_mac[j]
+    with nogil:
+        qs_run_bridge(&c)
+
+
+def _tsc_hz():
+    import time
+    t0, c0 = time.perf_counter(), qs_rdtsc()
+    time.sleep(0.05)
+    return (qs_rdtsc() - c0) / (time.perf_counter() - t0)
 
 
 # --- measurement helpers (tools/bench/chain_isolation.py) ------------------

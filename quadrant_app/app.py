@@ -235,8 +235,7 @@ class QuadrantApp(app_manager.OSKenApp):
                 return
             try:
                 _moved, msgs = core.migrate(move.flow_ids, move.src, move.dst, _monotonic())
-                self.send(msgs)
-                if msgs and not self._barrier_done(msgs[-1]):
+                if msgs and not self._send_and_wait_barrier(msgs):
                     self.logger.warning("quadrant: no barrier reply from %016x in time", dst.dpid)
                 res, err = self._call(
                     src.worker, "drain",
@@ -265,16 +264,19 @@ class QuadrantApp(app_manager.OSKenApp):
             self.autoscaler.moving.update((move.src, move.dst))
         hub.spawn(self._move, move)
 
-    def _barrier_done(self, dpid_msg, timeout=1.0) -> bool:
-        dpid, msg = dpid_msg
-        ev = self._barriers[(dpid, msg.xid)] = eventlet.event.Event()
+    def _send_and_wait_barrier(self, msgs, timeout=1.0) -> bool:
+        """Send ``msgs`` (the last one a barrier) and wait for the barrier's reply."""
+        dpid, barrier = msgs[-1]
+        key = (dpid, barrier.xid)
+        ev = self._barriers[key] = eventlet.event.Event()  # before the reply can come
         try:
+            self.send(msgs)
             with eventlet.Timeout(timeout, False):
                 ev.wait()
                 return True
             return False
         finally:
-            self._barriers.pop((dpid, msg.xid), None)
+            self._barriers.pop(key, None)
 
     def send(self, msgs) -> None:
         """Bind each ``(dpid, msg)`` to its datapath and send it.

@@ -15,6 +15,9 @@ from typing import Any
 import netaddr
 
 from quadrant_app.flowkey import ETH_IPV4, ETH_IPV6, PORT_PROTOS, PROTO_NUMBERS
+from worker.nf_errors import NFConfigError
+from worker.thirdparty_spec import TYPE as THIRDPARTY
+from worker.thirdparty_spec import parse_thirdparty
 
 # NF types the data plane knows (issue 4 and 5); a deployment can extend the
 # list with the `nf_types` option.
@@ -27,6 +30,7 @@ DEFAULT_NF_TYPES = (
     "urlfilter",
     "encrypt",
     "nat",
+    "thirdparty",  # an unmodified program behind a veth (docs/thirdparty.rst)
 )
 
 DEFAULT_SCALING = {"alpha": 0.6, "beta": 0.9, "load_cap": 0.9}
@@ -302,6 +306,17 @@ def parse_chain(body: Any, nf_types=DEFAULT_NF_TYPES) -> ChainSpec:
         config = nf.get("config", {})
         if not isinstance(config, dict):
             raise SpecError(f"{path}.config", f"must be an object, not {_kind(config)}")
+        if nf["type"] == THIRDPARTY:
+            try:  # the worker's own schema: refused here with the same field and reason
+                parse_thirdparty(config, f"{path}.config")
+            except NFConfigError as exc:
+                raise SpecError(exc.field, exc.reason) from None
+            if i == 0:
+                raise SpecError(
+                    f"{path}.type",
+                    "a third-party NF cannot be first (the first NF owns the "
+                    "port): put a native NF before it (empty, for one that does nothing)",
+                )
         nfs.append(NfSpec(nf["type"], config))
     filt = parse_filter(raw["filter"])
     slo = _number(raw["slo_us"], "slo_us")

@@ -47,6 +47,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,10 @@ from cext import chainbuf, flowhold
 from worker import flowhold as holds
 from worker.coopsched import CoreScheduler
 from worker.launcher import Launcher, LaunchSpec, host_tid
+from worker.nf_errors import NFConfigError
+from worker.thirdparty import ThirdPartyError, ThirdPartyNF
+from worker.thirdparty_spec import TYPE as THIRDPARTY
+from worker.thirdparty_spec import Health, ThirdPartyConfig, parse_thirdparty
 
 MODES = ("coop", "cfs", "copy", "single_thread")
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,6 +133,22 @@ class ChainInstance:
             raise ChainError(f"scheduler: runs core {scheduler.core}, the chain core {core}")
         if "rx" not in ports:
             raise ChainError("ports.rx: missing")
+        # third-party NFs (docs/thirdparty.rst): a bridge process at their position
+        self.thirdparty_cfg: dict[int, ThirdPartyConfig] = {}
+        for i, nf in enumerate(nfs):
+            if nf.get("type") != THIRDPARTY:
+                continue
+            if i == 0:
+                raise ChainError(
+                    "nfs[0].type: a third-party NF cannot be first (the first NF owns the "
+                    "port); put a native NF before it (empty, for one that does nothing)"
+                )
+            if mode not in ("coop", "cfs"):
+                raise ChainError(f"mode: {mode} cannot run third-party NFs (coop or cfs)")
+            try:
+                self.thirdparty_cfg[i] = parse_thirdparty(nf.get("config"), f"nfs[{i}].config")
+            except NFConfigError as exc:
+                raise ChainError(str(exc)) from None
         self.name = name
         self.nfs = [dict(n) for n in nfs]
         self.core = core
@@ -158,6 +179,8 @@ class ChainInstance:
         self.procs: list[subprocess.Popen] = []
         self.tids: list[int] = []
         self.summaries: list[dict | None] = []
+        self.thirdparty: dict[int, ThirdPartyNF] = {}
+        self.health: dict[int, Health] = {}
         self.state = "new"
         self._ctl_path = ""
         # flows held for a move (cext/src/qs_flowhold.h): a hold the controller never
@@ -243,6 +266,7 @@ class ChainInstance:
             ctl = self.buffers[self._ctl_path]
             ctl.batch = self.batch
             ctl.yield_after_batch = self.mode != "cfs"
+            self._thirdparty_up()
             specs = []
             if self.mode == "single_thread":
                 specs.append(self._spec(0, self.nfs, layout[0]))
@@ -268,6 +292,32 @@ class ChainInstance:
             self.teardown()
             raise
 
+    def _thirdparty_up(self) -> None:
+        """Namespace, veths, setup and program of each third-party NF (before its bridge)."""
+        for i, cfg in self.thirdparty_cfg.items():
+            tag = f"{self.prefix[:4]}{zlib.crc32(f'{self.prefix}/{self.name}'.encode()):08x}{i}"
+            log = (
+                os.path.join(self.log_dir, f"{self.name}-nf{i}-program.log")
+                if self.log_dir
+                else None
+            )
+            tp = ThirdPartyNF(
+                cfg,
+                netns=f"{self.prefix}-{self.name}-nf{i}",
+                tag=tag,
+                where=f"nfs[{i}]",
+                bridge_netns=self.netns,
+                log_path=log,
+                # never the chain's core: its SCHED_FIFO NFs would starve a program there
+                cpus=self.startup_cpus or tuple(sorted(os.sched_getaffinity(0) - {self.core})),
+            )
+            self.thirdparty[i] = tp  # down() in teardown, whatever up() got to
+            try:
+                tp.up()
+            except ThirdPartyError as exc:
+                raise ChainError(str(exc)) from None
+            self.health[i] = Health(cfg)
+
     def _spec(self, i: int, nfs: list[dict], bufs: dict) -> dict:
         spec = {
             "chain": self.name,
@@ -287,6 +337,12 @@ class ChainInstance:
             spec["eal"]["lcores"] = sorted({self.core, *self.startup_cpus})
         if i == 0:
             spec["ports"] = self.ports
+        tp = self.thirdparty.get(i)
+        if tp is not None:  # the bridge process: the NF's interfaces instead of an NF
+            spec["nfs"] = []
+            spec["ports"] = tp.ports()
+            spec["mempool_size"] = 4095
+            spec["bridge"] = {"hold_us": tp.cfg.hold_us, "dst_mac": tp.dst_mac}
         return spec
 
     def _spawn(self, spec: dict) -> None:
@@ -406,11 +462,16 @@ class ChainInstance:
     def stats(self) -> list[dict]:
         """Per NF process: its counters and its cycles-per-batch histogram (``hist``)
         from the buffer header; the first also ``buffered``, the packets waiting in
-        the chain buffer's rings between the NFs."""
+        the chain buffer's rings between the NFs.  A third-party position adds
+        ``thirdparty``: its bridge's counters, the kernel's on its interfaces, its
+        program and its health (docs/thirdparty.rst)."""
         c = self.ctl
         n = 1 if self.mode == "single_thread" else len(self.nfs)
         out = [{**c.nf_stats(i), "hist": c.nf_hist(i)} for i in range(n)]
         out[0]["buffered"] = self.buffered()
+        for i in self.thirdparty:
+            if i < n and i in self.health:
+                out[i]["thirdparty"] = self._thirdparty_status(i)
         return out
 
     def buffered(self) -> int:
@@ -423,6 +484,28 @@ class ChainInstance:
             return sum(self.ctl.ring_count(r) for r in range(1, n + 1))
         # copy: every region after the control one carries its batches on ring 1
         return sum(b.ring_count(1) for p, b in self.buffers.items() if p != self._ctl_path)
+
+    def _thirdparty_status(self, i: int) -> dict:
+        tp, h = self.thirdparty[i], self.health[i]
+        b = self.ctl.bridge_stats(i)
+        code = tp.exit_code()
+        h.update(b, code, time.monotonic())
+        if h.state == "failed":
+            tp.fence()  # fail closed: a dead firewall must not keep forwarding
+        kernel = tp.interface_counters(self.pids[i] if i < len(self.pids) else "self")
+        return {**b, **kernel, "pid": tp.pid, "exit_code": code,
+                "status": h.state, "reason": h.reason}  # fmt: skip
+
+    def failures(self) -> list[tuple[int, str]]:
+        """Third-party NFs found failed (program exited, or an inline one stalled):
+        ``[(index, reason)]``.  The agent's monitor calls this every tick."""
+        if self.state not in ("detached", "attached") or not self.thirdparty:
+            return []
+        out = []
+        for i in self.thirdparty:
+            if self._thirdparty_status(i)["status"] == "failed":
+                out.append((i, f"third-party NF {i} failed: {self.health[i].reason}"))
+        return out
 
     def alive(self) -> bool:
         return bool(self.procs) and all(p.poll() is None for p in self.procs)
@@ -476,6 +559,9 @@ class ChainInstance:
             except FileNotFoundError:
                 pass
         self.buffers = {}
+        for tp in self.thirdparty.values():
+            tp.down()
+        self.thirdparty = {}
         if self.hold is not None:
             path = self.hold.path
             self.hold.close()

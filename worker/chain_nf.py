@@ -16,6 +16,8 @@ file(s) and, for the first NF, its ports.  The process
    its own uid, the chain's gid, no capabilities, not dumpable, seccomp;
 4. prints ``{"ready": true, "tid": ...}`` on stdout and enters the nogil
    burst loop (parked until the scheduler attaches the chain);
+   (a third-party NF's position runs the bridge loop instead, its ports the
+   bridge's ends of the NF's veth pairs: docs/thirdparty.rst);
 5. on STOP leaves the loop, closes its ports (a net_pcap port writes its
    file) and prints a JSON summary line.
 """
@@ -107,7 +109,23 @@ def main() -> int:
             json.dumps({"ready": True, "tid": threading.get_native_id(), "pid": os.getpid()}),
             flush=True,
         )
-        if spec["index"] == 0:
+        if spec.get("bridge") is not None:
+            # a third-party NF's position: ports[0] reads its output, ports[-1] feeds it
+            br = spec["bridge"]
+            mac = br.get("dst_mac")
+            chainbuf.run_bridge(
+                ctl,
+                spec["index"],
+                inp,
+                bufs["in_ring"],
+                bufs["out_ring"],
+                ports[-1].port_id,
+                ports[0].port_id,
+                pool_name,
+                hold_us=float(br.get("hold_us", 1000)),
+                dst_mac=bytes.fromhex(mac.replace(":", "")) if mac else None,
+            )
+        elif spec["index"] == 0:
             chainbuf.run_first(
                 ctl,
                 wrapped,

@@ -38,7 +38,7 @@ LOG = logging.getLogger("quadrant.instances")
 # The NF types a controller may ask for: the built-in native NFs.  ``python``
 # and ``native`` import a class named in the config, i.e. run code the
 # controller names: they are for the standalone runtime, not for remote commands.
-AGENT_NF_TYPES = ("empty", "tunnel", "ipforward", "acl", "bpf_lpm")
+AGENT_NF_TYPES = ("empty", "tunnel", "ipforward", "acl", "bpf_lpm", "urlfilter", "thirdparty")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 MAX_BATCH = 1024
 UIDS_PER_INSTANCE = 16  # NF i of an instance runs as uid_base + i; at most 8 NFs
@@ -185,22 +185,25 @@ class InstanceManager:
                 raise refuse("params.core", f"no scheduler on core {core}: {exc}") from None
             os.makedirs(self.log_dir, mode=0o755, exist_ok=True)
             uid = self.uid_base + slot * UIDS_PER_INSTANCE
-            inst = ChainInstance(
-                f"i{iid}",
-                nfs,
-                core=core,
-                ports={"rx": self._port(self.vfs[mac], iid)},
-                ids=ChainIds(uid, uid),
-                prefix=self.prefix,
-                mode=mode,
-                scheduler=sched,
-                n_slots=self.n_slots,
-                batch=batch,
-                log_dir=self.log_dir,
-                launcher=self.launcher,
-                netns=self.netns,
-                startup_cpus=self.startup_cpus if self.launcher is not None else (),
-            )
+            try:
+                inst = ChainInstance(
+                    f"i{iid}",
+                    nfs,
+                    core=core,
+                    ports={"rx": self._port(self.vfs[mac], iid)},
+                    ids=ChainIds(uid, uid),
+                    prefix=self.prefix,
+                    mode=mode,
+                    scheduler=sched,
+                    n_slots=self.n_slots,
+                    batch=batch,
+                    log_dir=self.log_dir,
+                    launcher=self.launcher,
+                    netns=self.netns,
+                    startup_cpus=self.startup_cpus if self.launcher is not None else (),
+                )
+            except ChainError as exc:  # a bad NF config (a third-party NF's spec)
+                raise refuse("params.chain.nfs", str(exc)) from None
             # reserve the id, the VF and the uids; start the processes outside the manager's
             # lock, so commands on other instances (an attach from the warm pool) never wait
             e = Entry(iid, chain_id, chain_name, core, mac, inst, slot)
@@ -309,6 +312,9 @@ class InstanceManager:
                 elif dead:
                     e.failed = f"NF process(es) {dead} exited"
                     events.append(self._failed_event(e, e.failed, nfs=dead))
+                elif failed := e.chain.failures():  # a third-party NF's program or output
+                    e.failed = "; ".join(reason for _, reason in failed)
+                    events.append(self._failed_event(e, e.failed, nfs=[i for i, _ in failed]))
             finally:
                 e.lock.release()
         return events

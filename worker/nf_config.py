@@ -16,6 +16,8 @@ import yaml
 
 from worker.nf_errors import NFConfigError
 from worker.nf_registry import NF_TYPES
+from worker.thirdparty_spec import TYPE as THIRDPARTY
+from worker.thirdparty_spec import parse_thirdparty
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
 PCI_RE = re.compile(r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
@@ -189,6 +191,13 @@ def parse_config(raw, base_dir: Path | None = None) -> RuntimeConfig:
     if nf_type not in NF_TYPES:
         raise NFConfigError(
             "nf.type", f"unknown NF type {nf_type!r} (known: {', '.join(NF_TYPES)})"
+        )
+    if nf_type == THIRDPARTY:
+        parse_thirdparty(nf.get("config"), "nf.config")  # its own errors first
+        raise NFConfigError(
+            "nf.type",
+            "thirdparty runs only as a chain position after a native first NF "
+            "(worker.chain, docs/thirdparty.rst); quadrant-nf runs one native NF on a port",
         )
     cls = nf.get("class")
     if nf_type in ("native", "python"):

@@ -17,9 +17,13 @@ NF_TYPES = {
     "ipforward": "cext.nf_ipforward:IpForwardNF",
     "acl": "cext.nf_acl:AclNF",
     "bpf_lpm": "cext.nf_bpf_lpm:BpfLpmNF",
+    "urlfilter": "cext.nf_urlfilter:UrlFilterNF",
     "nat": "cext.nf_nat:NatNF",  # stateful: needs a state: section (docs/state.rst)
     "native": None,
     "python": None,
+    # an unmodified program in its own network namespace, behind a bridge process at
+    # its chain position (worker.thirdparty, docs/thirdparty.rst); not a NativeNF
+    "thirdparty": None,
 }
 
 
@@ -42,6 +46,10 @@ def build_nf(spec, base_dir=None):
     """
     from cext.nf import NativeNF, PythonNF
 
+    if spec.type == "thirdparty":
+        raise NFConfigError(
+            "nf.type", "thirdparty runs behind a bridge at a chain position, not in an NF process"
+        )
     if spec.type == "python":
         impl = load_class(spec.cls)()
         if getattr(impl, "stateful", False):  # state API: docs/state.rst

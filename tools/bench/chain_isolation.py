@@ -14,6 +14,15 @@ flows, made here), sink ``net_null``.  Variants, all measured in this run:
                      copies the batch into the next NF's region (same core,
                      same cooperative scheduling: only the copies differ).
 
+The third-party hop (``--thirdparty-only`` runs just that section; it also
+closes the full run): ``empty -> X -> empty`` under ``coop`` with X a native
+``empty`` NF, or a third-party NF behind the veth bridge (docs/thirdparty.rst):
+``veth_bridge``, a Linux bridge in the NF's namespace (the bare cost of the
+hop: copy to an mbuf, af_packet send, the kernel's veth and bridge path, read
+back, copy into the slot), and ``veth_nft``, the shipped nftables firewall
+example (br_netfilter + conntrack + its rules; every frame passes), 64 B and
+1024 B, interleaved rounds.
+
 A chain of one NF has no copy and no scheduler in any variant, so length 1
 is measured once (single_thread) and reported for all four.  Also measured:
 the context-switch cost (two processes on the core, SCHED_FIFO, yielding to
@@ -129,7 +138,9 @@ class Runner:
     def close(self):
         self.sched.stop()
 
-    def start(self, variant: str, nfs: list[dict], pcap: Path, batch: int = 32) -> ChainInstance:
+    def start(
+        self, variant: str, nfs: list[dict], pcap: Path, batch: int = 32, prefix: str = "qs"
+    ) -> ChainInstance:
         self.serial += 1
         name = f"b{self.serial}"
         inst = ChainInstance(
@@ -141,7 +152,7 @@ class Runner:
                 "tx": {"vdev": f"net_null_{name}1,no-rx=1"},
             },
             ids=IDS,
-            prefix="qs",
+            prefix=prefix,  # names files, DPDK prefixes, a third-party NF's netns and veths
             mode=variant,
             scheduler=self.sched,
             batch=batch,
@@ -218,6 +229,87 @@ class Runner:
         return out
 
 
+EXAMPLES = REPO / "examples" / "thirdparty"
+EMPTY = {"type": "empty"}
+
+
+def thirdparty_nfs() -> dict[str, dict]:
+    """The third-party hop's variants: the shipped firewall, and the same namespace
+    with its Linux bridge only (no netfilter, no rules)."""
+    import yaml
+
+    nft = yaml.safe_load((EXAMPLES / "nft-firewall.yaml").read_text())["nfs"][1]
+    plain = json.loads(json.dumps(nft))
+    c = plain["config"]
+    c["setup"] = [a for a in c["setup"] if a[0] not in ("nft", "sysctl")]
+    c["files"] = {}
+    c["command"] = ["sleep", "infinity"]  # a kernel-only NF: nothing to run
+    c["behaviour"] = ["inline"]
+    return {"native": EMPTY, "veth_bridge": plain, "veth_nft": nft}
+
+
+def thirdparty_hop(runner: Runner, work: Path, hz: float, batch: int) -> dict:
+    """Cost per packet of a third-party hop against a native hop in the same chain."""
+    hops = thirdparty_nfs()
+    out = {}
+    for size in SIZES:
+        pcap = work / f"{size}.pcap"
+        if not pcap.exists():
+            make_pcap(pcap, size, 1024)
+        insts, got = {}, {v: [] for v in hops}
+        try:
+            for v, hop in hops.items():
+                insts[v] = runner.start("coop", [EMPTY, hop, EMPTY], pcap, batch, prefix="tpb")
+                insts[v].detach(timeout=10.0)
+            for _ in range(runner.rounds):
+                for v, inst in insts.items():
+                    inst.attach()
+                    b0 = inst.stats()[1].get("thirdparty", {})
+                    r = runner.measure(inst)
+                    b1 = inst.stats()[1].get("thirdparty", {})
+                    inst.detach(timeout=10.0)
+                    sent = b1.get("to_nf", 0) - b0.get("to_nf", 0)
+                    lost = b1.get("expired", 0) - b0.get("expired", 0)
+                    back = b1.get("passed", 0) - b0.get("passed", 0)
+                    late = b1.get("late", 0) - b0.get("late", 0)
+                    r["loss"] = lost / sent if sent else 0.0
+                    r["late"] = late / back if back else 0.0
+                    got[v].append(r)
+        finally:
+            for inst in insts.values():
+                inst.teardown()
+        rows = {}
+        for v, rs in got.items():
+            kpps = statistics.median(r["kpps"] for r in rs)
+            rows[v] = {
+                "kpps": round(kpps, 1),
+                "chain_cycles_per_packet": round(hz / (kpps * 1e3), 1) if kpps else None,
+                "hop_cycles_per_packet": round(statistics.median(r["nf_cycles"][1] for r in rs), 1),
+                "loss": round(statistics.median(r["loss"] for r in rs), 4),
+                "late": round(statistics.median(r["late"] for r in rs), 4),
+            }
+        base = rows["native"]["chain_cycles_per_packet"]
+        for v in rows:
+            c = rows[v]["chain_cycles_per_packet"]
+            rows[v]["extra_cycles_vs_native"] = round(c - base, 1) if c and base else None
+        out[str(size)] = rows
+    return out
+
+
+def report_thirdparty(res: dict) -> None:
+    print(f"\nthird-party hop: empty -> X -> empty, coop, batch {res['batch_size']}")
+    print(f"{'size':>6} {'X':<12} {'kpps':>9} {'cyc/pkt':>9} {'extra':>9} {'hop cyc':>9} "
+          f"{'loss':>7} {'late':>7}")  # fmt: skip
+    for size, rows in res["thirdparty_hop"].items():
+        for v, r in rows.items():
+            extra, hop = r["extra_cycles_vs_native"], r["hop_cycles_per_packet"]
+            print(f"{size:>6} {v:<12} {r['kpps']:>9.1f} {r['chain_cycles_per_packet']:>9.0f} "
+                  f"{extra:>9.0f} {hop:>9.0f} {r['loss']:>7.2%} {r['late']:>7.2%}")  # fmt: skip
+    print("(cyc/pkt: the whole chain, from its rate; extra: over the native hop; hop cyc: "
+          "the hop's own turn per packet, the kernel's path of a veth hop included; loss: "
+          "slots expired per frame sent; late: frames back only at a later turn)")  # fmt: skip
+
+
 def sweep(runner: Runner, inst: ChainInstance, batches) -> dict[int, float]:
     """Median kpps per batch size, the sizes taken in turns every round (shared noise)."""
     got: dict[int, list[float]] = {b: [] for b in batches}
@@ -267,6 +359,8 @@ def main(argv=None) -> int:
     ap.add_argument("--core", type=int, default=1, help="data core (default 1)")
     ap.add_argument("--max-len", type=int, default=6)
     ap.add_argument("--batch", type=int, default=32, help="batch size of the main table")
+    ap.add_argument("--thirdparty-only", action="store_true",
+                    help="only the third-party hop against a native one (short)")  # fmt: skip
     opts = ap.parse_args(argv)
     # windows of a second or more: RT throttling / the fair server take up to 50 ms of
     # every 1 s period from SCHED_FIFO tasks, a shorter window catches it or not
@@ -283,6 +377,17 @@ def main(argv=None) -> int:
         "kpps": {},
         "nf_cycles": {},
     }
+    if opts.thirdparty_only:
+        runner = Runner(opts.core, work, window, warmup, rounds)
+        try:
+            res["thirdparty_hop"] = thirdparty_hop(runner, work, hz, opts.batch)
+        finally:
+            runner.close()
+        res["elapsed_s"] = round(time.monotonic() - t_start, 1)
+        report_thirdparty(res)
+        if opts.json:
+            Path(opts.json).write_text(json.dumps(res, indent=2) + "\n")
+        return 0
     res["ctx_switch_cycles"] = round(
         statistics.median(ctx_switch_cycles(opts.core) for _ in range(5)), 1
     )
@@ -324,10 +429,12 @@ def main(argv=None) -> int:
             res["batch"][f"bpf_lpm x{n}"] = batch_row(
                 runner, [BPF] * n, pcap, hz, res["ctx_switch_cycles"], s
             )
+        res["thirdparty_hop"] = thirdparty_hop(runner, work, hz, opts.batch)
     finally:
         runner.close()
     res["elapsed_s"] = round(time.monotonic() - t_start, 1)
     report(res, lengths)
+    report_thirdparty(res)
     if opts.json:
         Path(opts.json).write_text(json.dumps(res, indent=2) + "\n")
     return 0

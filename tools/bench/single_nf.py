@@ -3,7 +3,8 @@
     .venv/bin/python -m tools.bench.single_nf [--quick] [--json PATH] [--core N] [--prefix P]
 
 Source: ``net_pcap`` with ``infinite_rx=1`` over a pcap of UDP frames across
-many flows (one pcap per frame size, 64 and 1024 bytes); sink: ``net_null``
+many flows (one pcap per frame size, 64 and 1024 bytes; ``urlfilter`` gets
+HTTP-over-TCP connections instead, see :func:`make_http_pcap`); sink: ``net_null``
 with ``no-rx=1``.  For every frame size, ``dpdk-testpmd --forward-mode=macswap``
 runs on the same vdevs and the same data core (forwarding lcore = --core,
 its main lcore on another one), then ``quadrant-nf`` once per NF type, and
@@ -35,11 +36,14 @@ import yaml
 from worker import nf_stats
 
 REPO = Path(__file__).resolve().parents[2]
-NFS = ("empty", "tunnel", "ipforward", "acl", "bpf_lpm")
+NFS = ("empty", "tunnel", "ipforward", "acl", "bpf_lpm", "urlfilter")
+HTTP_NFS = ("urlfilter",)  # these NFs get the HTTP/TCP pcap
+PAPER_CHAIN2_KPPS = 116  # Table 4, acl -> urlfilter -> encrypt, per core
 SIZES = (64, 1024)
 PAPER_BPF_LPM_MPPS, PAPER_GHZ = 4.7, 2.4  # SoCC '22, 2.4 GHz Haswell
 MEMORY_MB = 256
 MBUFS = 16383
+HTTP_PCAP_FRAMES = 8000  # well below MBUFS: the pcap stays in mbufs
 PREFIX = "qd-bench"  # DPDK --file-prefix and stats file names start with this (--prefix)
 
 
@@ -60,8 +64,60 @@ def make_pcap(path: Path, size: int, flows: int) -> None:
     wrpcap(str(path), pkts)
 
 
+def http_connection(i: int, size: int) -> list:
+    """Connection ``i`` of :func:`make_http_pcap`, every frame ``size`` bytes."""
+    from scapy.all import IP, TCP, Ether, Raw, raw
+
+    room = size - 54  # Ethernet + IPv4 + TCP headers
+    cli, srv = f"10.1.{i >> 8 & 255}.{i & 255}", f"10.2.{i % 7}.{i * 7 & 255}"
+    sport, isn, sisn = 1024 + i, 1000 * i, 7000 * i + 1
+
+    def frame(c2s: bool, seq: int, ack: int, flags: str, data: bytes = b""):
+        ips, ports = ((cli, srv), (sport, 80)) if c2s else ((srv, cli), (80, sport))
+        p = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src=ips[0], dst=ips[1])
+        p = p / TCP(sport=ports[0], dport=ports[1], seq=seq, ack=ack, flags=flags) / Raw(data)
+        b = raw(p)
+        return Ether(b + b"\x00" * (size - len(b)))  # short frames: an Ethernet trailer
+
+    head = (
+        f"GET /static/{i % 97}/item-{i}.html?session={i * 7919} HTTP/1.1\r\n"
+        f"Host: www.site{i % 13}.example\r\nUser-Agent: bench/1.0\r\nAccept: */*\r\n"
+    ).encode()
+    req = head + b"Cookie: id=" + b"c" * (1200 - len(head) - 15) + b"\r\n\r\n"
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2350\r\n\r\n".ljust(2400, b"r")
+    end = isn + 1 + len(req)
+    pkts = [frame(True, isn, 0, "S"), frame(False, sisn, isn + 1, "SA")]
+    pkts.append(frame(True, isn + 1, sisn + 1, "A"))
+    for o in range(0, len(req), room):
+        pkts.append(frame(True, isn + 1 + o, sisn + 1, "PA", req[o : o + room]))
+    for o in range(0, len(resp), room):
+        pkts.append(frame(False, sisn + 1 + o, end, "PA", resp[o : o + room]))
+    pkts.append(frame(True, end, sisn + 1 + len(resp), "FA"))
+    pkts.append(frame(False, sisn + 1 + len(resp), end + 1, "FA"))
+    return pkts
+
+
+def make_http_pcap(path: Path, size: int, max_frames: int, max_conns: int = 256) -> int:
+    """Interleaved HTTP/1.1 connections, as many as fit in ``max_frames`` (net_pcap's
+    infinite_rx keeps the whole pcap in mbufs): SYN, SYN-ACK, ACK, a 1.2 KB request
+    head (a big cookie) in segments of what fits in ``size``, a 2.4 KB response,
+    FIN, FIN.  They close each time round, so every replay of the pcap is new
+    connections for the filter: reassembly, parsing and matching.  Returns the
+    number of connections."""
+    from scapy.all import wrpcap
+
+    per_conn = len(http_connection(0, size))
+    conns = max(1, min(max_conns, max_frames // per_conn))
+    flows = [http_connection(i, size) for i in range(conns)]
+    out = []
+    for t in range(max(len(f) for f in flows)):  # round robin: all connections live at once
+        out += [f[t] for f in flows if t < len(f)]
+    wrpcap(str(path), out)
+    return conns
+
+
 def nf_configs(workdir: Path) -> dict[str, dict]:
-    from worker import nf_tables
+    from worker import nf_tables, nf_urlrules
 
     routes = workdir / "routes.txt"
     routes.write_text(
@@ -70,12 +126,15 @@ def nf_configs(workdir: Path) -> dict[str, dict]:
     )
     rules = workdir / "acl.txt"
     rules.write_text("\n".join(nf_tables.generate_acl_rules(1500, seed=1)) + "\n")
+    url_rules = workdir / "url.rules"
+    url_rules.write_text("\n".join(nf_urlrules.generate_rules(500, seed=1)) + "\n")
     return {
         "empty": {},
         "tunnel": {"vlan": 100},
         "ipforward": {"route_file": str(routes)},
         "acl": {"rule_file": str(rules), "default": "allow"},
         "bpf_lpm": {"lookups": 200, "table_size": 1024},
+        "urlfilter": {"rule_file": str(url_rules), "flows": 4096},
     }
 
 
@@ -248,14 +307,18 @@ def main(argv=None) -> int:
         for size in sizes:
             pcap = workdir / f"udp{size}.pcap"
             make_pcap(pcap, size, flows=1024)
+            http = workdir / f"http{size}.pcap"
+            if any(nf in HTTP_NFS for nf in nfs):
+                make_http_pcap(http, size, max_frames=HTTP_PCAP_FRAMES)
             runs = {"testpmd": [], **{nf: [] for nf in nfs}}
             for _ in range(rounds):
                 runs["testpmd"].append(
                     run_testpmd(pcap, core, main_core, seconds, huge, opts.prefix)
                 )
                 for nf in nfs:
+                    src = http if nf in HTTP_NFS else pcap
                     runs[nf].append(
-                        run_nf(nf, configs[nf], pcap, core, seconds, huge, workdir, opts.prefix)
+                        run_nf(nf, configs[nf], src, core, seconds, huge, workdir, opts.prefix)
                     )
             results[size] = runs
 
@@ -301,6 +364,8 @@ def main(argv=None) -> int:
         entry.update({k: entry["by_size"][first][k] for k in ("mpps", "cycles_per_pkt")})
     if "bpf_lpm" in out["nf"]:
         out["paper_bpf_lpm_cycles_per_pkt"] = PAPER_GHZ * 1e9 / (PAPER_BPF_LPM_MPPS * 1e6)
+    if "urlfilter" in out["nf"]:
+        out["paper_chain2_cycles_per_pkt"] = PAPER_GHZ * 1e9 / (PAPER_CHAIN2_KPPS * 1e3)
 
     print(
         f"single_nf: core {core}, hugepages {huge}, {rounds} round(s) x {seconds:g} s, "
@@ -329,6 +394,11 @@ def main(argv=None) -> int:
         print(
             f"paper bpf_lpm: {PAPER_BPF_LPM_MPPS} Mpps at {PAPER_GHZ} GHz = "
             f"{out['paper_bpf_lpm_cycles_per_pkt']:.0f} cycles/pkt"
+        )
+    if "paper_chain2_cycles_per_pkt" in out:
+        print(
+            f"paper chain 2 (acl -> urlfilter -> encrypt): {PAPER_CHAIN2_KPPS} kpps at "
+            f"{PAPER_GHZ} GHz = {out['paper_chain2_cycles_per_pkt']:.0f} cycles/pkt"
         )
     if opts.json:
         Path(opts.json).write_text(json.dumps(out, indent=2) + "\n")
