@@ -14,8 +14,9 @@ or a slot of the chain packet buffer): the NF reads and rewrites them in
 place, and may grow or shrink the frame at the front (push/pop a header,
 within ``headroom``) or the back (within ``tailroom``) by moving ``data`` and
 changing ``len``.  The NF never frees, sends or keeps a packet; it only
-sets verdicts.  ``QD_HOLD`` is reserved for NFs that wait for their state
-(later work); this runtime counts it in ``held`` and frees the packet.
+sets verdicts.  ``QD_HOLD`` is for stateful NFs (``cext/state.pxd``): their
+runtime keeps the packet until its state is in Redis; the stateless runtime
+counts it in ``held`` and frees the packet.
 
 The descriptors carry no DPDK type, so the same NF runs as the first NF of a
 chain (over mbufs) and as a later one (over chain-buffer slots).

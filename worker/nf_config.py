@@ -24,7 +24,12 @@ PCI_RE = re.compile(r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 VDEV_DRIVERS = ("net_af_packet", "net_pcap", "net_memif", "net_null", "net_ring", "net_tap")
 HUGEPAGE_MOUNT = "/dev/hugepages"
 
-TOP_KEYS = {"name", "core", "batch", "eal", "ports", "mempool", "nf", "stats", "run"}
+TOP_KEYS = {"name", "core", "batch", "eal", "ports", "mempool", "nf", "stats", "run", "state"}
+STATE_KEYS = {
+    "store", "host", "port", "user", "password", "password_file", "prefix",
+    "max_held", "cache_entries", "drain_s",
+}  # fmt: skip
+PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,21 @@ class NFSpec:
     type: str
     config: dict
     cls: str | None  # "module:Class" for native/python NFs
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """Where a stateful NF keeps its state (docs/state.rst)."""
+
+    store: str  # "redis" | "local" (cache only: the benchmark's baseline)
+    host: str
+    port: int
+    user: str
+    password: str
+    prefix: str
+    max_held: int
+    cache_entries: int
+    drain_s: float
 
 
 @dataclass(frozen=True)
@@ -61,6 +81,7 @@ class RuntimeConfig:
     max_packets: int | None
     slice_s: float
     base_dir: Path | None = field(default=None, compare=False)
+    state: StateSpec | None = None
 
     @property
     def same_port(self) -> bool:
@@ -204,6 +225,8 @@ def parse_config(raw, base_dir: Path | None = None) -> RuntimeConfig:
         max_packets = _int(max_packets, "run.max_packets", 1, 1 << 62)
     slice_s = _int(run.get("slice_ms", 100), "run.slice_ms", 1, 10_000) / 1000
 
+    state = parse_state(top["state"], batch, pool_size, base_dir) if "state" in top else None
+
     return RuntimeConfig(
         name=name,
         core=core,
@@ -223,7 +246,48 @@ def parse_config(raw, base_dir: Path | None = None) -> RuntimeConfig:
         max_packets=max_packets,
         slice_s=slice_s,
         base_dir=base_dir,
+        state=state,
     )
+
+
+def parse_state(value, batch: int, pool_size: int, base_dir: Path | None = None) -> StateSpec:
+    """The ``state:`` section; held packets may take at most half the mempool."""
+    m = _mapping(value, "state")
+    _keys(m, STATE_KEYS, "state")
+    store = m.get("store", "redis")
+    if store not in ("redis", "local"):
+        raise NFConfigError("state.store", f"must be redis or local, got {store!r}")
+    prefix = m.get("prefix", "")
+    if store == "redis" and not (isinstance(prefix, str) and PREFIX_RE.match(prefix)):
+        raise NFConfigError("state.prefix", f"must match {PREFIX_RE.pattern}, got {prefix!r}")
+    host = m.get("host", "127.0.0.1")
+    if not isinstance(host, str) or not host:
+        raise NFConfigError("state.host", f"must be a host name or address, got {host!r}")
+    port = _int(m.get("port", 6379), "state.port", 1, 65535)
+    user = m.get("user", "")
+    password = m.get("password", "")
+    if "password_file" in m:
+        if "password" in m:
+            raise NFConfigError("state.password_file", "give password or password_file, not both")
+        pf = Path(m["password_file"])
+        if base_dir is not None and not pf.is_absolute():
+            pf = base_dir / pf
+        try:
+            password = pf.read_text().strip()
+        except OSError as exc:
+            reason = f"cannot read {pf}: {exc.strerror}"
+            raise NFConfigError("state.password_file", reason) from None
+    if store == "redis":
+        for fname, v in (("state.user", user), ("state.password", password)):
+            if not isinstance(v, str) or not v:
+                raise NFConfigError(fname, "missing: the NF's own Redis ACL user and password")
+    max_held = _int(
+        m.get("max_held", min(4096, pool_size // 2)), "state.max_held", batch, pool_size // 2
+    )
+    entries = _int(m.get("cache_entries", 65536), "state.cache_entries", 8192, 1 << 24)
+    drain = m.get("drain_s", 1.0)
+    drain = 0.0 if drain == 0 else _number(drain, "state.drain_s", 0)
+    return StateSpec(store, host, port, user, password, prefix, max_held, entries, drain)
 
 
 def load_config(path: str | os.PathLike) -> RuntimeConfig:

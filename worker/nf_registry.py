@@ -20,6 +20,7 @@ NF_TYPES = {
     "urlfilter": "cext.nf_urlfilter:UrlFilterNF",
     "encrypt": "cext.nf_crypto:EncryptNF",
     "decrypt": "cext.nf_crypto:DecryptNF",
+    "nat": "cext.nf_nat:NatNF",  # stateful: needs a state: section (docs/state.rst)
     "native": None,
     "python": None,
     # an unmodified program in its own network namespace, behind a bridge process at
@@ -53,7 +54,12 @@ def build_nf(spec, base_dir=None):
         )
     if spec.type == "python":
         impl = load_class(spec.cls)()
-        nf = PythonNF(impl, name=type(impl).__name__)
+        if getattr(impl, "stateful", False):  # state API: docs/state.rst
+            from cext.state import PythonStatefulNF
+
+            nf = PythonStatefulNF(impl, name=type(impl).__name__)
+        else:
+            nf = PythonNF(impl, name=type(impl).__name__)
     else:
         cls = load_class(spec.cls if spec.type == "native" else NF_TYPES[spec.type])
         if not (isinstance(cls, type) and issubclass(cls, NativeNF)):

@@ -58,7 +58,7 @@ def run(cfg: RuntimeConfig, log=sys.stderr) -> dict:
     print(f"quadrant-nf {cfg.name}: EAL {' '.join(args[1:])}", file=log, flush=True)
     eal.init(args)
     rundir = eal.runtime_dir()
-    ports, pool, block, rt, nf = [], None, None, None, None
+    ports, pool, block, rt, nf, store, stateful = [], None, None, None, None, None, False
     try:
         pool = ethdev.Mempool(f"qd_{cfg.name}"[:24], cfg.mempool_size, cfg.mempool_cache)
         rx = ethdev.Port(cfg.rx.name)
@@ -71,7 +71,12 @@ def run(cfg: RuntimeConfig, log=sys.stderr) -> dict:
             tx.setup(pool)
         nf = build_nf(cfg.nf, cfg.base_dir)
         block = nf_stats.StatsBlock(cfg.stats_path)
-        rt = Runtime(nf, rx.port_id, tx.port_id, block.map, burst=cfg.batch, core=cfg.core)
+        stateful = is_stateful(nf)
+        if stateful:
+            store = open_store(cfg)
+            rt = stateful_runtime(cfg, nf, rx.port_id, tx.port_id, block.map, store)
+        else:
+            rt = Runtime(nf, rx.port_id, tx.port_id, block.map, burst=cfg.batch, core=cfg.core)
         stop = _Stop()
         old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
         print(
@@ -98,7 +103,9 @@ def run(cfg: RuntimeConfig, log=sys.stderr) -> dict:
                     reason = "nf_failed"
                     break
         finally:
-            elapsed = time.monotonic() - started
+            elapsed = time.monotonic() - started  # the loop's time, without the drain
+            if stateful:
+                rt.drain(cfg.state.drain_s)
             rt.stop()
             for s, h in old.items():
                 signal.signal(s, h)
@@ -114,6 +121,10 @@ def run(cfg: RuntimeConfig, log=sys.stderr) -> dict:
             "nf_stats": nf.stats(),
             "ports": {p.name: p.stats() for p in ports},
         }
+        if stateful:
+            summary["state"] = state_summary(rt, store)
+            if rt.error is not None:
+                raise RuntimeError(f"state store failed:\n{rt.error[1]}")
         error = getattr(nf, "error", None)
         if reason == "nf_failed":
             detail = error[1] if error else "the NF set halt"
@@ -122,6 +133,8 @@ def run(cfg: RuntimeConfig, log=sys.stderr) -> dict:
     finally:
         # Drop the loop and the NF (its rte_lpm/rte_acl tables) while the EAL is up.
         rt = nf = None
+        if store is not None:
+            store.close()
         for p in ports:
             try:
                 p.close()
@@ -131,6 +144,51 @@ def run(cfg: RuntimeConfig, log=sys.stderr) -> dict:
             block.close(remove=not cfg.stats_keep)
         eal.cleanup()
         eal.remove_runtime_dir(rundir)
+
+
+def is_stateful(nf) -> bool:
+    from cext.state import StatefulNF
+
+    return isinstance(nf, StatefulNF)
+
+
+def open_store(cfg: RuntimeConfig):
+    """The NF's Redis connection (``None`` for ``state.store: local``)."""
+    from worker.state_store import RedisStore
+
+    st = cfg.state
+    if st is None:
+        raise NFConfigError("state", f"missing: NF {cfg.nf.type} keeps state (docs/state.rst)")
+    if st.store == "local":
+        return None
+    try:
+        return RedisStore(st.host, st.port, st.user, st.password, st.prefix)
+    except Exception as exc:  # noqa: BLE001 - any connection or auth failure: say where
+        raise NFConfigError("state", f"cannot reach Redis at {st.host}:{st.port}: {exc}") from None
+
+
+def stateful_runtime(cfg: RuntimeConfig, nf, rx_port: int, tx_port: int, stats_map, store):
+    from cext.stateful import StatefulRuntime
+
+    st = cfg.state
+    return StatefulRuntime(
+        nf, rx_port, tx_port, stats_map, store, burst=cfg.batch, core=cfg.core,
+        max_held=st.max_held, cache_entries=st.cache_entries,
+    )  # fmt: skip
+
+
+def state_summary(rt, store) -> dict:
+    from cext.runtime import tsc_hz
+
+    out = rt.state_counters()
+    batches = rt.counters()["batches"]
+    out["store"] = "local" if store is None else "redis"
+    out["fetch_round_trips_per_batch"] = out["fetch_round_trips"] / batches if batches else 0.0
+    lat = sorted(rt.held_latencies())
+    hz = tsc_hz()
+    out["held_p50_us"] = lat[len(lat) // 2] * 1e6 / hz if lat else 0.0
+    out["held_p99_us"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e6 / hz if lat else 0.0
+    return out
 
 
 def main(argv=None) -> int:

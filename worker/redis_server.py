@@ -227,6 +227,7 @@ class RedisServer:
 def main(argv=None) -> int:
     """``python -m worker.redis_server DIR``: run one for the demo or the lab until Ctrl-C."""
     import argparse
+    import json
 
     ap = argparse.ArgumentParser(description="Run a private redis-server with ACLs and AOF.")
     ap.add_argument("dir", type=Path)
@@ -234,11 +235,15 @@ def main(argv=None) -> int:
     ap.add_argument("--appendfsync", choices=FSYNC_MODES, default="always")
     ap.add_argument("--nf", action="append", default=[], metavar="PREFIX", help="create an NF user")
     opts = ap.parse_args(argv)
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the finally: stop Redis
     srv = RedisServer(opts.dir, opts.port, opts.appendfsync).start()
     try:
         print(f"redis-server on {srv.host}:{srv.port}, dir {srv.dir} (admin: admin.password)")
         for prefix in opts.nf:
-            print(srv.add_nf_user(prefix).as_config())
+            print(json.dumps(srv.add_nf_user(prefix).as_config()))
         srv.proc.wait()
     except KeyboardInterrupt:
         pass

@@ -98,7 +98,7 @@ def test_hugepages_free_reads_meminfo(tmp_path):
         ({"batch": 0}, "batch", "must be 1..256"),
         ({"batch": 512}, "batch", "must be 1..256"),
         ({"core": "one"}, "core", "must be an integer"),
-        ({"nf": {"type": "nat"}}, "nf.type", "unknown NF type 'nat'"),
+        ({"nf": {"type": "natx"}}, "nf.type", "unknown NF type 'natx'"),
         ({"nf": {}}, "nf.type", "missing"),
         ({"nf": {"type": "python"}}, "nf.class", "needs class"),
         ({"nf": {"type": "empty", "class": "a:B"}}, "nf.class", "only for type native or python"),
