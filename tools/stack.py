@@ -180,6 +180,13 @@ class Stack:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        # whatever an agent could not tear down (killed, or timed out): ours to remove
+        from worker.instances import reap_prefix
+
+        for w in self.topology.workers:
+            left = reap_prefix(f"{self.lab.plan.prefix}-{w.name}")
+            if left["killed"] or left["files"]:
+                self.log(f"stack: removed what agent {w.name} left: {left}")
         if self.controller is not None:
             self.controller.stop()
         self.lab.down()

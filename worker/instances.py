@@ -54,6 +54,58 @@ MAX_BATCH = 1024
 UIDS_PER_INSTANCE = 16  # NF i of an instance runs as uid_base + i; at most 8 NFs
 
 
+def reap_prefix(prefix: str, cgroup_root: Path = Path("/sys/fs/cgroup")) -> dict:
+    """Kill every task of the cgroups under ``prefix`` and remove those cgroups, and the
+    files an agent of that prefix makes (chain buffers, hold regions, DPDK runtime
+    directories).  ``{"killed": n, "files": n}``."""
+    killed, files = 0, 0
+    parents = [cgroup_root / prefix] + [cgroup_root / c / prefix for c in ("cpuset", "memory")]
+    for parent in parents:
+        if not parent.is_dir():
+            continue
+        for d in [x for x in parent.iterdir() if x.is_dir()]:
+            try:
+                pids = [int(x) for x in (d / "cgroup.procs").read_text().split()]
+            except OSError:
+                pids = []
+            for pid in pids:
+                try:
+                    os.kill(pid, 9)
+                    killed += 1
+                except ProcessLookupError:
+                    pass
+            for _ in range(100):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.02)  # the killed tasks are still leaving
+        try:
+            parent.rmdir()
+        except OSError:
+            pass
+    for root in ("/dev/shm", "/dev/hugepages", "/var/run/dpdk"):
+        try:
+            names = os.listdir(root)
+        except OSError:
+            continue
+        for name in names:
+            if not name.startswith(prefix + "-"):
+                continue
+            path = os.path.join(root, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    continue
+            files += 1
+    return {"killed": killed, "files": files}
+
+
 def refuse(field: str, reason: str) -> RpcError:
     return RpcError(jsonrpc.REFUSED, f"{field}: {reason}")
 
@@ -334,59 +386,17 @@ class InstanceManager:
         the thread may be serving a request of a command that holds the lock."""
         self._ended.append(ev)
 
-    def reap_leftovers(self, cgroup_root: Path = Path("/sys/fs/cgroup")) -> dict:
+    def reap_leftovers(self) -> dict:
         """Remove what an earlier agent of this prefix left when it was killed: its NF
-        processes (every task of the cgroups under the prefix), their cgroups, the
-        chain buffer and hold files, the DPDK runtime directories.  Run at start, before
-        anything of our own exists: an agent that comes back after a crash starts
-        clean, so no chain it no longer knows keeps serving a flow."""
-        killed, files = 0, 0
-        parents = [cgroup_root / self.prefix] + [
-            cgroup_root / c / self.prefix for c in ("cpuset", "memory")
-        ]
-        for parent in parents:
-            if not parent.is_dir():
-                continue
-            for d in [x for x in parent.iterdir() if x.is_dir()]:
-                try:
-                    pids = [int(x) for x in (d / "cgroup.procs").read_text().split()]
-                except OSError:
-                    pids = []
-                for pid in pids:
-                    try:
-                        os.kill(pid, 9)
-                        killed += 1
-                    except ProcessLookupError:
-                        pass
-                for _ in range(100):
-                    try:
-                        d.rmdir()
-                        break
-                    except FileNotFoundError:
-                        break
-                    except OSError:
-                        time.sleep(0.02)  # the killed tasks are still leaving
-        for root in ("/dev/shm", "/dev/hugepages", "/var/run/dpdk"):
-            try:
-                names = os.listdir(root)
-            except OSError:
-                continue
-            for name in names:
-                if not name.startswith(self.prefix + "-"):
-                    continue
-                path = os.path.join(root, name)
-                if os.path.isdir(path):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    try:
-                        os.unlink(path)
-                    except OSError:
-                        continue
-                files += 1
-        if killed or files:
+        processes, their cgroups, the chain buffer and hold files, the DPDK runtime
+        directories.  Run at start, before anything of our own exists: an agent that
+        comes back after a crash starts clean, so no chain it no longer knows keeps
+        serving a flow."""
+        out = reap_prefix(self.prefix)
+        if out["killed"] or out["files"]:
             LOG.warning("an earlier agent of %s left %d NF processes and %d files: removed",
-                        self.prefix, killed, files)  # fmt: skip
-        return {"killed": killed, "files": files}
+                        self.prefix, out["killed"], out["files"])  # fmt: skip
+        return out
 
     def close(self) -> None:
         """Tear down every instance and stop the schedulers (agent exit)."""
