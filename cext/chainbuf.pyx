@@ -165,6 +165,7 @@ cdef extern from "src/qs_bridge.h" nogil:
         uint64_t held
         uint64_t late
         uint64_t flushed
+        uint64_t chatter
 
     struct qs_bridge_cfg:
         qs_view *ctl
@@ -386,7 +387,7 @@ cdef class ChainBuffer:
             "to_nf": s.to_nf, "to_nf_fail": s.to_nf_fail, "from_nf": s.from_nf,
             "passed": s.passed, "expired": s.expired, "overflow": s.overflow,
             "reverse": s.reverse, "held": s.held, "late": s.late,
-            "flushed": s.flushed,
+            "flushed": s.flushed, "chatter": s.chatter,
         }
 
     def nf_hist(self, int i):

@@ -44,6 +44,8 @@ struct qs_bridgectl {
     volatile uint64_t held;       /* slots waiting for the NF's output right now */
     volatile uint64_t late;       /* of `passed`, frames that came back at a later turn */
     volatile uint64_t flushed;    /* frames in the rings before the loop started: dropped */
+    volatile uint64_t chatter;    /* multicast/broadcast frames the NF's kernel sent on its
+                                     own (IGMP and MLD reports, ARP): never chain data */
 } __attribute__((aligned(QS_CACHE)));
 
 _Static_assert(QS_BRIDGE_OFF + QS_MAX_NFS * sizeof(struct qs_bridgectl) <= QS_HDR_SIZE,
@@ -90,6 +92,13 @@ static inline uint32_t qs_bridge_collect(struct qs_bridge_cfg *c, struct qs_held
             struct rte_mbuf *m = rx[i];
             struct qs_slot_meta *meta;
             uint32_t off;
+            if (m->data_len >= 6 && (rte_pktmbuf_mtod(m, const uint8_t *)[0] & 1)) {
+                /* group-addressed: the chain's flows are unicast; this is the kernel's
+                 * own traffic, and it must not take a held packet's slot */
+                bx->chatter++;
+                rte_pktmbuf_free(m);
+                continue;
+            }
             if (qs_held_count(q) == 0 || k >= room || m->nb_segs != 1 ||
                 m->data_len > QS_SLOT_DATA) {
                 bx->overflow++;

@@ -218,8 +218,8 @@ def test_every_refusal_leaves_nothing(manager, worker_ns):
     refused(prep, {**ok, "vf": "vf0"}, "params.vf")
     refused(prep, {**ok, "mode": "fast"}, "params.mode")
     refused(prep, {**ok, "batch": 0}, "params.batch")
-    bad_type = {**EMPTY2, "nfs": [{"type": "empty"}, {"type": "urlfilter"}]}
-    assert "urlfilter" in refused(prep, {**ok, "chain": bad_type}, "params.chain.nfs[1].type")
+    bad_type = {**EMPTY2, "nfs": [{"type": "empty"}, {"type": "bogus"}]}
+    assert "bogus" in refused(prep, {**ok, "chain": bad_type}, "params.chain.nfs[1].type")
     py = {**EMPTY2, "nfs": [{"type": "python", "config": {}}]}
     refused(prep, {**ok, "chain": py}, "params.chain.nfs[0].type")
     refused(prep, {**ok, "chain": {**EMPTY2, "nfs": []}}, "params.chain.nfs")
