@@ -15,6 +15,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import LAB_TOPOLOGY, LAB_WAIT, lab_prefix
+from tests.e2e.lab_flows import tunnel_ipforward
 from tools.stack import Stack, wait_until
 from tools.trafficgen.exchange import exchange
 
@@ -40,16 +41,7 @@ def test_chain_carries_flows_end_to_end(stack):
     topo = stack.topology
     src = next(h for h in topo.hosts if h.role == "source")
     sink = next(h for h in topo.hosts if h.role == "sink")
-    spec = {
-        "name": "tunnel-ipforward",
-        "nfs": [
-            {"type": "tunnel", "config": {"vlan": 100}},
-            {"type": "ipforward",
-             "config": {"routes": [{"prefix": "10.2.0.0/16", "next_hop_mac": sink.mac}]}},
-        ],
-        "filter": {"dst": "10.2.0.0/16"},
-        "slo_us": 5000,
-    }  # fmt: skip
+    spec = tunnel_ipforward("tunnel-ipforward", sink)
     chain = stack.tenant.post("/v1/chains", spec)
     wait_until(
         lambda: [i for i in stack.admin.get("/v1/instances")["instances"]

@@ -9,15 +9,14 @@ keeps the instances the agents report when they reconnect (none is restarted).
 from __future__ import annotations
 
 import re
-import threading
 import time
 import urllib.request
 
 import pytest
 
 from tests.conftest import LAB_TOPOLOGY, LAB_WAIT, lab_prefix
+from tests.e2e.lab_flows import Traffic, hosts, instances, tunnel_ipforward
 from tools.stack import Stack, wait_until
-from tools.trafficgen.exchange import exchange
 from worker.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
@@ -51,32 +50,10 @@ def metric(stack, name):
 
 def test_a_restarted_controller_carries_on_without_reassigning(stack):
     topo = stack.topology
-    src = next(h for h in topo.hosts if h.role == "source")
-    sink = next(h for h in topo.hosts if h.role == "sink")
-    spec = {
-        "name": "restart",
-        "nfs": [
-            {"type": "tunnel", "config": {"vlan": 100}},
-            {"type": "ipforward",
-             "config": {"routes": [{"prefix": "10.2.0.0/16", "next_hop_mac": sink.mac}]}},
-        ],
-        "filter": {"dst": "10.2.0.0/16"},
-        "slo_us": 5000,
-    }  # fmt: skip
-    chain = stack.tenant.post("/v1/chains", spec)
-    wait_until(lambda: stack.admin.get("/v1/instances")["instances"], 120, "an instance")
-    out = {}
-
-    def traffic():
-        out["sent"], out["report"] = exchange(
-            stack.lab.ns("src"), stack.lab.ns("sink"),
-            ["--src-mac", src.mac, "--dst-mac", sink.mac, "--src", "10.1.0.0/24",
-             "--dst", sink.address, "--flows", "8", "--proto", "udp,tcp", "--pps", "400"],
-            seconds=10, idle=3,
-        )  # fmt: skip
-
-    t = threading.Thread(target=traffic)
-    t.start()
+    _src, sink = hosts(topo)
+    chain = stack.tenant.post("/v1/chains", tunnel_ipforward("restart", sink))
+    wait_until(lambda: instances(stack, chain["id"]), 120, "an instance")
+    traffic = Traffic(stack, seconds=10).start()
     try:
         wait_until(lambda: len(stack.admin.get("/v1/flows")["flows"]) >= 8, 30, "8 flows")
         before = {(f["src"], f["sport"]): f["instance_id"]
@@ -93,8 +70,7 @@ def test_a_restarted_controller_carries_on_without_reassigning(stack):
         wait_until(stack.agents_connected, 30, "the agents to register again")
         wait_until(lambda: len(stack.admin.get("/v1/flows")["flows"]) >= 8, 15, "the re-sync")
     finally:
-        t.join(120)
-    assert not t.is_alive()
+        sent, report = traffic.join()
     assert stack.admin.get(f"/v1/chains/{chain['id']}")["name"] == "restart"
     # the same instances (the warm pool may have gained one since)
     assert insts <= {i["id"] for i in stack.admin.get("/v1/instances")["instances"]}
@@ -103,7 +79,6 @@ def test_a_restarted_controller_carries_on_without_reassigning(stack):
     assert after == before  # adopted from the switch, not reassigned
     assert metric(stack, "quadrant_flow_setups_total") == 0
     assert metric(stack, "quadrant_resync_adopted_total") >= 8
-    sent, report = out["sent"], out["report"]["flows"]
     for fid, row in report.items():
         assert row["received"] == sent[int(fid)], f"flow {fid} lost packets: {row}"
         assert row["reordered"] == 0 and row["duplicates"] == 0

@@ -13,14 +13,13 @@ and the controller's reconciliation means no flow is served by two instances.
 from __future__ import annotations
 
 import re
-import threading
 import time
 
 import pytest
 
 from tests.conftest import LAB_TOPOLOGY, LAB_WAIT, lab_prefix
+from tests.e2e.lab_flows import Traffic, hosts, instances, tunnel_ipforward
 from tools.stack import Stack, wait_until
-from tools.trafficgen.exchange import exchange
 
 pytestmark = pytest.mark.e2e
 
@@ -41,42 +40,15 @@ def stack(root_required):
 
 
 def test_a_killed_agents_flows_move_to_the_other_worker(stack):
-    topo = stack.topology
-    src = next(h for h in topo.hosts if h.role == "source")
-    sink = next(h for h in topo.hosts if h.role == "sink")
-    spec = {
-        "name": "failover",
-        "nfs": [
-            {"type": "tunnel", "config": {"vlan": 100}},
-            {"type": "ipforward",
-             "config": {"routes": [{"prefix": "10.2.0.0/16", "next_hop_mac": sink.mac}]}},
-        ],
-        "filter": {"dst": "10.2.0.0/16"},
-        "slo_us": 5000,
-    }  # fmt: skip
-    chain = stack.tenant.post("/v1/chains", spec)
-
-    def instances():
-        return [i for i in stack.admin.get("/v1/instances")["instances"]
-                if i["chain_id"] == chain["id"]]  # fmt: skip
-
-    wait_until(lambda: len(instances()) == 2, 180, "the agents to prepare two instances")
-    out = {}
-
-    def traffic():
-        out["sent"], out["report"] = exchange(
-            stack.lab.ns("src"), stack.lab.ns("sink"),
-            ["--src-mac", src.mac, "--dst-mac", sink.mac, "--src", "10.1.0.0/24",
-             "--dst", sink.address, "--flows", "8", "--proto", "udp", "--pps", "400"],
-            seconds=6, idle=3,
-        )  # fmt: skip
-
-    t = threading.Thread(target=traffic)
-    t.start()
+    _src, sink = hosts(stack.topology)
+    chain = stack.tenant.post("/v1/chains", tunnel_ipforward("failover", sink))
+    wait_until(lambda: len(instances(stack, chain["id"])) == 2, 180,
+               "the agents to prepare two instances")  # fmt: skip
+    traffic = Traffic(stack, proto="udp").start()
     try:
         wait_until(lambda: len(stack.admin.get("/v1/flows")["flows"]) >= 8, 30, "8 flows")
         (a,) = {f["instance_id"] for f in stack.admin.get("/v1/flows")["flows"]}
-        victim = next(i["worker"] for i in instances() if i["id"] == a)
+        victim = next(i["worker"] for i in instances(stack, chain["id"]) if i["id"] == a)
         time.sleep(1.0)
         stack.agents[victim].kill()
         killed_at = time.monotonic()
@@ -88,9 +60,8 @@ def test_a_killed_agents_flows_move_to_the_other_worker(stack):
         w = next(x for x in stack.admin.get("/v1/workers")["workers"] if x["name"] == victim)
         assert w["agent"]["failed"] == "heartbeats stopped"
     finally:
-        t.join(120)
+        sent, report = traffic.join()
     assert failover_s < 3.0, failover_s  # 3 missed beats of 0.2 s, a tick, the REST poll
-    sent, report = out["sent"], out["report"]["flows"]
     lost = sum(sent.values()) - sum(r["received"] for r in report.values())
     # the dead agent's NFs still forwarded until the rules moved; the new instance got
     # the rest (its VF queued them while it attached): nothing should be lost
@@ -104,7 +75,7 @@ def test_a_killed_agents_flows_move_to_the_other_worker(stack):
     m = re.search(r"left (\d+) NF processes and (\d+) files: removed", log)
     assert m and int(m.group(1)) >= 1, log[-2000:]
     (b,) = {f["instance_id"] for f in stack.admin.get("/v1/flows")["flows"]}
-    assert b != a and all(i["worker"] != victim or i["id"] != a for i in instances())
+    assert b != a and all(i["id"] != a for i in instances(stack, chain["id"]))
     vf_a_rules = [ln for ln in stack.lab.ofctl("dump-flows").splitlines()
                   if "cookie=0x5146" in ln and f"{a:x}," in ln.split()[0]]  # fmt: skip
     assert vf_a_rules == []
