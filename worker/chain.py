@@ -397,9 +397,10 @@ class ChainInstance:
             msg = {}
         if not msg.get("ready"):
             p.wait(5)
+            why = f": {msg['error']}" if msg.get("error") else "; see its log"
             raise ChainError(
                 f"nfs[{i}] ({self.nfs[min(i, len(self.nfs) - 1)]['type']}): "
-                f"exited before ready (status {p.returncode}); see its log"
+                f"exited before ready (status {p.returncode}){why}"
             )
         if self.launcher is None:
             self.pids.append(int(msg.get("pid", p.pid)))
