@@ -174,5 +174,7 @@ def test_curl_through_chain2_with_decrypt_on_the_far_side(stack, site, tmp_path)
     # both directions pass the instance: each SYN and SYN-ACK had its MSS lowered
     assert enc["mss_clamped"] >= 2 * n_conn, enc  # more if a SYN was sent again
     assert enc["too_big"] == 0 and enc["malformed"] == 0 and enc["no_room"] == 0, enc
-    # decrypt opened exactly what encrypt sealed (nothing lost, nothing forged on the way)
-    assert dec["decrypted"] == enc["encrypted"], (dec, enc)
+    # decrypt opened what encrypt sealed: every request segment (the long URL's three and
+    # more), never more than encrypt made (a frame lost on the way is sealed again)
+    assert enc["encrypted"] >= dec["decrypted"] >= len(ALLOWED) + 1 + 2, (dec, enc)
+    assert enc["nonces_used"] == enc["encrypted"], enc
