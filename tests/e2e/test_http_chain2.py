@@ -110,6 +110,21 @@ def final_counters(stack, worker: str, instance_id: int) -> list[dict]:
     return json.loads(found.group(1))
 
 
+def summed(per_instance: list[list[dict]]) -> list[dict]:
+    """Each NF's counters added up over the instances (numbers and ``rule_hits``)."""
+    out = [dict(nf) for nf in per_instance[0]]
+    for nfs in per_instance[1:]:
+        for total, nf in zip(out, nfs, strict=True):
+            for k, v in nf.items():
+                if k == "rule_hits":
+                    hits = total.setdefault(k, {})
+                    for sid, n in v.items():
+                        hits[sid] = hits.get(sid, 0) + n
+                elif isinstance(v, int) and k not in ("rules", "stream_bytes"):
+                    total[k] = total.get(k, 0) + v
+    return out
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -136,9 +151,10 @@ def test_curl_through_chain2_with_decrypt_on_the_far_side(stack, site, tmp_path)
         if server is not None:
             server.stop()
         far_summary = far.down()
-    flows = stack.admin.get("/v1/flows")["flows"]
-    used = {f["instance_id"] for f in flows}
-    (inst,) = [i for i in instances(stack, chain["id"]) if i["id"] in used]
+    used = {f["instance_id"] for f in stack.admin.get("/v1/flows")["flows"]}
+    # one instance, unless a loaded machine pushed its p99 estimate over alpha x SLO
+    insts = [i for i in instances(stack, chain["id"]) if i["id"] in used]
+    assert insts, used
 
     # the client's view: allowed pages intact, banned ones reset
     for i, path in enumerate(ALLOWED):
@@ -162,7 +178,7 @@ def test_curl_through_chain2_with_decrypt_on_the_far_side(stack, site, tmp_path)
     dec = far_summary["nf_stats"]
     assert dec["decrypted"] > 0 and dec["auth_failed"] == 0 and dec["malformed"] == 0, dec
     stack.tenant.delete(f"/v1/chains/{chain['id']}")
-    acl, uf, enc = final_counters(stack, inst["worker"], inst["id"])
+    acl, uf, enc = summed([final_counters(stack, i["worker"], i["id"]) for i in insts])
     assert (acl["type"], uf["type"], enc["type"]) == ("acl", "urlfilter", "encrypt")
     n_conn = len(ALLOWED) + len(BANNED) + 1
     assert uf["flows_total"] == n_conn, uf
