@@ -142,9 +142,11 @@ class Lab:
                 run("ip", "-n", link.netns, "link", "set", link.inner, "address", link.mac)
             # Userspace OVS reads frames with af_packet: checksums the kernel
             # left to "hardware" would arrive unfilled, so compute them in software.
-            for args in ((link.root,), ("-n", link.netns, link.inner)):
-                ns_args = ["ip", "netns", "exec", args[2]] if len(args) == 3 else []
-                run(*ns_args, "ethtool", "-K", args[-1], "tx", "off", "rx", "off", check=False)
+            # Both ends: a host's kernel TCP would otherwise send every segment with a
+            # checksum left for "hardware", and a real server would drop it.
+            for ns_args, dev in (([], link.root),
+                                 (["ip", "netns", "exec", link.netns], link.inner)):  # fmt: skip
+                run(*ns_args, "ethtool", "-K", dev, "tx", "off", "rx", "off")
             run("ip", "link", "set", link.root, "up")
             run("ip", "-n", link.netns, "link", "set", link.inner, "up")
             if link.ip:
