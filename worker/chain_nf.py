@@ -180,8 +180,9 @@ def main() -> int:
                 state=state,
             )
         summary = {"done": True, "nf_stats": [n.stats() for n in nfs]}
-        if state is not None:
+        if state is not None:  # the stage's state counters, also among the NF's own
             summary["state"] = state.counters()
+            summary["nf_stats"][0] = dict(summary["nf_stats"][0] or {}, state=summary["state"])
         for p in ports:
             summary.setdefault("ports", {})[p.name] = p.stats()
             p.close()
