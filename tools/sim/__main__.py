@@ -32,6 +32,9 @@ def main(argv=None) -> int:
     b.add_argument("--beta", type=float, default=0.9)
     b.add_argument("--load-cap", type=float, default=0.9)
     b.add_argument("--seed", type=int, default=1)
+    b.add_argument(
+        "--consolidate", action="store_true", help="Quadrant with consolidation (not in paper)"
+    )
 
     r = sub.add_parser("run", help="one chain, one SLO, one policy, the ramp")
     r.add_argument("chain", choices=profile.CANONICAL)

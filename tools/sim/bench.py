@@ -35,6 +35,7 @@ def bench(
     match_iters=4,
     load_cap=0.9,
     log=print,
+    consolidate=False,
 ):
     setup = Setup.load()
     cfg = Config(workers=16, cores=16, seed=seed, dt=dt)
@@ -46,7 +47,18 @@ def bench(
         metron = run_chain(setup, name, slos[0], "metron", tr, cfg, alpha, beta, with_oracle=False)
         m = metron.chains[name]
         for slo in slos:
-            q = run_chain(setup, name, slo, "quadrant", tr, cfg, alpha, beta, load_cap=load_cap)
+            q = run_chain(
+                setup,
+                name,
+                slo,
+                "quadrant",
+                tr,
+                cfg,
+                alpha,
+                beta,
+                load_cap=load_cap,
+                consolidate=consolidate,
+            )
             c = q.chains[name]
             mj = m.to_json()
             mj["slo_us"] = slo
@@ -57,7 +69,9 @@ def bench(
                 f"oracle={c.oracle_cores_avg:6.2f}  metron p99={m.p99_us:6.1f} "
                 f"cores={m.cores_avg:6.2f}  ({q.wall_s:.1f}s)"
             )
-        qm = match_p99(setup, name, m.p99_us, tr, cfg, alpha, beta, match_iters, load_cap)
+        qm = match_p99(
+            setup, name, m.p99_us, tr, cfg, alpha, beta, match_iters, load_cap, consolidate
+        )
         row["at_metron_p99"] = {"quadrant": qm.to_json(), "metron": m.to_json()}
         log(
             f"{name} at Metron-style's p99 {m.p99_us:.1f}us: quadrant SLO {qm.slo_us:.1f}us "
@@ -68,12 +82,22 @@ def bench(
     return out
 
 
-def match_p99(setup, name, target_us, tr, cfg, alpha, beta, iters, load_cap=0.9):
+def match_p99(setup, name, target_us, tr, cfg, alpha, beta, iters, load_cap=0.9, consolidate=False):
     """Quadrant with the loosest SLO (bisection) whose achieved p99 is <= ``target_us``."""
 
     def once(slo):
         res = run_chain(
-            setup, name, slo, "quadrant", tr, cfg, alpha, beta, with_oracle=False, load_cap=load_cap
+            setup,
+            name,
+            slo,
+            "quadrant",
+            tr,
+            cfg,
+            alpha,
+            beta,
+            with_oracle=False,
+            load_cap=load_cap,
+            consolidate=consolidate,
         )
         return res.chains[name]
 
@@ -214,7 +238,14 @@ def plot_run(chain, path: str) -> str:
 
 def main(args) -> int:
     slos = tuple(args.slos) if args.slos else (QUICK_SLOS if args.quick else FULL_SLOS)
-    kw = dict(slos=slos, alpha=args.alpha, beta=args.beta, seed=args.seed, load_cap=args.load_cap)
+    kw = dict(
+        slos=slos,
+        alpha=args.alpha,
+        beta=args.beta,
+        seed=args.seed,
+        load_cap=args.load_cap,
+        consolidate=args.consolidate,
+    )
     if args.quick:
         kw.update(ramp_s=30.0, steady_s=20.0, dt=2e-3, match_iters=3)
     t0 = time.perf_counter()
@@ -236,6 +267,7 @@ def main(args) -> int:
             "load_cap": args.load_cap,
             "seed": args.seed,
             "quick": args.quick,
+            "consolidate": args.consolidate,
         }
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"meta": meta, "chains": clean}, f, indent=1)
