@@ -189,3 +189,21 @@ def test_chain_profile_errors_name_the_field():
     with pytest.raises(profile.ProfileError) as e:
         profile.parse(bad)
     assert e.value.field == "chains.c.batch_size"
+
+
+def test_operating_points_explain_the_cores_ratio():
+    from tools.sim import bench
+
+    setup = Setup.load()
+    tab = setup.table("chain2")
+    ((name, slo, ro, rq, ratio, eo, need),) = bench.operating_points(
+        setup, chains=("chain2",), slos=(100,)
+    )
+    est = 2 * tab.batch_p99_us + setup.network.latency_us(0.0)
+    assert np.interp(rq, tab.rho, est) == pytest.approx(60.0, abs=0.5)  # alpha * SLO
+    assert ro == pytest.approx(setup.oracle_pps("chain2", 100) / tab.r_max)
+    assert ratio == pytest.approx(ro / rq)
+    assert np.interp(ro / 1.15, tab.rho, est) == pytest.approx(need * 100, abs=0.5)
+    # a loose SLO: the estimate never reaches alpha * SLO, the load cap decides
+    ((*_, rq_loose, _, _, _),) = bench.operating_points(setup, chains=("chain1",), slos=(200,))
+    assert rq_loose == 0.9

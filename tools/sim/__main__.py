@@ -64,6 +64,9 @@ def main(argv=None) -> int:
     s.add_argument("--seed", type=int, default=1)
 
     sub.add_parser("table", help="the latency tables' summary per chain")
+    pt = sub.add_parser("points", help="Quadrant's and the oracle's steady load per chain and SLO")
+    pt.add_argument("--alpha", type=float, default=0.6)
+    pt.add_argument("--load-cap", type=float, default=0.9)
     a = ap.parse_args(argv)
 
     if a.cmd == "bench":
@@ -110,6 +113,10 @@ def main(argv=None) -> int:
             seed=a.seed,
         )
         _print_result(res)
+        return 0
+    if a.cmd == "points":
+        rows = bench.operating_points(Setup.load(), alpha=a.alpha, load_cap=a.load_cap)
+        print(bench.points_table(rows))
         return 0
     if a.cmd == "table":
         setup = Setup.load()

@@ -14,6 +14,8 @@ import json
 import os
 import time
 
+import numpy as np
+
 from tools.sim import profile, traffic
 from tools.sim.cluster import Config
 from tools.sim.runs import Setup, run_chain
@@ -276,3 +278,40 @@ def main(args) -> int:
         for p in plot(res, args.plots, slos):
             print(f"wrote {p}")
     return 0
+
+
+def operating_points(setup, chains=profile.CANONICAL, slos=FULL_SLOS, alpha=0.6, load_cap=0.9):
+    """Why the cores differ from the oracle's, per chain and SLO, from the latency tables.
+
+    Quadrant's steady load is where its estimate ``2 * T99 + net`` (net at an idle
+    NIC) reaches ``alpha * SLO``, at most ``load_cap``; the oracle's is its rate over
+    ``r_max``.  Their ratio is the cores ratio before packing, churn and the ramp.
+    ``est_at_oracle``: the estimate at the oracle's load, over the SLO (above 1, even
+    ``alpha = beta -> 1`` cannot get there); ``alpha_for_15pct``: the ``alpha`` at
+    which Quadrant's load is the oracle's / 1.15.
+    """
+    net = setup.network.latency_us(0.0)
+    rows = []
+    for name in chains:
+        t = setup.table(name)
+        est = 2.0 * t.batch_p99_us + net
+        for slo in slos:
+            ro = setup.oracle_pps(name, slo) / t.r_max
+            low = alpha * slo
+            rq = load_cap if est[-1] < low else min(float(np.interp(low, est, t.rho)), load_cap)
+            eo = float(np.interp(min(ro, t.rho[-1]), t.rho, est))
+            need = float(np.interp(min(ro / 1.15, t.rho[-1]), t.rho, est)) / slo
+            rows.append((name, slo, ro, rq, ro / rq, eo / slo, need))
+    return rows
+
+
+def points_table(rows) -> str:
+    lines = [
+        f"{'chain':<7} {'SLO':>4} | {'oracle load':>11} {'Q load':>6} {'ratio':>5} | "
+        f"{'est@oracle/SLO':>14} {'alpha for 1.15x':>15}"
+    ]
+    for name, slo, ro, rq, ratio, eo, need in rows:
+        lines.append(
+            f"{name:<7} {slo:>4} | {ro:11.3f} {rq:6.3f} {ratio:5.2f} | {eo:14.2f} {need:15.2f}"
+        )
+    return "\n".join(lines)
