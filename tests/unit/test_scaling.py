@@ -111,6 +111,10 @@ def test_headroom_capped_by_a_full_batch():
     # the network term counts: 80 - 2 * 5 leaves T = 35 us < 35.2 -> fluid, (1 - 9/35) / 1 us
     h = s.headroom_pps(inst(1, pps=100_000, p99=10.0), loose, HZ, 10.0)
     assert h == pytest.approx((1 - 9 / 35) * 1e6)
+    # a measured p99 batch of 50 us is longer than the nominal full batch: 40 us is
+    # reachable, so the fluid model: busy 0.5, o = 25 us -> (1 - 25/40) / 1 us = 375k
+    h = s.headroom_pps(inst(1, pps=500_000, p99=50.0), loose, HZ, 0.0)
+    assert h == pytest.approx(375_000)
 
 
 def est(i, load, lat, r_max=1e6, headroom=None):
