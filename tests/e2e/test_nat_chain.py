@@ -87,7 +87,7 @@ def setup(root_required, tmp_path):
                         "02:00:00:00:0a:01", "dev", "eth0", "nud", "permanent"],
                        check=True)  # fmt: skip
         server = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.e2e.nat_echo", "serve",
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "tools.trafficgen.echo", "serve",
              sink.address, str(PORT)],
             cwd=ROOT, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
@@ -103,7 +103,7 @@ def setup(root_required, tmp_path):
 
 def connect(st, sink, n, rounds=5) -> list[dict]:
     out = subprocess.run(
-        ["ip", "netns", "exec", st.lab.ns("src"), sys.executable, "-m", "tests.e2e.nat_echo",
+        ["ip", "netns", "exec", st.lab.ns("src"), sys.executable, "-m", "tools.trafficgen.echo",
          "connect", sink.address, str(PORT), "--tcp", str(n), "--udp", str(n),
          "--rounds", str(rounds)],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,

@@ -88,9 +88,12 @@ def test_spec_parses_and_fits_the_lab(path):
         cfg = validate(nf.type, nf.config)
         if nf.type == "acl":  # the chain's traffic, both ways, passes its first matching rule
             proto, port = spec.filter.proto, spec.filter.dst_ports[0]
+            # a reply reaches the ACL addressed to the NAT's external address, if any
+            nat = next((n for n in spec.nfs if n.type == "nat"), None)
+            back = nat.config["external"][0]["address"] if nat else SRC.address
             for src, dst, sport, dport in (
                 (SRC.address, SINK.address, 40000, port),  # request
-                (SINK.address, SRC.address, port, 40000),  # reply (two-way chains)
+                (SINK.address, back, port, 40000),  # reply (two-way chains, NAT)
             ):
                 rule = next(
                     r

@@ -1,7 +1,7 @@
-"""Real TCP and UDP connections through a NAT, in both directions, for the lab tests.
+"""Real TCP and UDP connections through a NAT, both directions (lab tests, the demo).
 
-    python -m tests.e2e.nat_echo serve ADDR PORT          # in the sink's namespace
-    python -m tests.e2e.nat_echo connect ADDR PORT --tcp N --udp N --rounds K
+    python -m tools.trafficgen.echo serve ADDR PORT          # in the sink's namespace
+    python -m tools.trafficgen.echo connect ADDR PORT --tcp N --udp N --rounds K
 
 ``serve`` answers every TCP connection and UDP datagram with the line it got
 plus the peer address it saw (so the client learns its connection's external
