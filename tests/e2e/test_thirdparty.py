@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import yaml
@@ -23,14 +22,19 @@ scapy = pytest.importorskip("scapy.all")
 from scapy.all import ICMP, IP, TCP, UDP, Dot1Q, Ether, rdpcap, wrpcap  # noqa: E402
 
 from quadrant_app.jsonrpc import RpcError  # noqa: E402
-from worker.chain import ChainError, ChainIds, ChainInstance  # noqa: E402
-from worker.coopsched import CoreScheduler  # noqa: E402
+from tests.e2e.chain_fixtures import (  # noqa: E402
+    CORE,
+    EXAMPLES,
+    make_chain,
+    nft_counters,
+    pcap_ports,
+    wait_for,
+)
+from worker.chain import ChainError, ChainIds  # noqa: E402
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
-CORE = 1
 IDS = ChainIds(47510, 47510)
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "thirdparty"
 SRC, DST = "02:00:00:00:00:01", "02:00:00:00:00:02"
 
 
@@ -38,45 +42,9 @@ def example(name):
     return yaml.safe_load((EXAMPLES / name).read_text())
 
 
-@pytest.fixture(scope="module")
-def sched():
-    with CoreScheduler(CORE, timeout=0.3) as s:
-        yield s
-
-
-@pytest.fixture
-def work(tmp_path):
-    os.chmod(tmp_path, 0o755)
-    return tmp_path
-
-
 def chain(name, nfs, work, sched, pin, pout=None, infinite=False, mode="coop"):
-    rx = {"vdev": f"net_pcap_{name}0,rx_pcap={pin}" + (",infinite_rx=1" if infinite else "")}
-    tx = {"vdev": f"net_pcap_{name}1,tx_pcap={pout}"} if pout else {"vdev": f"net_null_{name}1"}
-    return ChainInstance(name, nfs, core=CORE, ports={"rx": rx, "tx": tx}, ids=IDS, prefix="tp",
-                         mode=mode, scheduler=sched, n_slots=512, log_dir=str(work))  # fmt: skip
-
-
-def wait_for(cond, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
-
-
-def nft_counters(netns):
-    out = subprocess.run(["ip", "netns", "exec", netns, "nft", "-j", "list", "ruleset"],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
-    counters = {}
-    for item in json.loads(out)["nftables"]:
-        rule = item.get("rule")
-        if rule and "comment" in rule:
-            for e in rule["expr"]:
-                if "counter" in e:
-                    counters[rule["comment"]] = e["counter"]["packets"]
-    return counters
+    ports = pcap_ports(name, pin, pout, infinite)
+    return make_chain(name, nfs, work, sched, ports, ids=IDS, prefix="tp", mode=mode)
 
 
 def tcp(src, sport, dst, dport, flags, seq, ack=0, load=b""):
