@@ -187,6 +187,8 @@ class Stack:
             left = reap_prefix(f"{self.lab.plan.prefix}-{w.name}")
             if left["killed"] or left["files"]:
                 self.log(f"stack: removed what agent {w.name} left: {left}")
+            # the agent's NF logs (its default --log-dir): the stack's, like its rundir
+            shutil.rmtree(f"/tmp/{self.lab.plan.prefix}-{w.name}-nf-logs", ignore_errors=True)
         if self.controller is not None:
             self.controller.stop()
         self.lab.down()
