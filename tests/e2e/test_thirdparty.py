@@ -214,6 +214,38 @@ def test_killed_thirdparty_nf_is_detected_and_fenced(work, sched):
         inst.teardown()
 
 
+def test_thirdparty_nf_first_runs_behind_the_port_stage(work, sched):
+    # the firewall first: the runtime's port stage (a first process with no NF) owns the port
+    fw = example("nft-firewall.yaml")["nfs"][1]
+    frames, allowed = firewall_traffic()
+    pin, pout = work / "in.pcap", work / "out.pcap"
+    wrpcap(str(pin), frames)
+    inst = chain("first", [fw, {"type": "tunnel", "config": {"vlan": 7}}], work, sched, pin,
+                 pout)  # fmt: skip
+    try:
+        assert [n["type"] for n in inst.nfs] == ["port_stage", "thirdparty", "tunnel"]
+        inst.prepare()
+        inst.attach()
+        assert wait_for(lambda: inst.stats()[0]["tx"] == len(allowed))
+        assert wait_for(lambda: inst.stats()[1]["thirdparty"]["held"] == 0)
+        st = inst.stats()
+        got = [bytes(p) for p in rdpcap(str(pout))]
+        assert inst.failures() == []
+        os.kill(inst.thirdparty[1].pid, signal.SIGKILL)
+        assert wait_for(lambda: inst.failures() != [], timeout=2)
+        # named by its place in the spec, as errors are
+        ((i, reason),) = inst.failures()
+        assert i == 0 and reason.startswith("third-party NF 0 failed: its program exited")
+    finally:
+        inst.teardown()
+    b = st[1]["thirdparty"]
+    assert st[0]["pkts"] == len(frames) and st[0]["drops"] == len(frames) - len(allowed)
+    assert b["to_nf"] == len(frames) and b["passed"] == len(allowed)
+    assert b["expired"] == len(frames) - len(allowed)
+    assert got == [bytes(Ether(src=p[Ether].src, dst=p[Ether].dst) / Dot1Q(vlan=7) / p[IP])
+                   for p in allowed]  # fmt: skip
+
+
 INLINE_BRIDGE = {
     "type": "thirdparty",
     "config": {
@@ -294,8 +326,9 @@ def test_thirdparty_spec_errors_name_the_field(work, sched):
     good = example("nft-firewall.yaml")["nfs"][1]
     pin = work / "in.pcap"
     wrpcap(str(pin), firewall_traffic()[0][:1])
-    with pytest.raises(ChainError, match=r"nfs\[0\].type: a third-party NF cannot be first"):
-        chain("bad0", [good, {"type": "empty"}], work, sched, pin)
+    first = {"type": "thirdparty", "config": {**good["config"], "stall_ms": 1}}
+    with pytest.raises(ChainError, match=r"nfs\[0\].config.stall_ms"):  # the spec's index
+        chain("bad0", [first, {"type": "empty"}], work, sched, pin)
     bad = {"type": "thirdparty", "config": {**good["config"], "behaviour": ["inline", "x"]}}
     with pytest.raises(ChainError, match=r"nfs\[1\].config.behaviour"):
         chain("bad1", [{"type": "empty"}, bad], work, sched, pin)
