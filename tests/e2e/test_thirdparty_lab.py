@@ -1,11 +1,11 @@
 """The nftables firewall (a third-party NF) in a chain through the whole system: the lab's
 switch, the controller over REST, the agents -- and its program killed under traffic.
 
-``ipforward -> nft-firewall -> tunnel`` (examples/thirdparty/nft-firewall.yaml, made
-``bidirectional`` so that a flow's replies reach the same instance's connection
-tracking) on two prepared instances, one per worker.  The source host sends four
-TCP flows to the sink (one to the blocked telnet port); a moment later the sink sends
-the replies of two of them back, and a third "reply" to a connection that never
+``ipforward -> nft-firewall -> tunnel`` (examples/thirdparty/nft-firewall.yaml,
+``bidirectional``: a flow's replies reach the same instance's connection tracking)
+on two prepared instances, one per worker.  The source host sends four TCP flows
+to the sink (one to the blocked telnet port); a moment later the sink sends the
+replies of two of them back, and a third "reply" to a connection that never
 existed.  Every packet carries a per-flow sequence number (tools/trafficgen).
 
 * allowed flows arrive whole, in order and unchanged but for the native NFs' TTL and
@@ -62,7 +62,7 @@ def firewall_chain(src, sink) -> dict:
         {"prefix": "10.2.0.0/16", "next_hop_mac": sink.mac},
         {"prefix": "10.1.0.0/16", "next_hop_mac": src.mac},
     ]
-    return {**spec, "name": "lab-firewall", "bidirectional": True, "slo_us": 5000}
+    return {**spec, "name": "lab-firewall", "slo_us": 5000}
 
 
 def flow(fid, src, sport, dst, dport, size, pps=100.0):
@@ -119,6 +119,7 @@ def check_arrived(report, sent, ids):
 def test_nft_firewall_chain_in_the_lab_and_its_program_killed(stack):
     src, sink = hosts(stack.topology)
     chain = stack.tenant.post("/v1/chains", firewall_chain(src, sink))
+    assert chain["bidirectional"] is True  # the example's: replies to the same instance
     wait_until(lambda: len(instances(stack, chain["id"])) == 2, 180,
                "the agents to prepare two instances")  # fmt: skip
 
