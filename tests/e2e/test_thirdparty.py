@@ -416,3 +416,23 @@ def test_agent_runs_the_bridge_in_the_worker_namespace_and_reports_a_dead_nf(age
     m.teardown({"instance": 7})
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert tp.netns not in names
+
+
+def test_agent_runs_a_chain_whose_first_nf_is_thirdparty(agent):
+    m, _ns, _tag = agent
+    fw = example("nft-firewall.yaml")["nfs"][1]
+    nfs = [fw, {"type": "tunnel", "config": {"vlan": 7}}]
+    m.prepare({"instance": 8, "core": CORE, "vf": VF,
+               "chain": {"id": 4, "name": "fw-first", "nfs": nfs}})  # fmt: skip
+    inst = m.entries[8].chain
+    assert [n["type"] for n in inst.nfs] == ["port_stage", "thirdparty", "tunnel"]
+    assert len(inst.pids) == 3  # the port stage's process owns the VF
+    m.attach({"instance": 8})
+    assert m.check_alive() == []
+    os.kill(inst.thirdparty[1].pid, signal.SIGKILL)
+    events = []
+    assert wait_for(lambda: events.extend(m.check_alive()) or events, timeout=3)
+    (ev,) = events
+    assert ev["kind"] == "nf_failed" and ev["instance"] == 8 and ev["nfs"] == [0]
+    assert "third-party NF 0 failed: its program exited with status -9" in ev["reason"]
+    m.teardown({"instance": 8})
