@@ -208,7 +208,12 @@ def test_nft_firewall_chain_in_the_lab_and_its_program_killed(stack):
     lost = {k: sent[k] - r["received"] for k, r in ((k, report[str(k)]) for k in sent)}
     print(f"killed: removed after {detected_s:.2f} s; lost per flow {lost}; foreign {foreign}")
     assert detected_s < 3.0, detected_s  # the agent's monitor tick (0.5 s), the event, a tick
-    # the agent's event, as the controller logged it
+    # the agent's event, as the controller has it (admins see it on the worker) and logged it
+    w = next(x for x in stack.admin.get("/v1/workers")["workers"] if x["name"] == inst_a["worker"])
+    (ev,) = [e for e in w["events"] if e["kind"] == "nf_failed" and e["instance"] == a]
+    assert ev["nfs"] == [1] and ev["reason"] == (
+        "third-party NF 1 failed: its program exited with status -9"
+    ), ev
     log = stack.controller.output()
     assert f"instance {a} on {inst_a['worker']} failed (third-party NF 1 failed: its " \
            "program exited with status -9)" in log, log[-3000:]  # fmt: skip
