@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from quadrant_app.topology import Topology
@@ -165,9 +166,14 @@ class Lab:
                 "dev", inner, "nud", "permanent")  # fmt: skip
         self._check_ofports()
 
-    def _check_ofports(self) -> None:
+    def _check_ofports(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
         for link in self.plan.links:
             got = self.ovs.vsctl("get", "Interface", link.root, "ofport").strip()
+            # a loaded ovs-vswitchd may not have opened the port yet: no number ([]) so far
+            while got == "[]" and time.monotonic() < deadline:
+                time.sleep(0.1)
+                got = self.ovs.vsctl("get", "Interface", link.root, "ofport").strip()
             if got != str(link.ofport):
                 raise LabError(
                     f"port {link.root} got OpenFlow port {got}, not {link.ofport} as the "
