@@ -557,7 +557,8 @@ def run_first(ChainBuffer ctl, list nfs, int port_in, int port_out, str pool,
 
     ``pool`` is the name of the mempool TX mbufs come from (the port's).
     ``nfs`` run in this thread in order (one NF normally; every NF of the
-    chain for the single_thread baseline).  ``out`` None: transmit directly
+    chain for the single_thread baseline; none for the port stage before a
+    third-party NF that is first in its chain).  ``out`` None: transmit directly
     (a single-NF chain).  Otherwise copy each processed batch into ``out``'s
     free slots (ring 0), hand them to NF2 on ``out_ring``, and transmit what
     comes back on ``ret``/``ret_ring``.  ``hold``: the instance's
@@ -567,8 +568,8 @@ def run_first(ChainBuffer ctl, list nfs, int port_in, int port_out, str pool,
     cdef qs_hold_local local
     cdef qs_nf arr[8]
     cdef NF nf
-    if not 1 <= len(nfs) <= QS_MAX_NFS:
-        raise ChainBufferError(f"nfs: {len(nfs)} NFs, expected 1..{QS_MAX_NFS}")
+    if not (0 if out is not None else 1) <= len(nfs) <= QS_MAX_NFS:
+        raise ChainBufferError(f"nfs: {len(nfs)} NFs, expected 1..{QS_MAX_NFS} (0 with out)")
     cdef rte_mempool *mp = rte_mempool_lookup(pool.encode())
     if mp == NULL:
         raise ChainBufferError(f"pool: no mempool named {pool!r}")

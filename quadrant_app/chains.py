@@ -312,12 +312,6 @@ def parse_chain(body: Any, nf_types=DEFAULT_NF_TYPES) -> ChainSpec:
                 parse_thirdparty(config, f"{path}.config")
             except NFConfigError as exc:
                 raise SpecError(exc.field, exc.reason) from None
-            if i == 0:
-                raise SpecError(
-                    f"{path}.type",
-                    "a third-party NF cannot be first (the first NF owns the "
-                    "port): put a native NF before it (empty, for one that does nothing)",
-                )
         nfs.append(NfSpec(nf["type"], config))
     filt = parse_filter(raw["filter"])
     slo = _number(raw["slo_us"], "slo_us")

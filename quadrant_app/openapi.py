@@ -196,6 +196,12 @@ SCHEMAS = {
             "management": {"type": "string"},
             "cores": {"type": "array", "items": {"type": "integer"}},
             "vfs": {"type": "array", "items": {"type": "object"}},
+            "events": {
+                "type": "array",
+                "items": {"type": "object"},
+                "description": "Admins: the latest events its agent reported (kind, e.g. "
+                "nf_failed, with instance and reason; age_s), newest last.",
+            },
         },
     },
 }

@@ -242,6 +242,13 @@ class RestApi:
                     cores=list(w.cores),
                     vfs=[{"mac": vf.mac, "instance": used.get(vf.mac)} for vf in w.vfs],
                 )
+                if self.hub is not None:  # what its agent reported (nf_failed...), newest last
+                    now = self.clock()
+                    entry["events"] = [
+                        {**{k: v for k, v in e.items() if k != "t"},
+                         "age_s": round(now - e["t"], 3)}
+                        for e in self.hub.workers[w.name].events
+                    ]  # fmt: skip
             out.append(entry)
         return _json({"workers": out})
 

@@ -34,7 +34,12 @@ slots, no copy, no scheduler.
 The first NF's process owns the port and the port's mempool and is the only
 process that transmits: the last NF's output comes back to it through the
 buffer's return ring, and it copies that into fresh mbufs.  So no other
-process ever maps NIC memory (see docs/chains.rst).
+process ever maps NIC memory (see docs/chains.rst).  A chain whose first NF is
+a third-party one gets a *port stage* before it: a first process of the
+runtime's that owns the port and runs no NF (``{"type": "port_stage"}``).
+Per-process lists (``nfs``, ``stats()``, ``procs``, ``pids``) then have one
+entry more than the spec (``offset``); errors and ``failures()`` name the
+spec's positions.
 """
 
 from __future__ import annotations
@@ -64,6 +69,10 @@ from worker.thirdparty_spec import Health, ThirdPartyConfig, parse_thirdparty
 LOG = logging.getLogger("quadrant.chain")
 
 MODES = ("coop", "cfs", "copy", "single_thread")
+# what runs first when a chain's first NF is third-party: the first process owns the port
+# (and only the platform's own code may), a bridge never does; it runs no NF, so frames
+# pass it unchanged
+PORT_STAGE = {"type": "port_stage"}
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -126,46 +135,48 @@ class ChainInstance:
     ):
         if not nfs:
             raise ChainError("nfs: a chain has at least one NF")
-        if len(nfs) > chainbuf.MAX_NFS:
-            raise ChainError(f"nfs: {len(nfs)} NFs, at most {chainbuf.MAX_NFS}")
+        # a third-party NF first: the runtime's own port stage (a native empty NF) runs
+        # before it and owns the port, so the spec's NF j is process j + offset
+        self.offset = 1 if nfs[0].get("type") == THIRDPARTY else 0
+        if len(nfs) + self.offset > chainbuf.MAX_NFS:
+            more = " (and the port stage before a third-party NF first)" if self.offset else ""
+            raise ChainError(f"nfs: {len(nfs)} NFs{more}, at most {chainbuf.MAX_NFS}")
         if mode not in MODES:
             raise ChainError(f"mode: {mode!r} is not one of {', '.join(MODES)}")
-        if mode in ("coop", "copy") and len(nfs) > 1 and scheduler is None:
+        if mode in ("coop", "copy") and len(nfs) + self.offset > 1 and scheduler is None:
             raise ChainError(f"scheduler: mode {mode} needs the core's CoreScheduler")
         if scheduler is not None and scheduler.core != core:
             raise ChainError(f"scheduler: runs core {scheduler.core}, the chain core {core}")
         if "rx" not in ports:
             raise ChainError("ports.rx: missing")
         # third-party NFs (docs/thirdparty.rst): a bridge process at their position
+        # (keyed by process position; errors name the spec's)
         self.thirdparty_cfg: dict[int, ThirdPartyConfig] = {}
-        for i, nf in enumerate(nfs):
+        for j, nf in enumerate(nfs):
             if nf.get("type") != THIRDPARTY:
                 continue
-            if i == 0:
-                raise ChainError(
-                    "nfs[0].type: a third-party NF cannot be first (the first NF owns the "
-                    "port); put a native NF before it (empty, for one that does nothing)"
-                )
             if mode not in ("coop", "cfs"):
                 raise ChainError(f"mode: {mode} cannot run third-party NFs (coop or cfs)")
             try:
-                self.thirdparty_cfg[i] = parse_thirdparty(nf.get("config"), f"nfs[{i}].config")
+                cfg = parse_thirdparty(nf.get("config"), f"nfs[{j}].config")
             except NFConfigError as exc:
                 raise ChainError(str(exc)) from None
+            self.thirdparty_cfg[j + self.offset] = cfg
         self.name = name
-        self.nfs = [dict(n) for n in nfs]
+        # one entry per process: the port stage first if there is one, then the spec's NFs
+        self.nfs = [dict(PORT_STAGE)] * self.offset + [dict(n) for n in nfs]
         self.core = core
         self.ports = ports
         self.ids = ids
         self.prefix = prefix
-        self.mode = "single_thread" if len(nfs) == 1 else mode
+        self.mode = "single_thread" if len(self.nfs) == 1 else mode
         self.scheduler = scheduler if self.mode in ("coop", "copy") else None
         self.n_slots = n_slots
         self.batch = batch
         self.buffer_root = buffer_root
         self.memory_mb = memory_mb
         # an rte_lpm table takes 64 MB (tbl24); the first process also holds the mempool
-        n_first = len(nfs) if self.mode == "single_thread" else 1
+        n_first = len(self.nfs) if self.mode == "single_thread" else 1
         self.first_memory_mb = first_memory_mb or 96 + 96 * n_first
         self.log_dir = log_dir
         # with a launcher every NF process is a container of its own (namespaces, a
@@ -275,7 +286,7 @@ class ChainInstance:
                 specs.append(self._spec(0, self.nfs, layout[0]))
             else:
                 for i, nf in enumerate(self.nfs):
-                    specs.append(self._spec(i, [nf], layout[i]))
+                    specs.append(self._spec(i, [nf] if i >= self.offset else [], layout[i]))
             for spec in specs:
                 self._spawn(spec)
             deadline = time.monotonic() + timeout  # for the whole chain: NFs start together
@@ -308,7 +319,7 @@ class ChainInstance:
                 cfg,
                 netns=f"{self.prefix}-{self.name}-nf{i}",
                 tag=tag,
-                where=f"nfs[{i}]",
+                where=self.where(i),
                 bridge_netns=self.netns,
                 log_path=log,
                 # never the chain's core: its SCHED_FIFO NFs would starve a program there
@@ -390,7 +401,7 @@ class ChainInstance:
         sel.register(p.stdout, selectors.EVENT_READ)
         try:
             if not sel.select(timeout):
-                raise ChainError(f"nfs[{i}]: not ready within {timeout}s")
+                raise ChainError(f"{self.where(i)}: not ready within {timeout}s")
             line = p.stdout.readline()
         finally:
             sel.close()
@@ -402,7 +413,7 @@ class ChainInstance:
             p.wait(5)
             why = f": {msg['error']}" if msg.get("error") else "; see its log"
             raise ChainError(
-                f"nfs[{i}] ({self.nfs[min(i, len(self.nfs) - 1)]['type']}): "
+                f"{self.where(i)} ({self.nfs[min(i, len(self.nfs) - 1)]['type']}): "
                 f"exited before ready (status {p.returncode}){why}"
             )
         if self.launcher is None:
@@ -502,13 +513,15 @@ class ChainInstance:
 
     def failures(self) -> list[tuple[int, str]]:
         """Third-party NFs found failed (program exited, or an inline one stalled):
-        ``[(index, reason)]``.  The agent's monitor calls this every tick."""
+        ``[(index, reason)]``, the index of the NF in the chain spec.  The agent's
+        monitor calls this every tick."""
         if self.state not in ("detached", "attached") or not self.thirdparty:
             return []
         out = []
         for i in self.thirdparty:
             if self._thirdparty_status(i)["status"] == "failed":
-                out.append((i, f"third-party NF {i} failed: {self.health[i].reason}"))
+                j = i - self.offset
+                out.append((j, f"third-party NF {j} failed: {self.health[i].reason}"))
         return out
 
     def final_nf_stats(self) -> list[dict]:
@@ -524,9 +537,17 @@ class ChainInstance:
             flat.extend(own or [None])  # a process without them keeps its place
         out = []
         for i, nf in enumerate(self.nfs):
+            if i < self.offset:
+                continue  # the port stage before a third-party first NF: not the spec's
             own = flat[i] if i < len(flat) and isinstance(flat[i], dict) else {}
             out.append({"type": nf.get("type"), **own})
         return out
+
+    def where(self, i: int) -> str:
+        """How errors name process ``i``: the spec's ``nfs[j]``, or the port stage."""
+        if i < self.offset:
+            return "port stage (the runtime's first NF, before a third-party NF first)"
+        return f"nfs[{i - self.offset}]"
 
     def alive(self) -> bool:
         return bool(self.procs) and all(p.poll() is None for p in self.procs)

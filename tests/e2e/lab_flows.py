@@ -3,7 +3,10 @@ instances, and steady traffic from the source to the sink in the background."""
 
 from __future__ import annotations
 
+import json
+import tempfile
 import threading
+from pathlib import Path
 
 from tools.trafficgen.exchange import exchange
 
@@ -35,19 +38,33 @@ def instances(stack, chain_id: int) -> list[dict]:
 
 
 class Traffic:
-    """``exchange`` in a thread: start it, act on the system meanwhile, then ``join``."""
+    """``exchange`` in a thread: start it, act on the system meanwhile, then ``join``.
 
-    def __init__(self, stack, flows=8, proto="udp,tcp", pps=400, seconds=6.0, idle=3.0):
+    ``specs`` (FlowSpec fields, one dict per flow) replaces the generated flows;
+    ``reverse`` sends from the sink host to the source host (a flow's replies).
+    """
+
+    def __init__(self, stack, flows=8, proto="udp,tcp", pps=400, seconds=6.0, idle=3.0,
+                 specs=None, reverse=False):  # fmt: skip
         src, sink = hosts(stack.topology)
+        if reverse:
+            src, sink = sink, src
         args = ["--src-mac", src.mac, "--dst-mac", sink.mac, "--src", "10.1.0.0/24",
                 "--dst", sink.address, "--flows", str(flows), "--proto", proto,
                 "--pps", str(pps)]  # fmt: skip
         self.out: dict = {}
+        self.tmp = None
+        if specs is not None:
+            self.tmp = tempfile.TemporaryDirectory(prefix="qtg-flows-")
+            path = Path(self.tmp.name) / "flows.json"
+            path.write_text(json.dumps(list(specs)))
+            args = ["--src-mac", src.mac, "--dst-mac", sink.mac, "--flows-file", str(path)]
 
         def run():
             self.out["sent"], self.out["report"] = exchange(
-                stack.lab.ns("src"), stack.lab.ns("sink"), args, seconds=seconds, idle=idle
-            )
+                stack.lab.ns(src.name), stack.lab.ns(sink.name), args, seconds=seconds,
+                idle=idle,
+            )  # fmt: skip
 
         self.thread = threading.Thread(target=run)
 
@@ -58,5 +75,7 @@ class Traffic:
     def join(self, timeout: float = 120) -> tuple[dict, dict]:
         """``(sent per flow, the sink's per-flow report)``."""
         self.thread.join(timeout)
+        if self.tmp is not None:
+            self.tmp.cleanup()
         assert not self.thread.is_alive(), "the traffic did not end"
         return self.out["sent"], self.out["report"]["flows"]

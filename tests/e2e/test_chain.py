@@ -14,12 +14,17 @@ scapy = pytest.importorskip("scapy.all")
 from scapy.all import IP, UDP, Dot1Q, Ether, rdpcap, wrpcap  # noqa: E402
 
 from cext import chainbuf  # noqa: E402
-from worker.chain import ChainIds, ChainInstance  # noqa: E402
-from worker.coopsched import PRIO_ATTACHED, PRIO_DETACHED, CoreScheduler  # noqa: E402
+from tests.e2e.chain_fixtures import (  # noqa: E402
+    CORE,
+    make_chain,
+    pcap_ports,
+    wait_for,
+)
+from worker.chain import ChainIds  # noqa: E402
+from worker.coopsched import PRIO_ATTACHED, PRIO_DETACHED  # noqa: E402
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
-CORE = 1
 IDS_A = ChainIds(47310, 47310)
 IDS_B = ChainIds(47320, 47320)
 NFS = "tests.e2e.chain_nfs"
@@ -35,48 +40,13 @@ def packets(n):
     ]
 
 
-@pytest.fixture(scope="module")
-def sched():
-    with CoreScheduler(CORE, timeout=0.3) as s:
-        yield s
-
-
-@pytest.fixture
-def work(tmp_path):
-    os.chmod(tmp_path, 0o755)
-    return tmp_path
-
-
 def chain(name, nfs, work, sched, *, ids=IDS_A, mode="coop", pcap=None, out=None, **kw):
+    infinite = pcap is None
     if pcap is None:
         pcap = work / f"{name}-in.pcap"
         wrpcap(str(pcap), packets(64))
-        rx = {"vdev": f"net_pcap_{name}0,rx_pcap={pcap},infinite_rx=1"}
-    else:
-        rx = {"vdev": f"net_pcap_{name}0,rx_pcap={pcap}"}
-    tx = {"vdev": f"net_pcap_{name}1,tx_pcap={out}"} if out else {"vdev": f"net_null_{name}1"}
-    return ChainInstance(
-        name,
-        nfs,
-        core=CORE,
-        ports={"rx": rx, "tx": tx},
-        ids=ids,
-        prefix="qs",
-        mode=mode,
-        scheduler=sched,
-        n_slots=512,
-        log_dir=str(work),
-        **kw,
-    )
-
-
-def wait_for(cond, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
+    ports = pcap_ports(name, pcap, out, infinite)
+    return make_chain(name, nfs, work, sched, ports, ids=ids, prefix="qs", mode=mode, **kw)
 
 
 def tx(inst):

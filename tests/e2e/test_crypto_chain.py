@@ -12,21 +12,15 @@ pytest.importorskip("scapy.all")
 from scapy.all import IP, UDP, Dot1Q, Ether, Raw, rdpcap, wrpcap  # noqa: E402
 
 from tests.dataplane.xchacha_ref import open_aead  # noqa: E402
-from tests.e2e.test_chain import CORE, chain, tx, wait_for  # noqa: E402
+from tests.e2e.chain_fixtures import wait_for  # noqa: E402
+from tests.e2e.test_chain import chain, tx  # noqa: E402
 from worker.chain import ChainIds  # noqa: E402
-from worker.coopsched import CoreScheduler  # noqa: E402
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
 IDS = ChainIds(47350, 47350)
 KEY = bytes(range(0x21, 0x41))
 SIZES = (1, 22, 100, 982, 1472)  # 1472: a full 1514-byte frame, 1558 bytes once tagged+sealed
-
-
-@pytest.fixture(scope="module")
-def sched():
-    with CoreScheduler(CORE, timeout=0.3) as s:
-        yield s
 
 
 def frames():
@@ -56,12 +50,6 @@ def run_chain(name, nfs, work, sched, src):
     finally:
         inst.teardown()
     return [bytes(p) for p in rdpcap(str(pout))]
-
-
-@pytest.fixture
-def work(tmp_path):
-    os.chmod(tmp_path, 0o755)
-    return tmp_path
 
 
 def test_encrypt_after_tunnel_in_the_chain_buffer(work, sched):

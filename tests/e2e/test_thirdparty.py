@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import yaml
@@ -23,14 +22,19 @@ scapy = pytest.importorskip("scapy.all")
 from scapy.all import ICMP, IP, TCP, UDP, Dot1Q, Ether, rdpcap, wrpcap  # noqa: E402
 
 from quadrant_app.jsonrpc import RpcError  # noqa: E402
-from worker.chain import ChainError, ChainIds, ChainInstance  # noqa: E402
-from worker.coopsched import CoreScheduler  # noqa: E402
+from tests.e2e.chain_fixtures import (  # noqa: E402
+    CORE,
+    EXAMPLES,
+    make_chain,
+    nft_counters,
+    pcap_ports,
+    wait_for,
+)
+from worker.chain import ChainError, ChainIds  # noqa: E402
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
-CORE = 1
 IDS = ChainIds(47510, 47510)
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "thirdparty"
 SRC, DST = "02:00:00:00:00:01", "02:00:00:00:00:02"
 
 
@@ -38,45 +42,9 @@ def example(name):
     return yaml.safe_load((EXAMPLES / name).read_text())
 
 
-@pytest.fixture(scope="module")
-def sched():
-    with CoreScheduler(CORE, timeout=0.3) as s:
-        yield s
-
-
-@pytest.fixture
-def work(tmp_path):
-    os.chmod(tmp_path, 0o755)
-    return tmp_path
-
-
 def chain(name, nfs, work, sched, pin, pout=None, infinite=False, mode="coop"):
-    rx = {"vdev": f"net_pcap_{name}0,rx_pcap={pin}" + (",infinite_rx=1" if infinite else "")}
-    tx = {"vdev": f"net_pcap_{name}1,tx_pcap={pout}"} if pout else {"vdev": f"net_null_{name}1"}
-    return ChainInstance(name, nfs, core=CORE, ports={"rx": rx, "tx": tx}, ids=IDS, prefix="tp",
-                         mode=mode, scheduler=sched, n_slots=512, log_dir=str(work))  # fmt: skip
-
-
-def wait_for(cond, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
-
-
-def nft_counters(netns):
-    out = subprocess.run(["ip", "netns", "exec", netns, "nft", "-j", "list", "ruleset"],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
-    counters = {}
-    for item in json.loads(out)["nftables"]:
-        rule = item.get("rule")
-        if rule and "comment" in rule:
-            for e in rule["expr"]:
-                if "counter" in e:
-                    counters[rule["comment"]] = e["counter"]["packets"]
-    return counters
+    ports = pcap_ports(name, pin, pout, infinite)
+    return make_chain(name, nfs, work, sched, ports, ids=IDS, prefix="tp", mode=mode)
 
 
 def tcp(src, sport, dst, dport, flags, seq, ack=0, load=b""):
@@ -246,6 +214,38 @@ def test_killed_thirdparty_nf_is_detected_and_fenced(work, sched):
         inst.teardown()
 
 
+def test_thirdparty_nf_first_runs_behind_the_port_stage(work, sched):
+    # the firewall first: the runtime's port stage (a first process with no NF) owns the port
+    fw = example("nft-firewall.yaml")["nfs"][1]
+    frames, allowed = firewall_traffic()
+    pin, pout = work / "in.pcap", work / "out.pcap"
+    wrpcap(str(pin), frames)
+    inst = chain("first", [fw, {"type": "tunnel", "config": {"vlan": 7}}], work, sched, pin,
+                 pout)  # fmt: skip
+    try:
+        assert [n["type"] for n in inst.nfs] == ["port_stage", "thirdparty", "tunnel"]
+        inst.prepare()
+        inst.attach()
+        assert wait_for(lambda: inst.stats()[0]["tx"] == len(allowed))
+        assert wait_for(lambda: inst.stats()[1]["thirdparty"]["held"] == 0)
+        st = inst.stats()
+        got = [bytes(p) for p in rdpcap(str(pout))]
+        assert inst.failures() == []
+        os.kill(inst.thirdparty[1].pid, signal.SIGKILL)
+        assert wait_for(lambda: inst.failures() != [], timeout=2)
+        # named by its place in the spec, as errors are
+        ((i, reason),) = inst.failures()
+        assert i == 0 and reason.startswith("third-party NF 0 failed: its program exited")
+    finally:
+        inst.teardown()
+    b = st[1]["thirdparty"]
+    assert st[0]["pkts"] == len(frames) and st[0]["drops"] == len(frames) - len(allowed)
+    assert b["to_nf"] == len(frames) and b["passed"] == len(allowed)
+    assert b["expired"] == len(frames) - len(allowed)
+    assert got == [bytes(Ether(src=p[Ether].src, dst=p[Ether].dst) / Dot1Q(vlan=7) / p[IP])
+                   for p in allowed]  # fmt: skip
+
+
 INLINE_BRIDGE = {
     "type": "thirdparty",
     "config": {
@@ -326,8 +326,9 @@ def test_thirdparty_spec_errors_name_the_field(work, sched):
     good = example("nft-firewall.yaml")["nfs"][1]
     pin = work / "in.pcap"
     wrpcap(str(pin), firewall_traffic()[0][:1])
-    with pytest.raises(ChainError, match=r"nfs\[0\].type: a third-party NF cannot be first"):
-        chain("bad0", [good, {"type": "empty"}], work, sched, pin)
+    first = {"type": "thirdparty", "config": {**good["config"], "stall_ms": 1}}
+    with pytest.raises(ChainError, match=r"nfs\[0\].config.stall_ms"):  # the spec's index
+        chain("bad0", [first, {"type": "empty"}], work, sched, pin)
     bad = {"type": "thirdparty", "config": {**good["config"], "behaviour": ["inline", "x"]}}
     with pytest.raises(ChainError, match=r"nfs\[1\].config.behaviour"):
         chain("bad1", [{"type": "empty"}, bad], work, sched, pin)
@@ -415,3 +416,23 @@ def test_agent_runs_the_bridge_in_the_worker_namespace_and_reports_a_dead_nf(age
     m.teardown({"instance": 7})
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert tp.netns not in names
+
+
+def test_agent_runs_a_chain_whose_first_nf_is_thirdparty(agent):
+    m, _ns, _tag = agent
+    fw = example("nft-firewall.yaml")["nfs"][1]
+    nfs = [fw, {"type": "tunnel", "config": {"vlan": 7}}]
+    m.prepare({"instance": 8, "core": CORE, "vf": VF,
+               "chain": {"id": 4, "name": "fw-first", "nfs": nfs}})  # fmt: skip
+    inst = m.entries[8].chain
+    assert [n["type"] for n in inst.nfs] == ["port_stage", "thirdparty", "tunnel"]
+    assert len(inst.pids) == 3  # the port stage's process owns the VF
+    m.attach({"instance": 8})
+    assert m.check_alive() == []
+    os.kill(inst.thirdparty[1].pid, signal.SIGKILL)
+    events = []
+    assert wait_for(lambda: events.extend(m.check_alive()) or events, timeout=3)
+    (ev,) = events
+    assert ev["kind"] == "nf_failed" and ev["instance"] == 8 and ev["nfs"] == [0]
+    assert "third-party NF 0 failed: its program exited with status -9" in ev["reason"]
+    m.teardown({"instance": 8})

@@ -409,3 +409,21 @@ def test_tokens_load(tmp_path):
     assert tokens.lookup("abcdefghijklmnoq") is None and tokens.lookup(None) is None
     with pytest.raises(auth.TokensError, match="cannot read"):
         auth.load(tmp_path / "missing.yaml")
+
+
+def test_admins_see_the_events_a_workers_agent_reported(api):
+    from quadrant_app.agents import AgentHub
+
+    hub = api.app.hub = AgentHub(api.core.topology)
+    hub.workers["w1"].connected = True
+    hub.event("w1", {"kind": "nf_failed", "instance": 3, "reason": "third-party NF 1 failed"},
+              8.5)  # fmt: skip
+    workers = {w["name"]: w for w in api.call("GET", "/v1/workers", ADMIN)[1]["workers"]}
+    assert workers["w1"]["events"] == [
+        {"kind": "nf_failed", "instance": 3, "reason": "third-party NF 1 failed", "age_s": 1.5}
+    ]
+    assert workers["w2"]["events"] == []
+    api.chain(ACME)
+    api.instance(1, "w1")
+    (mine,) = api.call("GET", "/v1/workers", ACME)[1]["workers"]
+    assert "events" not in mine  # a tenant's view: its workers' names and instances only

@@ -88,11 +88,14 @@ def test_controller_refuses_with_the_workers_field_and_reason():
     with pytest.raises(SpecError) as e:
         parse_chain(body)
     assert e.value.field == "nfs[1].config.behaviour"
+    # first in the chain (the runtime puts its port stage before it): checked the same way
     body = yaml.safe_load((EXAMPLES / "nft-firewall.yaml").read_text())
     body["nfs"] = [body["nfs"][1], body["nfs"][0]]
+    assert [nf.type for nf in parse_chain(body).nfs] == ["thirdparty", "ipforward"]
+    body["nfs"][0]["config"]["hold_us"] = 5
     with pytest.raises(SpecError) as e:
         parse_chain(body)
-    assert e.value.field == "nfs[0].type"
+    assert e.value.field == "nfs[0].config.hold_us"
 
 
 def test_nf_runtime_config_refuses_thirdparty_after_checking_it():

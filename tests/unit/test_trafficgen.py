@@ -70,6 +70,7 @@ def test_sink_counts_loss_reorder_duplicates():
     out = sink.summary({1: 6, 2: 4})
     row = out["flows"]["1"]
     assert (row["received"], row["lost"], row["reordered"], row["duplicates"]) == (5, 1, 1, 1)
+    assert row["last_seq"] == 5
     assert row["latency_p50_us"] == 2.0 and row["untagged"] and row["ttls"] == [64]
     assert out["flows"]["2"] == {"sent": 4, "received": 0, "lost": 4}
     assert (out["sent"], out["received"], out["lost"], out["foreign_packets"]) == (10, 5, 5, 1)

@@ -79,6 +79,7 @@ class Sink:
                 "received": st.received,
                 "duplicates": st.duplicates,
                 "reordered": st.reordered,
+                "last_seq": st.max_seq,  # the highest sequence number seen
                 "corrupted": st.corrupted,
                 "vlans": sorted(v for v in st.vlans if v is not None),
                 "untagged": None in st.vlans,
