@@ -382,21 +382,33 @@ class Core:
         return msg
 
     def _assign(self, chain: Chain, inst: Instance, dpid, key, in_port, data, now) -> list:
+        return self._install(self._record(chain, inst, dpid, key, now), inst, in_port, data)
+
+    def _record(self, chain: Chain, inst: Instance, dpid, key, now) -> FlowRecord:
         rec = self.flows.add(dpid, key, chain.id, inst.id, now)
         inst.flows += 1
         inst.setups += 1
         chain.flows += 1
         chain.setups += 1
         self.metrics.flow_setups.value += 1
-        return self._install(rec, inst, in_port, data)
+        return rec
 
     def _install(self, rec: FlowRecord, inst: Instance, in_port, data, rule=True) -> list:
-        """Wire bytes: the flow's rule (if ``rule``) and, if ``data``, its packet-out.
+        """Wire bytes: if ``data``, its packet-out, then the flow's rule (if ``rule``).
 
-        Both messages go in one buffer so they leave in one write.
+        Both messages go in one buffer so they leave in one write; the packet-out
+        first, so that no packet the rule forwards can overtake it (the switch
+        handles a connection's messages in order).
         """
         xid = next(self._xids) & 0xFFFFFFFF
         buf = bytearray()
+        if data is not None:
+            out = self._out_templates.get(inst.id)
+            if out is None:
+                out = self._out_templates[inst.id] = ofbuild.PacketOutTemplate(
+                    ofbuild.instance_actions(inst.vf_mac, inst.port)
+                )
+            buf += out.render(in_port, data, xid)
         if rule:
             key = rec.key
             tkey = (inst.id, key.eth_type, key.proto)
@@ -409,14 +421,7 @@ class Core:
                     ofbuild.flow_cookie(inst.id),
                     self.settings.idle_timeout,
                 )
-            buf = tpl.render(key, xid)
-        if data is not None:
-            out = self._out_templates.get(inst.id)
-            if out is None:
-                out = self._out_templates[inst.id] = ofbuild.PacketOutTemplate(
-                    ofbuild.instance_actions(inst.vf_mac, inst.port)
-                )
-            buf += out.render(in_port, data, xid)
+            buf += tpl.render(key, xid)
         return [(rec.dpid, buf)]
 
     def _repeat(self, rec: FlowRecord, in_port, data, now) -> list:
@@ -478,10 +483,9 @@ class Core:
             if actions and okey not in self._out_templates:
                 self._out_templates[okey] = ofbuild.PacketOutTemplate(actions)
         xid = next(self._xids) & 0xFFFFFFFF
-        buf = tpl.render(key, xid)
         out = self._out_templates.get(okey)
-        if out is not None:
-            buf += out.render(in_port, data, xid)
+        buf = out.render(in_port, data, xid) if out is not None else bytearray()
+        buf += tpl.render(key, xid)  # after the packet-out, as in _install
         return [(dpid, buf)]
 
     def _hold(self, chain: Chain, dpid, in_port, key, data, now) -> list:
@@ -503,8 +507,12 @@ class Core:
         return []
 
     def _release(self, chain: Chain, now: float) -> list:
-        """Send held packets of ``chain`` on, now that it may have an instance."""
-        msgs = []
+        """Send held packets of ``chain`` on, now that it may have an instance.
+
+        Every released packet of a flow goes out before that flow's rule: a packet
+        the rule forwards can never overtake one held for it.
+        """
+        msgs, rules = [], []
         held = chain.held
         while held:
             dpid, in_port, key, data, _t = held[0]
@@ -520,8 +528,12 @@ class Core:
             if inst is None:
                 break
             held.popleft()
-            msgs += self._assign(chain, inst, dpid, key, in_port, data, now)
+            rec = self._record(chain, inst, dpid, key, now)
+            msgs += self._install(rec, inst, in_port, data, False)
+            rules.append((rec, inst))
             self.metrics.held_released.value += 1
+        for rec, inst in rules:
+            msgs += self._install(rec, inst, None, None)
         if not held:
             chain.shortage_since = None
         return msgs

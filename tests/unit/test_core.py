@@ -129,16 +129,16 @@ def test_repeat_packet_in_goes_to_the_same_instance():
     assert lab.core.instances.candidates(chain.id, DPID)[0] is b
     lab.now += 0.01
     msgs2 = lab.core.packet_in(DPID, UPLINK, pkt, lab.now)  # before the rule landed
-    (m1a, m1b) = parse_wire(bytes(msgs1[0][1]))
+    (m1a, m1b) = parse_wire(bytes(msgs1[0][1]))  # the packet-out first, then the rule
     (m2,) = parse_wire(bytes(msgs2[0][1]))  # only a packet-out: the rule is on its way
-    assert m1a.cookie == ofbuild.flow_cookie(a.id)
+    assert m1b.cookie == ofbuild.flow_cookie(a.id) and not hasattr(m1a, "cookie")
     assert m2.actions[0].value == a.vf_mac and m2.actions[1].port == W1_PORT
     assert lab.core.metrics.repeat_packet_ins.value == 1
     assert a.flows == 1 and b.flows == 0
     # much later the rule is evidently missing: install it again, same instance
     lab.now += 5
     msgs3 = lab.core.packet_in(DPID, UPLINK, pkt, lab.now)
-    rule, _out = parse_wire(bytes(msgs3[0][1]))
+    _out, rule = parse_wire(bytes(msgs3[0][1]))
     assert rule.cookie == ofbuild.flow_cookie(a.id)
 
 
@@ -526,3 +526,17 @@ def test_forward_default_delivers_to_the_host_of_the_destination():
     delivered = bytes.fromhex("020000000b01") + raw(pkt)[6:]
     assert lab.table.packet_outs == [(EGRESS, delivered)]
     assert lab.send(pkt) == [(EGRESS, delivered)]
+
+
+def test_held_packets_leave_before_their_flows_rule():
+    """Packets held while a chain had no instance go out, in order, before the rule
+    that would forward the flow's later packets past them is sent."""
+    lab = Lab()
+    chain = lab.chain()
+    first, second = tcp(sport=5, payload=b"1"), tcp(sport=5, payload=b"2")
+    assert lab.send(first) == "controller" and lab.send(second) == "controller"
+    assert len(chain.held) == 2
+    _inst, msgs = lab.core.add_instance(chain.id, "w1", W1_MACS[0], 0, True, lab.now)
+    wire = [m for _dpid, buf in msgs for m in parse_wire(bytes(buf))]
+    assert [type(m).__name__ for m in wire] == ["PacketOut", "PacketOut", "OFPFlowMod"]
+    assert [bytes(m.data)[-1:] for m in wire[:2]] == [b"1", b"2"]
