@@ -65,6 +65,7 @@ class Stack:
         controller_conf: dict | None = None,
         heartbeat_s: float = 0.5,
         log=print,
+        agent_args: tuple[str, ...] = (),
     ):
         self.topology = topology
         self.rundir = Path(rundir or tempfile.mkdtemp(prefix=f"{prefix}-stack-", dir="/tmp"))
@@ -75,6 +76,7 @@ class Stack:
         self.data_cores = data_cores
         self.controller_conf = dict(controller_conf or {})
         self.heartbeat_s = heartbeat_s
+        self.agent_args = tuple(agent_args)  # more quadrant-agent options, for every agent
         self.log = log
         self.tokens = {
             "tenant": secrets.token_hex(16),
@@ -140,6 +142,7 @@ class Stack:
             "--cores", ",".join(str(c) for c in self.data_cores),
             # the lab's names: an agent removes what an earlier one of its prefix left
             "--prefix", f"{self.lab.plan.prefix}-{worker}",
+            *self.agent_args,
         ]  # fmt: skip
         self.log(f"agent {worker}: NFs in netns {self.lab.ns(worker)}, cores {self.data_cores}")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
