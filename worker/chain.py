@@ -53,7 +53,7 @@ from pathlib import Path
 
 from cext import chainbuf, flowhold
 from worker import flowhold as holds
-from worker.coopsched import CoreScheduler
+from worker.coopsched import CoreScheduler, thread_state
 from worker.launcher import Launcher, LaunchSpec, host_tid
 from worker.nf_errors import NFConfigError
 from worker.thirdparty import ThirdPartyError, ThirdPartyNF
@@ -502,7 +502,9 @@ class ChainInstance:
         ``own`` (packets it took), ``input`` (NF 0: the kernel's RX count of its VF
         netdev, when it is one), ``queued`` (its input ring; NF 0: the ring the last NF
         returns slots on), ``running`` (attached and the NF's runtime running), ``skip``
-        (a third-party position: its bridge's health judges it)."""
+        (a third-party position: its bridge's health judges it), ``alive`` (False once
+        the NF's process is gone or a zombie: before its parent has reaped it, neither
+        ``poll()`` nor the watchdog sees it)."""
         c = self.ctl
         n = 1 if self.mode == "single_thread" else len(self.nfs)
         attached = self.state == "attached"
@@ -513,9 +515,10 @@ class ChainInstance:
             queued = None
             if rings and n > 1:
                 queued = c.ring_count(n if i == 0 else i)
+            alive = thread_state(self.pids[i]) not in ("Z", "X") if i < len(self.pids) else True
             out.append({"own": s["pkts"], "input": None, "queued": queued,
                         "running": attached and s["state"] == "running",
-                        "skip": i in self.thirdparty})  # fmt: skip
+                        "skip": i in self.thirdparty, "alive": alive})  # fmt: skip
         if out and self.pids:
             out[0]["input"] = self._port_rx_count(self.pids[0])
         return out
@@ -543,19 +546,17 @@ class ChainInstance:
             self.stalled.append((i, reason))
 
     def _kill_nfs(self) -> None:
-        """SIGKILL every NF process (and whatever else is in its cgroup) now: a stalled
-        NF that resumed after its flows moved would serve them a second time."""
+        """SIGKILL every NF process (and whatever else is in its cgroup) now, without
+        waiting for them (teardown reaps them): a stalled NF that resumed after its
+        flows moved would serve them a second time."""
         for k, p in enumerate(self.procs):
-            if k < len(self.handles):
+            cgroup = getattr(self.handles[k], "cgroup", None) if k < len(self.handles) else None
+            pids = set(cgroup.procs()) if cgroup is not None else set()
+            for pid in pids | {p.pid, *self.pids[k : k + 1]}:
                 try:
-                    self.handles[k].stop(grace=0)
-                    continue
-                except Exception:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
                     pass
-            try:
-                p.kill()
-            except OSError:
-                pass
 
     def failures(self) -> list[tuple[int, str]]:
         """NFs found failed: native ones the monitor found stalled (their processes are

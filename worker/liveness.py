@@ -25,7 +25,10 @@ The readings of one NF position (a dict):
     last NF returns slots on, which NF 0 must transmit), or None;
 ``running``
     False while the NF is not expected to run (parked, draining, starting):
-    the rule starts over.
+    the rule starts over;
+``alive``
+    False once the NF's process is gone (or a zombie): failed at once,
+    whatever its counters say.
 """
 
 from __future__ import annotations
@@ -92,6 +95,9 @@ class ChainLiveness:
             track = self.tracks[iid] = [Stall(self.bound_s) for _ in readings]
         out = []
         for i, (r, st) in enumerate(zip(readings, track, strict=True)):
+            if r.get("alive") is False and not r.get("skip"):
+                out.append((i, f"NF {i} exited (its process is gone)"))
+                continue
             if r.get("skip") or not r.get("running", True):
                 st.reset()
                 continue

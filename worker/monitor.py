@@ -207,9 +207,9 @@ class Significance:
 
 def _cause(ev: dict) -> str:
     """What an ``nf_failed`` event reports, in one word (for the controller's metrics)."""
-    if ev.get("watchdog"):
-        return "watchdog"
     reason = ev.get("reason", "")
+    if ev.get("watchdog"):  # the core's watchdog also sees an attached chain's NF exit
+        return "exited" if "exited" in reason else "watchdog"
     if "third-party" in reason:
         return "thirdparty"
     if "stalled" in reason:

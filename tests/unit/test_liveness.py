@@ -68,6 +68,13 @@ def test_chain_liveness_names_the_stalled_nf_and_skips_what_it_should():
         assert lv.update(8, r, k * 0.1) == []
 
 
+def test_a_dead_nf_fails_at_once():
+    lv = ChainLiveness(0.3)
+    assert lv.update(2, [reading(1, 1, 0), reading(1, None, 0)], 0.0) == []
+    r = [reading(1, 1, 0), {**reading(1, None, 0), "alive": False}]
+    assert lv.update(2, r, 0.01) == [(1, "NF 1 exited (its process is gone)")]
+
+
 def test_chain_liveness_first_nf_judged_by_its_ports_rx_counter():
     lv = ChainLiveness(0.2)
     lv.update(3, [reading(10, 10, 0)], 0.0)
