@@ -101,8 +101,8 @@ def check(stack, chain_id: int, got: dict, cause: str) -> None:
     assert all(r["reordered"] == 0 and r["duplicates"] == 0 for r in rep.values()), rep
     # no flow served by two instances: the failed instance has no rule left on the switch,
     # every flow one rule, on the new instance
-    owners = [int(c, 16) & 0xFFFFFFFFFFFF for c in
-              re.findall(r"cookie=0x(5146[0-9a-f]{12})", stack.lab.ofctl("dump-flows"))]  # fmt: skip
+    cookies = re.findall(r"cookie=0x(5146[0-9a-f]{12})", stack.lab.ofctl("dump-flows"))
+    owners = [int(c, 16) & 0xFFFFFFFFFFFF for c in cookies]
     assert a not in owners and len(owners) >= 8 and set(owners) == {b}, owners
     print(f"{cause}: detect {detect * 1000:.0f} ms, report {report * 1000:.0f} ms, "
           f"lost {lost} of {sum(sent.values())}")
