@@ -104,8 +104,10 @@ def check(stack, chain_id: int, got: dict, cause: str) -> None:
     cookies = re.findall(r"cookie=0x(5146[0-9a-f]{12})", stack.lab.ofctl("dump-flows"))
     owners = [int(c, 16) & 0xFFFFFFFFFFFF for c in cookies]
     assert a not in owners and len(owners) >= 8 and set(owners) == {b}, owners
-    print(f"{cause}: detect {detect * 1000:.0f} ms, report {report * 1000:.0f} ms, "
-          f"lost {lost} of {sum(sent.values())}")
+    print(
+        f"{cause}: detect {detect * 1000:.0f} ms, report {report * 1000:.0f} ms, "
+        f"lost {lost} of {sum(sent.values())}"
+    )
 
 
 def test_a_killed_then_a_stopped_nf_is_failed_over(stack):
