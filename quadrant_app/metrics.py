@@ -179,7 +179,8 @@ class Metrics:
         )
         self.resync_installed = Counter(
             "quadrant_resync_installed_total",
-            "Per-flow rules re-installed on a switch that had lost them (reconnect).",
+            "Per-flow rules put back on a switch: at its (re)connection, from the books, and "
+            "after the re-sync, those its flow stats lacked.",
         )
         self.resync_adopted = Counter(
             "quadrant_resync_adopted_total",

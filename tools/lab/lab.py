@@ -20,7 +20,7 @@ from pathlib import Path
 
 from quadrant_app.topology import Topology
 from tools.lab.lease import DATAPATH_TAP, DatapathLease
-from tools.lab.ovs import Ovs
+from tools.lab.ovs import Ovs, OvsError
 from tools.lab.plan import Plan, make_plan
 
 LOG = logging.getLogger(__name__)
@@ -187,8 +187,14 @@ class Lab:
         def bounce():
             t0 = time.monotonic()
             self.ovs.kill_vswitchd()
-            self.ovs.start()
-            return time.monotonic() - t0
+            while True:  # until the dead daemon's pid file lock is gone with it
+                try:
+                    self.ovs.start()
+                    return time.monotonic() - t0
+                except OvsError as exc:
+                    if "already running" not in str(exc) or time.monotonic() - t0 > 10:
+                        raise
+                    time.sleep(0.02)
 
         return self.lease._locked(bounce)
 

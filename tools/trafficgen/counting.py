@@ -23,6 +23,11 @@ class FlowStats:
     ttls: set = dataclasses.field(default_factory=set)
     dst_macs: set = dataclasses.field(default_factory=set)
     latencies_us: list = dataclasses.field(default_factory=list)
+    # the longest silence between two arrivals (an outage, as this flow saw it) and when
+    # it ended (the receive clock: time.monotonic_ns, the same on every namespace)
+    last_ns: int = 0
+    gap_ns: int = 0
+    gap_end_ns: int = 0
     _seen: bytearray = dataclasses.field(default_factory=bytearray, repr=False)
 
     def add(self, p: Parsed, rx_ns: int) -> None:
@@ -34,6 +39,9 @@ class FlowStats:
             return
         self._seen[byte] |= 1 << bit
         self.received += 1
+        if self.last_ns and rx_ns - self.last_ns > self.gap_ns:
+            self.gap_ns, self.gap_end_ns = rx_ns - self.last_ns, rx_ns
+        self.last_ns = rx_ns
         if p.seq < self.max_seq:
             self.reordered += 1
         else:
@@ -86,6 +94,8 @@ class Sink:
                 "dst_macs": sorted(st.dst_macs),
                 "latency_p50_us": percentile(st.latencies_us, 50),
                 "latency_p99_us": percentile(st.latencies_us, 99),
+                "max_gap_ms": round(st.gap_ns / 1e6, 3),
+                "max_gap_end_ns": st.gap_end_ns,
             }
             if sent is not None:
                 row["sent"] = sent.get(fid, 0)
