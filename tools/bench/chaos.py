@@ -39,10 +39,12 @@ Each row is measured, never assumed:
     (nf, agent, link), re-adopted by the restarted controller, or its rule back
     on the restarted switch (``quadrant_resync_installed_total``);
 ``recover_ms``
-    fault -> the last affected flow's first packet after its silence, at the
-    sink (none if no flow went silent);
+    fault -> the last affected flow's first packet after its longest silence,
+    at the sink (a flow is affected when it lost packets and that silence falls
+    in the fault's window; none if no flow lost any);
 ``outage_ms``
-    the longest silence of an affected flow at the sink;
+    the longest silence of an affected flow at the sink (one packet interval,
+    1000 / (pps / flows) ms, is no silence at all);
 ``lost``, ``reordered``, ``duplicates``
     over the whole traffic run, from the sink's counts;
 ``served_twice``
@@ -110,18 +112,16 @@ def nf_pids(stack, worker: str, iid: int) -> list[int]:
     return [int(p) for p in m[-1].split(",")]
 
 
-def sink_outage(report: dict, sent: dict, t0_ns: int, window_ns: float, pps_per_flow: float):
+def sink_outage(report: dict, sent: dict, t0_ns: int, window_ns: float):
     """``(recover_ms, outage_ms)`` from the sink's per-flow longest silences: a flow is
-    affected when it lost packets and its longest silence lasted over five packet
-    intervals (and 50 ms), ended after the fault and began within ``window_ns`` of it
-    (before the system said it had recovered, and a second more).  ``(None, None)`` if
-    none was."""
-    floor_ns = max(5e9 / pps_per_flow, 50e6)
+    affected when it lost packets and its longest silence ended after the fault and
+    began within ``window_ns`` of it (before the system said it had recovered, and a
+    second more).  ``(None, None)`` if none was."""
     hit = []
     for fid, r in report.items():
         end, gap = r.get("max_gap_end_ns", 0), r.get("max_gap_ms", 0) * 1e6
-        if (sent.get(int(fid), 0) > r["received"] and gap > floor_ns and end > t0_ns
-                and end - gap < t0_ns + window_ns):  # fmt: skip
+        lost = sent.get(int(fid), 0) > r["received"]
+        if lost and end > t0_ns and end - gap < t0_ns + window_ns:
             hit.append(r)
     if not hit:
         return None, None
@@ -179,7 +179,7 @@ class Chaos:
         dup_flows = sum(1 for r in report.values() if r.get("duplicates"))
         twice = sum(1 for k, iid in after.items() if rules.get(k, {iid}) != {iid})
         window_ns = ((row["control_ms"] or 0) + 1000) * 1e6
-        recover, outage = sink_outage(report, sent, t0_ns, window_ns, self.pps / self.flows)
+        recover, outage = sink_outage(report, sent, t0_ns, window_ns)
         total = sum(sent.values())
         row.update(
             recover_ms=recover, outage_ms=outage, sent=total,
