@@ -98,4 +98,5 @@ def test_sink_finds_each_flows_longest_silence():
     for seq, rx in ((0, 1_000_000), (1, 2_000_000), (2, 250_000_000), (3, 251_000_000)):
         sink.add(parse(bytes(tpl.stamp(seq, 0))), rx)
     row = sink.summary()["flows"]["1"]
-    assert row["max_gap_ms"] == 248.0 and row["max_gap_end_ns"] == 250_000_000
+    assert row["max_gap_ms"] == 248.0
+    assert row["gaps"] == [[248.0, 250_000_000], [1.0, 251_000_000], [1.0, 2_000_000]]

@@ -117,16 +117,18 @@ def sink_outage(report: dict, sent: dict, t0_ns: int, window_ns: float):
     affected when it lost packets and its longest silence ended after the fault and
     began within ``window_ns`` of it (before the system said it had recovered, and a
     second more).  ``(None, None)`` if none was."""
-    hit = []
+    hit = []  # per affected flow, (its silence in the window, ms; when it ended, ns)
     for fid, r in report.items():
-        end, gap = r.get("max_gap_end_ns", 0), r.get("max_gap_ms", 0) * 1e6
-        lost = sent.get(int(fid), 0) > r["received"]
-        if lost and end > t0_ns and end - gap < t0_ns + window_ns:
-            hit.append(r)
+        if sent.get(int(fid), 0) <= r["received"]:
+            continue
+        inside = [(ms, end) for ms, end in r.get("gaps", ())
+                  if end > t0_ns and end - ms * 1e6 < t0_ns + window_ns]  # fmt: skip
+        if inside:
+            hit.append(max(inside))
     if not hit:
         return None, None
-    recover = max(r["max_gap_end_ns"] - t0_ns for r in hit) / 1e6
-    return round(recover, 1), round(max(r["max_gap_ms"] for r in hit), 1)
+    recover = max(end - t0_ns for _, end in hit) / 1e6
+    return round(recover, 1), round(max(ms for ms, _ in hit), 1)
 
 
 class Chaos:
@@ -191,8 +193,7 @@ class Chaos:
             new_setups=int(metric(st, "quadrant_flow_setups_total") - setups),
         )  # fmt: skip
         row["sink"] = {k: {"sent": sent.get(int(k)), **{c: r.get(c) for c in (
-                       "received", "max_gap_ms", "max_gap_end_ns")}}
-                       for k, r in report.items()}  # fmt: skip
+                       "received", "gaps")}} for k, r in report.items()}  # fmt: skip
         row["t0_ns"] = t0_ns
         self.log(f"chaos: {fault}: {row}")
         return row
