@@ -5,9 +5,9 @@ controller moves the flows to a healthy instance, the failed one is torn down an
 warm pool refilled; loss is bounded, nothing is reordered or duplicated, and no flow is
 served by two instances.
 
-The agents run with ``--stall-timeout 0.15`` (below the core watchdog's 0.25 s, so the
-stopped NF is found by the stall rule, not by the watchdog seeing its predecessor run
-alone) and check every 0.05 s.
+The agents run with ``--stall-timeout 0.15`` and ``--watchdog-timeout 1`` (so the stopped
+NF is found by the stall rule, not by the core's watchdog seeing its predecessor run
+alone: with the defaults, 0.3 and 0.25 s, either may come first) and check every 0.05 s.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def stack(root_required):
             "scaling_policy": "off", "tick_interval": 0.1}  # fmt: skip
     st = Stack(load(LAB_TOPOLOGY), prefix="h10n", log=lambda m: None, controller_conf=conf,
                heartbeat_s=0.2, agent_args=("--stall-timeout", str(STALL_S),
-                                            "--liveness-interval", str(INTERVAL_S)))  # fmt: skip
+                                            "--liveness-interval", str(INTERVAL_S),
+                                            "--watchdog-timeout", "1"))  # fmt: skip
     try:
         st.up(wait=LAB_WAIT)
         yield st
