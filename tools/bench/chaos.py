@@ -195,7 +195,7 @@ class Chaos:
         row["sink"] = {k: {"sent": sent.get(int(k)), **{c: r.get(c) for c in (
                        "received", "gaps")}} for k, r in report.items()}  # fmt: skip
         row["t0_ns"] = t0_ns
-        self.log(f"chaos: {fault}: {row}")
+        self.log(f"chaos: {fault}: " + ", ".join(f"{k} {row.get(k)}" for k in COLUMNS[1:]))
         return row
 
     def _inject(self, fault, row, victim, a, n_fail, t0) -> None:
