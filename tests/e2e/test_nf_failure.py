@@ -116,6 +116,9 @@ def test_a_killed_then_a_stopped_nf_is_failed_over(stack):
     _src, sink = hosts(stack.topology)
     chain = stack.tenant.post("/v1/chains", tunnel_ipforward("nf-failure", sink))
     wait_until(lambda: len(instances(stack, chain["id"])) == 2, 180, "two instances")
+    # the flows set up first, apart: a flow's first packets (packet-in, packet-out) may be
+    # overtaken by the packets after them; what is asserted is the failover's order
+    Traffic(stack, proto="udp", pps=PPS, seconds=1.0, idle=1.0).start().join()
 
     killed = check_and_refill(stack, chain["id"], signal.SIGKILL, "exited")
     stopped = check_and_refill(stack, chain["id"], signal.SIGSTOP, "stalled")

@@ -43,6 +43,9 @@ def test_a_restarted_vswitchd_gets_its_pipeline_and_flows_back_unchanged(stack):
     _src, sink = hosts(stack.topology)
     chain = stack.tenant.post("/v1/chains", tunnel_ipforward("reconnect", sink))
     wait_until(lambda: instances(stack, chain["id"]), 120, "an instance")
+    # the flows set up first, apart (a flow's first packet-out may be overtaken by the
+    # packets after it): what is asserted is the order across the switch's restart
+    Traffic(stack, seconds=1.0, idle=1.0).start().join()
     traffic = Traffic(stack, seconds=6).start()
     try:
         wait_until(lambda: len(stack.admin.get("/v1/flows")["flows"]) >= 8, 30, "8 flows")
