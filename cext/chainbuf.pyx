@@ -16,6 +16,7 @@ import os
 
 from cext.nf cimport NativeNF, qd_batch, qd_pkt
 from cext.runtime cimport QD_MAX_BURST
+from cext.statecore cimport StageState, qs_state_hook, stage_batch
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, uintptr_t
 from libc.string cimport memset
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
@@ -135,6 +136,7 @@ cdef extern from "src/qs_chainrt.h" nogil:
         uint32_t out_ring
         int copy
         qs_nf nf
+        qs_state_hook *state
 
     rte_mempool *rte_mempool_lookup(const char *name)
 
@@ -602,20 +604,31 @@ def run_first(ChainBuffer ctl, list nfs, int port_in, int port_out, str pool,
 
 
 def run_stage(ChainBuffer ctl, int index, NF nf, ChainBuffer inp, int in_ring,
-              ChainBuffer out=None, int out_ring=0, bint copy=False):
+              ChainBuffer out=None, int out_ring=0, bint copy=False, StageState state=None):
     """NF ``index`` (1..n-1) in place on ``inp`` until STOP.
 
     ``copy`` (the copy baseline): ``out`` is the next NF's own region; each
     processed batch is copied into it and our slots go back to ``inp``'s
     free ring.  Otherwise the offsets go on to ``out_ring`` of ``inp``.
+    ``state``: ``nf`` is stateful and this is its :class:`cext.statecore.StageState`
+    (the cache, Redis, the held slots); the loop stops with
+    :class:`ChainBufferError` if the state store fails.
     """
     cdef qs_stage_cfg c
+    cdef int rc
     if not 1 <= index < QS_MAX_NFS:
         raise ChainBufferError(f"index: {index} is outside 1..{QS_MAX_NFS - 1}")
     if out is None:
         out = inp
     if copy and out is inp:
         raise ChainBufferError("out: the copy baseline needs the next NF's own region")
+    if state is not None and copy:
+        raise ChainBufferError("state: a stateful NF cannot run in the copy baseline")
+    if state is not None and state.core.snf is not nf.nf:
+        raise ChainBufferError("state: made for another NF than this stage's")
+    if state is not None and state.hook.max_held > inp.n_slots:
+        raise ChainBufferError(
+            f"state.max_held: {state.hook.max_held} exceeds the region's {inp.n_slots} slots")
     memset(&c, 0, sizeof(c))
     c.ctl = ctl._view()
     c.index = index
@@ -625,8 +638,17 @@ def run_stage(ChainBuffer ctl, int index, NF nf, ChainBuffer inp, int in_ring,
     c.out_ring = out._ring(out_ring)
     c.copy = 1 if copy else 0
     c.nf = nf.c
+    if state is not None:
+        c.nf.fn = <qs_nf_batch_fn>stage_batch
+        c.nf.ctx = <void *>state
+        c.state = &state.hook
     with nogil:
-        qs_run_stage(&c)
+        rc = qs_run_stage(&c)
+    if rc == -2:
+        err = state.error
+        raise ChainBufferError(f"state store failed: {err[0] if err else 'unknown'}")
+    if rc != 0:
+        raise ChainBufferError(f"run_stage: failed to start ({rc})")
 
 
 def run_bridge(ChainBuffer ctl, int index, ChainBuffer inp, int in_ring, int out_ring,

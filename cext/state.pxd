@@ -88,6 +88,7 @@ ctypedef struct qd_entry:
     uint16_t pad
     uint32_t dirty_gen  # == qd_state.gen: changed in the current batch
     uint64_t pending    # write group of its last change (> acked: not yet acknowledged)
+    uint64_t held_mark  # ordinal of its last held packet (> qd_state.unheld: still held)
     qd_val val
 
 
@@ -98,6 +99,8 @@ ctypedef struct qd_state:
     uint32_t gen            # batch generation (dirty_gen)
     uint64_t issued         # last write group handed to Redis
     uint64_t acked          # last write group Redis acknowledged
+    uint64_t holds          # packets held so far (their ordinals: 1, 2, ...)
+    uint64_t unheld         # of those, released or dropped so far (in hold order: FIFO)
     # this batch
     uint16_t count
     int32_t pos[QD_STATE_BATCH]         # entry of packet i's key, -1: none
@@ -133,6 +136,7 @@ cdef inline int32_t qd_state_slot(qd_state *s, const qd_key *k, int add) noexcep
     e.loading = 0
     e.dirty_gen = 0
     e.pending = 0
+    e.held_mark = 0
     e.val.len = 0
     return p
 

@@ -30,7 +30,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
-from quadrant_app import scaling
+from quadrant_app import natpools, scaling
 from quadrant_app.latency_profile import NetworkProfile
 
 LOG = logging.getLogger(__name__)
@@ -181,6 +181,11 @@ class Autoscaler:
                     msgs += self.core.remove_instance(inst.id, now)
                 m.reclaims.inc("warm" if d.keep_warm else "torn_down")
             elif isinstance(d, scaling.Migrate):
+                if natpools.nat_position(chain.spec) is not None:
+                    # a NAT flow's replies go to its mapping's external address, whose
+                    # instance stays the one that made it: NAT flows are not moved
+                    m.scaling_shortage_pps.value += int(d.pps)
+                    continue
                 groups.setdefault((d.src, d.dst), []).append(d)
             elif isinstance(d, scaling.Shortage):
                 LOG.warning("chain %d: %.0f pps could not be shed: no instance to take it",

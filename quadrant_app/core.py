@@ -20,7 +20,7 @@ import ipaddress
 import itertools
 import logging
 
-from quadrant_app import flowkey, ofbuild
+from quadrant_app import flowkey, natpools, ofbuild
 from quadrant_app.chains import DEFAULT_NF_TYPES, ChainSpec
 from quadrant_app.flows import FlowRecord, FlowTable
 from quadrant_app.ingress import Chain, ChainTable, Instance, InstanceRegistry
@@ -144,6 +144,11 @@ class Core:
         fwd = self.flows.get(dpid, key.reverse())
         if fwd is not None:
             return self._reply(fwd, dpid, key, in_port, data, now)
+        owner = self._nat_owner(key)
+        if owner is not None:  # towards a NAT's external address: its mappings' replies
+            self.metrics.reply_flows.inc("nat")
+            return self._assign(self.chains.by_id[owner.chain_id], owner, dpid, key, in_port,
+                                data, now)  # fmt: skip
         chain = self.chains.match(key)
         if chain is None:
             return self._unmatched(dpid, key, in_port, data)
@@ -260,6 +265,7 @@ class Core:
     # Chains and instances (REST and, later, the agent).
 
     def add_chain(self, tenant: str, spec: ChainSpec, now: float) -> Chain:
+        natpools.check(spec, [c.spec for c in self.chains])
         chain = self.chains.add(tenant, spec, now)
         LOG.info("chain %d %r of tenant %s registered", chain.id, spec.name, tenant)
         return chain
@@ -277,10 +283,13 @@ class Core:
         return msgs
 
     def add_instance(
-        self, chain_id, worker, vf_mac, core, attached=True, now=0.0, instance_id=None
-    ):
-        """Record an instance; returns ``(instance, msgs)`` (held flows it now takes)."""
-        inst = self.instances.add(chain_id, worker, vf_mac, core, attached, instance_id)
+        self, chain_id, worker, vf_mac, core, attached=True, now=0.0, instance_id=None,
+        nat_slot=None,
+    ):  # fmt: skip
+        """Record an instance; returns ``(instance, msgs)`` (held flows it now takes).
+
+        ``nat_slot``: the external entry of the chain's NAT it owns (natpools.py)."""
+        inst = self.instances.add(chain_id, worker, vf_mac, core, attached, instance_id, nat_slot)
         LOG.info(
             "instance %d of chain %d on %s core %d (%s, %s)",
             inst.id, chain_id, worker, core, inst.vf_mac, "attached" if attached else "warm pool",
@@ -344,6 +353,8 @@ class Core:
         src = self.instances.by_id.get(src_id)
         dst = self.instances.by_id.get(dst_id)
         if src is None or dst is None or src.chain_id != dst.chain_id or src.dpid != dst.dpid:
+            return [], []
+        if src.nat_slot is not None:  # its replies come to src's external address
             return [], []
         moved, msgs = [], []
         for fid in flow_ids:
@@ -442,6 +453,12 @@ class Core:
             return self._assign(chain, inst, dpid, key, in_port, data, now)
         self.metrics.reply_flows.inc("direct")
         return self._unmatched(dpid, key, in_port, data, deliver=True)
+
+    def _nat_owner(self, key) -> Instance | None:
+        """The instance whose NAT owns ``key``'s destination as an external address."""
+        if not self.instances.nat_owner or key.eth_type != flowkey.ETH_IPV4:
+            return None
+        return self.instances.nat_owner.get(key.dst)
 
     def _host_of(self, dpid: int, key) -> object | None:
         if key.eth_type != flowkey.ETH_IPV4:

@@ -19,6 +19,7 @@ import bisect
 import dataclasses
 from collections import deque
 
+from quadrant_app import natpools
 from quadrant_app.chains import ChainSpec, ConflictError, SpecError, precedence
 from quadrant_app.topology import Topology
 
@@ -128,6 +129,7 @@ class Instance:
     stats_at: float | None = None
     flows: int = 0
     setups: int = 0
+    nat_slot: int | None = None  # the chain NAT's external entry it owns (natpools.py)
 
     def to_json(self) -> dict:
         return {
@@ -142,6 +144,7 @@ class Instance:
             "batch_p99_us": self.batch_p99_us,
             "pps": self.pps,
             "flows": self.flows,
+            "nat_slot": self.nat_slot,
         }
 
 
@@ -158,6 +161,8 @@ class InstanceRegistry:
         # Requests for the worker agents, (method, instance id, worker): attach
         # a warm-pool instance, tear down a removed one; the orchestrator drains it.
         self.agent_requests: list[tuple[str, int, str]] = []
+        # a NAT external address (IPv4, int) -> the instance owning it (natpools.py)
+        self.nat_owner: dict[int, Instance] = {}
 
     def of_chain(self, chain_id: int) -> list[Instance]:
         return [i for i in self.by_id.values() if i.chain_id == chain_id]
@@ -181,6 +186,7 @@ class InstanceRegistry:
         core: int,
         attached: bool,
         instance_id: int | None = None,
+        nat_slot: int | None = None,
     ) -> Instance:
         """Record an instance (validated against the topology and the other instances).
 
@@ -201,11 +207,17 @@ class InstanceRegistry:
         vf_mac = vf_mac.lower()
         if core not in w.cores:
             raise SpecError("core", f"{core!r} is not a core worker {worker} manages")
+        if nat_slot is not None:
+            pool = natpools.slots(self.chains.by_id[chain_id].spec)
+            if not 0 <= nat_slot < len(pool):
+                raise SpecError("nat_slot", f"chain {chain_id}'s NAT has {len(pool)} slots")
         for other in self.by_id.values():
             if other.worker == worker and other.vf_mac == vf_mac:
                 raise ConflictError("vf_mac", f"{vf_mac} is already used by instance {other.id}")
             if other.worker == worker and other.core == core:
                 raise ConflictError("core", f"core {core} of {worker} runs instance {other.id}")
+            if nat_slot is not None and other.chain_id == chain_id and other.nat_slot == nat_slot:
+                raise ConflictError("nat_slot", f"NAT slot {nat_slot} is instance {other.id}'s")
         inst = Instance(
             id=self.reserve_id() if instance_id is None else instance_id,
             chain_id=chain_id,
@@ -215,13 +227,18 @@ class InstanceRegistry:
             dpid=self._dpids[w.switch],
             port=w.switch_port,
             attached=bool(attached),
+            nat_slot=nat_slot,
         )
         self.by_id[inst.id] = inst
+        if nat_slot is not None:
+            self.nat_owner[natpools.slot_address(pool[nat_slot])] = inst
         self.refresh(chain_id)
         return inst
 
     def remove(self, instance_id: int) -> Instance:
         inst = self.by_id.pop(instance_id)
+        for addr in [a for a, i in self.nat_owner.items() if i is inst]:
+            del self.nat_owner[addr]
         self.refresh(inst.chain_id)
         return inst
 

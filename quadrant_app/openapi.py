@@ -144,6 +144,10 @@ SCHEMAS = {
             },
             "pps": {"type": "number", "description": "packet rate its agent last reported"},
             "flows": {"type": "integer"},
+            "nat_slot": {
+                "type": ["integer", "null"],
+                "description": "which external entry of its chain's NAT it owns (docs/state.rst)",
+            },
         },
     },
     "InstanceStats": {

@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from quadrant_app import natpools
+
 LOG = logging.getLogger(__name__)
 
 
@@ -37,6 +39,7 @@ class Pending:
     core: int
     vf: str
     since: float
+    nat_slot: int | None = None  # the chain NAT's external entry it will own
 
 
 class Orchestrator:
@@ -64,19 +67,24 @@ class Orchestrator:
             warm = [i for i in self.core.instances.of_chain(chain.id) if not i.attached]
             warm += [p for p in self.preparing.values() if p.chain_id == chain.id]
             for _ in range(self.pool_size - len(warm)):
+                spec = chain.spec
+                slot = None
+                if natpools.nat_position(spec) is not None:
+                    slot = natpools.free_slot(spec, self._nat_slots_used(chain.id))
+                    if slot is None:  # every external address has its instance
+                        break
                 place = self._place()
                 if place is None:
                     break
                 worker, core_id, vf = place
                 iid = self.core.instances.reserve_id()
-                self.preparing[iid] = Pending(chain.id, worker, core_id, vf, now)
-                spec = chain.spec
+                self.preparing[iid] = Pending(chain.id, worker, core_id, vf, now, slot)
                 params = {
                     "instance": iid,
                     "chain": {
                         "id": chain.id,
                         "name": spec.name,
-                        "nfs": [{"type": nf.type, "config": nf.config} for nf in spec.nfs],
+                        "nfs": natpools.instance_nfs(spec, slot),
                     },
                     "core": core_id,
                     "vf": vf,
@@ -84,6 +92,11 @@ class Orchestrator:
                 }
                 cmds.append(Command(worker, "prepare", params, iid))
         return cmds
+
+    def _nat_slots_used(self, chain_id: int) -> set[int]:
+        used = {i.nat_slot for i in self.core.instances.of_chain(chain_id)}
+        used |= {p.nat_slot for p in self.preparing.values() if p.chain_id == chain_id}
+        return used - {None}
 
     def preparing_for(self, chain_id: int) -> int:
         """Pool instances of ``chain_id`` asked for and not ready yet."""
@@ -136,7 +149,7 @@ class Orchestrator:
                 return []
             _inst, msgs = self.core.add_instance(
                 pending.chain_id, pending.worker, pending.vf, pending.core,
-                attached=False, now=now, instance_id=cmd.instance,
+                attached=False, now=now, instance_id=cmd.instance, nat_slot=pending.nat_slot,
             )  # fmt: skip
             return msgs
         if error is not None:
@@ -211,6 +224,8 @@ class Orchestrator:
         msgs, moved = [], 0
         for inst in insts:
             chain = core.chains.by_id.get(inst.chain_id)
+            if chain is not None and inst.nat_slot is not None:
+                continue  # NAT flows stay with their external address: not moved (natpools.py)
             for rec in core.flows.of_instance(inst.id) if chain is not None else ():
                 if rec.instance_id != inst.id:
                     continue  # moved already, as the reply of a flow moved before it

@@ -45,6 +45,7 @@ def instance_record(inst) -> dict:
         "vf_mac": inst.vf_mac,
         "core": inst.core,
         "attached": inst.attached,
+        "nat_slot": inst.nat_slot,
     }
 
 
@@ -134,7 +135,8 @@ def restore(core, chains: list[dict], instances: list[dict], meta: dict, nf_type
     for rec in sorted(instances, key=lambda r: r["id"]):
         try:
             core.instances.add(rec["chain_id"], rec["worker"], rec["vf_mac"], rec["core"],
-                               rec["attached"], instance_id=rec["id"])  # fmt: skip
+                               rec["attached"], instance_id=rec["id"],
+                               nat_slot=rec.get("nat_slot"))  # fmt: skip
         except ValueError as exc:
             LOG.warning("stored instance %s not restored: %s", rec.get("id"), exc)
             continue

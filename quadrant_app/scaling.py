@@ -239,7 +239,11 @@ def headroom_pps(inst: InstanceStats, p: ScalingParams, cpu_hz: float, network_u
     ``T`` carries the packets that came during the previous one, ``T = o / (1 -
     pps * c)`` with ``c`` the per-packet time; ``o`` is fitted to the measured
     p99 batch time.  The result is the rate at which ``2 T + network`` reaches
-    ``alpha * SLO``, never above ``load_cap * r_max``.
+    ``alpha * SLO``, never above ``load_cap * r_max``.  A batch holds at most
+    ``batch_size`` packets, so ``T`` never exceeds a full batch's time: when
+    even a full batch (or the measured p99 batch, if longer) keeps ``2 T +
+    network`` below ``alpha * SLO``, latency sets no limit and the headroom is
+    the cap.
     """
     r_max = max_rate(inst.cycles_per_packet, inst.batch_cycles, inst.batch_size, cpu_hz)
     cap = p.load_cap * r_max
@@ -249,6 +253,12 @@ def headroom_pps(inst: InstanceStats, p: ScalingParams, cpu_hz: float, network_u
     target = (p.low_us - network_us) / 2.0 * 1e-6
     if target <= o:
         return min(inst.pps, cap)
+    # a full batch; never shorter than the p99 batch measured (the controller's stats
+    # carry no per-batch cost, and a measured batch is one that did happen)
+    full = (inst.batch_cycles + inst.batch_size * inst.cycles_per_packet) / cpu_hz
+    full = max(full, inst.batch_p99_us * 1e-6)
+    if target > full:
+        return cap
     return min((1.0 - o / target) / c, cap)
 
 

@@ -10,7 +10,8 @@ The demo and the end-to-end tests use it::
 token per worker, fresh random secrets), starts ``osken-manager
 quadrant_app`` and waits for the switch and the REST API, then starts
 ``quadrant-agent`` for every worker (in the root namespace, its NFs in the
-worker's namespace) and waits until each has registered.  ``down`` removes
+worker's namespace; with ``state_store``, a running RedisServer, the agents
+hand their stateful NFs users of it) and waits until each has registered.  ``down`` removes
 every chain (so the agents tear their instances down), stops the agents and
 the controller and takes the lab down, also after a failure half way.
 """
@@ -64,6 +65,7 @@ class Stack:
         data_cores: tuple[int, ...] = (1,),
         controller_conf: dict | None = None,
         heartbeat_s: float = 0.5,
+        state_store=None,
         log=print,
         agent_args: tuple[str, ...] = (),
     ):
@@ -77,6 +79,9 @@ class Stack:
         self.controller_conf = dict(controller_conf or {})
         self.heartbeat_s = heartbeat_s
         self.agent_args = tuple(agent_args)  # more quadrant-agent options, for every agent
+        # a running worker.redis_server.RedisServer: the agents' state store for stateful
+        # NFs, reached over its Unix socket from the workers' namespaces
+        self.state_store = state_store
         self.log = log
         self.tokens = {
             "tenant": secrets.token_hex(16),
@@ -144,6 +149,10 @@ class Stack:
             "--prefix", f"{self.lab.plan.prefix}-{worker}",
             *self.agent_args,
         ]  # fmt: skip
+        if self.state_store is not None:
+            pw = self.state_store.dir / "admin.password"
+            cmd += ["--state-redis", f"unix:{self.state_store.socket_path}",
+                    "--state-admin-password-file", str(pw)]  # fmt: skip
         self.log(f"agent {worker}: NFs in netns {self.lab.ns(worker)}, cores {self.data_cores}")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -190,6 +199,8 @@ class Stack:
             left = reap_prefix(f"{self.lab.plan.prefix}-{w.name}")
             if left["killed"] or left["files"]:
                 self.log(f"stack: removed what agent {w.name} left: {left}")
+            # the agent's NF logs (its default --log-dir), like its own log in the rundir
+            shutil.rmtree(f"/tmp/{self.lab.plan.prefix}-{w.name}-nf-logs", ignore_errors=True)
         if self.controller is not None:
             self.controller.stop()
         self.lab.down()

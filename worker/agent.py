@@ -379,6 +379,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="report when p99_us crosses this (µs; repeatable)")  # fmt: skip
     ap.add_argument("--summary", type=float, default=10.0,
                     help="seconds between full summaries")  # fmt: skip
+    ap.add_argument("--state-redis", metavar="HOST:PORT|unix:PATH",
+                    help="the state store stateful NFs (nat) use, as they reach it from "
+                    "their network namespace (a Unix socket reaches it from any)")  # fmt: skip
+    ap.add_argument(
+        "--state-admin-user",
+        default="admin",
+        help="the store's user that may create ACL users (default admin)",
+    )
+    ap.add_argument(
+        "--state-admin-password-file",
+        help="file holding that user's password (required with --state-redis)",
+    )
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(
@@ -412,6 +424,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"quadrant-agent: {args.token_file} is empty", file=sys.stderr)
         return 2
     inv["cores"] = cores  # what it manages: the controller places instances only there
+    state_access = None
+    if args.state_redis:
+        from worker.state_access import StateAccess, StateAccessError
+
+        if not args.state_admin_password_file:
+            ap.error("--state-redis: needs --state-admin-password-file")
+        try:
+            password = Path(args.state_admin_password_file).read_text().strip()
+            state_access = StateAccess(args.state_redis, args.state_admin_user, password)
+            state_access.check()
+        except (OSError, ValueError, StateAccessError) as exc:
+            print(f"quadrant-agent: --state-redis: {exc}", file=sys.stderr)
+            return 2
 
     from worker.instances import InstanceManager
     from worker.launcher import LocalLauncher
@@ -431,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         log_dir=args.log_dir,
         watchdog_timeout=args.watchdog_timeout,
         prepare_timeout=args.prepare_timeout,
+        state_access=state_access,
     )
     monitor = Monitor(
         manager,

@@ -40,6 +40,7 @@ process ever maps NIC memory (see docs/chains.rst).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import selectors
 import shutil
@@ -59,6 +60,8 @@ from worker.nf_errors import NFConfigError
 from worker.thirdparty import ThirdPartyError, ThirdPartyNF
 from worker.thirdparty_spec import TYPE as THIRDPARTY
 from worker.thirdparty_spec import Health, ThirdPartyConfig, parse_thirdparty
+
+LOG = logging.getLogger("quadrant.chain")
 
 MODES = ("coop", "cfs", "copy", "single_thread")
 ROOT = Path(__file__).resolve().parent.parent
@@ -398,9 +401,10 @@ class ChainInstance:
             msg = {}
         if not msg.get("ready"):
             p.wait(5)
+            why = f": {msg['error']}" if msg.get("error") else "; see its log"
             raise ChainError(
                 f"nfs[{i}] ({self.nfs[min(i, len(self.nfs) - 1)]['type']}): "
-                f"exited before ready (status {p.returncode}); see its log"
+                f"exited before ready (status {p.returncode}){why}"
             )
         if self.launcher is None:
             self.pids.append(int(msg.get("pid", p.pid)))
@@ -576,6 +580,23 @@ class ChainInstance:
                 out.append((i, f"third-party NF {i} failed: {self.health[i].reason}"))
         return out
 
+    def final_nf_stats(self) -> list[dict]:
+        """After :meth:`teardown`: each NF's own counters (its ``stats()``: a urlfilter's
+        ``blocked``, a decrypt's ``auth_failed``, ...) in chain order, each with its
+        ``type``; an NF whose process ended without a summary has ``{"type": ...}``
+        only.  Empty before a teardown."""
+        if not self.summaries:
+            return []
+        flat: list[dict | None] = []
+        for s in self.summaries:
+            own = s.get("nf_stats") if s else None
+            flat.extend(own or [None])  # a process without them keeps its place
+        out = []
+        for i, nf in enumerate(self.nfs):
+            own = flat[i] if i < len(flat) and isinstance(flat[i], dict) else {}
+            out.append({"type": nf.get("type"), **own})
+        return out
+
     def alive(self) -> bool:
         return bool(self.procs) and all(p.poll() is None for p in self.procs)
 
@@ -618,6 +639,10 @@ class ChainInstance:
                 if msg.get("done"):
                     summary = msg
             self.summaries.append(summary)
+        final = self.final_nf_stats()
+        if final:  # the NFs' own counters exist only now: the operator's one look at them
+            LOG.info("instance %s final NF counters: %s", self.name,
+                     json.dumps(final, sort_keys=True, default=str))  # fmt: skip
         for h in self.handles:  # whatever is left in each NF's cgroup, then the cgroup
             h.stop(grace=0.5)
         self.handles = []

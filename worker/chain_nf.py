@@ -61,6 +61,34 @@ def _port_name(d: dict) -> str:
     return d["vdev"].split(",", 1)[0] if "vdev" in d else d["pci"]
 
 
+def stage_state(spec: dict, nfs: list, inp):
+    """The :class:`cext.statecore.StageState` of a stateful NF at this position (its
+    Redis connection opened, its mappings restored), or None for a stateless one."""
+    from cext.state import StatefulNF
+    from cext.statecore import StageState
+
+    from worker.nf_config import parse_state
+    from worker.nf_errors import NFConfigError
+    from worker.nf_runtime import open_store
+
+    stateful = [i for i, nf in enumerate(nfs) if isinstance(nf, StatefulNF)]
+    if not stateful:
+        return None
+    where = f"nfs[{spec['index']}]"
+    if spec["index"] == 0 or len(nfs) != 1 or spec.get("copy"):
+        raise NFConfigError(
+            f"{where}.type",
+            f"{spec['nfs'][stateful[0]]['type']} keeps state: it runs at a chain position "
+            "after the first (put a native NF before it: empty, for one that does nothing), "
+            "in the coop or cfs mode",
+        )
+    # held slots stay in the region: at most half of it, so the chain keeps moving
+    st = spec["nfs"][0].get("state")
+    st = parse_state(st, 1, inp.n_slots) if st is not None else None
+    store = open_store(st, spec["nfs"][0]["type"])
+    return StageState(nfs[0], store, max_held=st.max_held, cache_entries=st.cache_entries)
+
+
 def main() -> int:
     spec = json.load(sys.stdin)
     from cext import chainbuf, eal, ethdev, flowhold
@@ -101,6 +129,7 @@ def main() -> int:
             return opened[path]
 
         ctl, inp, out, ret = buf("ctl"), buf("in"), buf("out"), buf("ret")
+        state = stage_state(spec, nfs, inp)
         hold = flowhold.FlowHold.open(bufs["hold"]) if bufs.get("hold") else None
         wrapped = [chainbuf.NF(n) for n in nfs]
         sandbox.lock_memory()
@@ -148,8 +177,12 @@ def main() -> int:
                 out=out,
                 out_ring=bufs["out_ring"],
                 copy=bool(spec.get("copy")),
+                state=state,
             )
         summary = {"done": True, "nf_stats": [n.stats() for n in nfs]}
+        if state is not None:  # the stage's state counters, also among the NF's own
+            summary["state"] = state.counters()
+            summary["nf_stats"][0] = dict(summary["nf_stats"][0] or {}, state=summary["state"])
         for p in ports:
             summary.setdefault("ports", {})[p.name] = p.stats()
             p.close()
@@ -164,5 +197,17 @@ def main() -> int:
                 pass
 
 
+def run() -> int:
+    """main(), with a bad config said on stdout (where the chain waits for "ready")."""
+    from worker.nf_errors import NFConfigError
+
+    try:
+        return main()
+    except NFConfigError as exc:
+        print(json.dumps({"error": str(exc)}), flush=True)
+        print(f"chain_nf: {exc}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -32,6 +32,7 @@ from quadrant_app.jsonrpc import RpcError
 from worker import flowhold
 from worker.chain import MODES, ChainError, ChainIds, ChainInstance
 from worker.launcher import Launcher, LaunchError
+from worker.state_access import STATEFUL_NF_TYPES, StateAccess, StateAccessError
 
 LOG = logging.getLogger("quadrant.instances")
 
@@ -48,6 +49,7 @@ AGENT_NF_TYPES = (
     "encrypt",
     "decrypt",
     "thirdparty",
+    "nat",  # stateful: the agent needs a state store (--state-redis, docs/state.rst)
 )
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 MAX_BATCH = 1024
@@ -149,6 +151,7 @@ class InstanceManager:
         watchdog_timeout: float = 0.25,
         prepare_timeout: float = 8.0,
         on_event: Callable[[dict], None] | None = None,
+        state_access: StateAccess | None = None,
     ):
         self.vfs = {vf["mac"].lower(): vf for vf in inventory.get("vfs", [])}
         self.cores = sorted(cores)
@@ -166,6 +169,8 @@ class InstanceManager:
         # must not live on here as an instance it does not know
         self.prepare_timeout = prepare_timeout
         self.on_event = on_event or (lambda ev: None)
+        # where stateful NFs keep their state; the agent creates each one's ACL user
+        self.state_access = state_access
         self.entries: dict[int, Entry] = {}
         self.schedulers: dict[int, object] = {}
         self.lock = threading.RLock()
@@ -230,6 +235,12 @@ class InstanceManager:
             raise refuse("params.mode", f"{mode!r} is not one of {', '.join(MODES)}")
         if core not in self.cores:
             raise refuse("params.core", f"{core} is not a core this agent manages {self.cores}")
+        for i, nf in enumerate(nfs):
+            if nf["type"] in STATEFUL_NF_TYPES and self.state_access is None:
+                raise refuse(
+                    f"params.chain.nfs[{i}].type",
+                    f"{nf['type']} keeps state: this agent has no state store (--state-redis)",
+                )
         if not MAC_RE.match(mac):
             raise refuse("params.vf", f"{mac!r} is not a MAC address")
         with self.lock:
@@ -241,6 +252,12 @@ class InstanceManager:
                 if e.vf == mac:
                     raise refuse("params.vf", f"{mac} is in use by instance {e.id}")
             slot = self._free_slot()
+            try:
+                for i, nf in enumerate(nfs):
+                    if nf["type"] in STATEFUL_NF_TYPES:
+                        nf["state"] = self.state_access.nf_state(chain_id, i, iid)
+            except StateAccessError as exc:
+                raise refuse(f"params.chain.nfs[{i}]", str(exc)) from None
             try:
                 sched = self._scheduler(core) if len(nfs) > 1 and mode in ("coop", "copy") else None
             except Exception as exc:
@@ -278,6 +295,7 @@ class InstanceManager:
             except Exception as exc:  # prepare() has torn down what it started
                 with self.lock:
                     self.entries.pop(iid, None)
+                self._drop_users(e)
                 if not isinstance(exc, (ChainError, LaunchError, OSError)):
                     raise
                 raise refuse("params.chain.nfs", f"{exc}{self._log_tail(inst, str(exc))}") from None
@@ -341,7 +359,8 @@ class InstanceManager:
     def teardown(self, params) -> dict:
         e = self._entry(params)
         self._remove(e)
-        return {"instance": e.id, "state": "gone"}
+        # each NF's own counters at its end (a NAT's mappings, a urlfilter's blocks)
+        return {"instance": e.id, "state": "gone", "nf_stats": e.chain.final_nf_stats()}
 
     # -- used by the monitor and the agent ----------------------------------------
     def snapshot(self) -> list[tuple[int, ChainInstance]]:
@@ -408,6 +427,8 @@ class InstanceManager:
             for s in self.schedulers.values():
                 s.stop()
             self.schedulers = {}
+        if self.state_access is not None:
+            self.state_access.close()
         parent = getattr(self.launcher, "cgroup_parent", None)
         if parent:
             for d in (Path("/sys/fs/cgroup") / c / parent for c in ("cpuset", "memory", "")):
@@ -449,7 +470,13 @@ class InstanceManager:
             finally:
                 with self.lock:
                     self.entries.pop(e.id, None)
+                self._drop_users(e)
         LOG.info("instance %d torn down", e.id)
+
+    def _drop_users(self, e: Entry) -> None:
+        for i, nf in enumerate(e.chain.nfs):
+            if "state" in nf and self.state_access is not None:
+                self.state_access.drop_user(e.chain_id, i, e.id)
 
     def _nfs(self, raw: list) -> list[dict]:
         if not raw:

@@ -262,7 +262,9 @@ def parse_state(value, batch: int, pool_size: int, base_dir: Path | None = None)
         raise NFConfigError("state.prefix", f"must match {PREFIX_RE.pattern}, got {prefix!r}")
     host = m.get("host", "127.0.0.1")
     if not isinstance(host, str) or not host:
-        raise NFConfigError("state.host", f"must be a host name or address, got {host!r}")
+        raise NFConfigError(
+            "state.host", f"must be a host name, an address or a Unix socket's path: {host!r}"
+        )
     port = _int(m.get("port", 6379), "state.port", 1, 65535)
     user = m.get("user", "")
     password = m.get("password", "")

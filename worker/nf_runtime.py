@@ -27,7 +27,14 @@ import sys
 import time
 
 from worker import nf_stats
-from worker.nf_config import RuntimeConfig, eal_args, hugepages_free_mb, load_config, use_hugepages
+from worker.nf_config import (
+    RuntimeConfig,
+    StateSpec,
+    eal_args,
+    hugepages_free_mb,
+    load_config,
+    use_hugepages,
+)
 from worker.nf_errors import NFConfigError
 
 EXIT_CONFIG, EXIT_DPDK, EXIT_NF = 2, 3, 4
@@ -73,7 +80,7 @@ def run(cfg: RuntimeConfig, log=sys.stderr) -> dict:
         block = nf_stats.StatsBlock(cfg.stats_path)
         stateful = is_stateful(nf)
         if stateful:
-            store = open_store(cfg)
+            store = open_store(cfg.state, cfg.nf.type)
             rt = stateful_runtime(cfg, nf, rx.port_id, tx.port_id, block.map, store)
         else:
             rt = Runtime(nf, rx.port_id, tx.port_id, block.map, burst=cfg.batch, core=cfg.core)
@@ -152,13 +159,12 @@ def is_stateful(nf) -> bool:
     return isinstance(nf, StatefulNF)
 
 
-def open_store(cfg: RuntimeConfig):
+def open_store(st: StateSpec | None, nf_type: str):
     """The NF's Redis connection (``None`` for ``state.store: local``)."""
     from worker.state_store import RedisStore
 
-    st = cfg.state
     if st is None:
-        raise NFConfigError("state", f"missing: NF {cfg.nf.type} keeps state (docs/state.rst)")
+        raise NFConfigError("state", f"missing: NF {nf_type} keeps state (docs/state.rst)")
     if st.store == "local":
         return None
     try:

@@ -5,7 +5,10 @@
         creds = srv.add_nf_user("nat0-7f3a")       # an NF's own user, limited to its prefix
 
 Each server has its own directory (config, ACL file, append-only files,
-log), its own TCP port on 127.0.0.1 (a free one unless given) and ACLs on:
+log), its own TCP port on 127.0.0.1 (a free one unless given), a Unix socket
+``redis.sock`` in that directory (:attr:`RedisServer.socket_path`: NFs in a
+worker's network namespace reach it there, where 127.0.0.1 is not the
+server's; the agent hands them that path) and ACLs on:
 the ``default`` user is disabled, an ``admin`` user with a fresh random
 password creates one user per NF instance (:meth:`add_nf_user`) whose rights
 are limited to its key prefix.  Durability: ``appendonly yes`` and
@@ -76,6 +79,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def create_nf_user(admin, prefix: str, host: str, port: int, user: str | None = None):
+    """Create (or reset) the ACL user of one NF through the ``admin`` client
+    (redis-py, a user allowed ``ACL``), limited to ``<prefix>:*``; returns its
+    :class:`NFCredentials` with ``host``/``port`` as the NF is to reach the server."""
+    user = user or f"nf-{prefix}"
+    password = secrets.token_hex(16)
+    admin.execute_command("ACL", "SETUSER", *nf_acl_rules(user, password, prefix))
+    admin.execute_command("ACL", "SAVE")
+    return NFCredentials(host, port, user, password, prefix)
+
+
 def nf_acl_rules(user: str, password: str, prefix: str) -> list[str]:
     """The ``ACL SETUSER`` arguments for an NF's user: keys ``<prefix>:*`` only."""
     if not prefix or any(c in prefix for c in "*?[]\\ :"):
@@ -106,6 +120,10 @@ class RedisServer:
         self.admin_password = secrets.token_hex(16)
         self.proc: subprocess.Popen | None = None
 
+    @property
+    def socket_path(self) -> Path:
+        return self.dir / "redis.sock"
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def write_config(self) -> Path:
@@ -125,6 +143,10 @@ class RedisServer:
                 [
                     f"bind {self.host}",
                     f"port {self.port}",
+                    f"unixsocket {self.socket_path}",
+                    # any local process may connect (NFs run as their own uids); what it
+                    # may do is its ACL user's (the default user is off)
+                    "unixsocketperm 777",
                     "protected-mode yes",
                     f"dir {self.dir}",
                     "daemonize no",
@@ -211,17 +233,17 @@ class RedisServer:
             socket_timeout=5,
         )
 
-    def add_nf_user(self, prefix: str, user: str | None = None) -> NFCredentials:
-        """Create (or reset) the ACL user of one NF instance, limited to ``<prefix>:*``."""
-        user = user or f"nf-{prefix}"
-        password = secrets.token_hex(16)
+    def add_nf_user(
+        self, prefix: str, user: str | None = None, unix: bool = False
+    ) -> NFCredentials:
+        """Create (or reset) the ACL user of one NF instance, limited to ``<prefix>:*``;
+        ``unix``: its credentials name the Unix socket instead of the TCP port."""
         admin = self.client()
         try:
-            admin.execute_command("ACL", "SETUSER", *nf_acl_rules(user, password, prefix))
-            admin.execute_command("ACL", "SAVE")
+            host = str(self.socket_path) if unix else self.host
+            return create_nf_user(admin, prefix, host, self.port, user)
         finally:
             admin.close()
-        return NFCredentials(self.host, self.port, user, password, prefix)
 
 
 def main(argv=None) -> int:

@@ -45,12 +45,16 @@ class RedisStore:
         import redis
 
         self.prefix = prefix.encode() + b":"
-        self.reader = redis.Redis(
-            host=host, port=port, username=user, password=password, socket_timeout=timeout
-        )
+        where = {"unix_socket_path": host} if host.startswith("/") else {"host": host, "port": port}
+        self.reader = redis.Redis(username=user, password=password, socket_timeout=timeout, **where)
         self.reader.ping()  # fail early: wrong credentials or no server
-        self.wsock = socket.create_connection((host, port), timeout=timeout)
-        self.wsock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if host.startswith("/"):  # a Unix socket: reachable from any network namespace
+            self.wsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.wsock.settimeout(timeout)
+            self.wsock.connect(host)
+        else:
+            self.wsock = socket.create_connection((host, port), timeout=timeout)
+            self.wsock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.wsock.sendall(_resp(b"AUTH", user.encode(), password.encode()))
         reply = self._read_line_blocking()
         if reply != b"+OK":

@@ -10,6 +10,8 @@
  *   qs_run_stage  NF2..NFn: take slot offsets from the input ring, run the NF
  *                 on the slots in place, pass the offsets on (coop), or copy
  *                 the batch into the next NF's own region (the copy baseline).
+ *                 A stateful NF's stage also holds the slots of packets whose
+ *                 state writes Redis has not acknowledged yet (qs_statehook.h).
  *
  * Both loops check the chain's control word between batches only, so attach,
  * detach and stop take effect at batch boundaries, and yield the core after
@@ -37,6 +39,7 @@
 
 #include "qs_chainbuf.h"
 #include "qs_flowhold.h"
+#include "qs_statehook.h"
 
 #define QS_FORWARD 0
 #define QS_DROP 1
@@ -93,6 +96,7 @@ struct qs_stage_cfg {
     uint32_t out_ring;
     int copy;
     struct qs_nf nf;
+    struct qs_state_hook *state; /* NULL: a stateless NF */
 };
 
 static inline long qs_futex_wait(volatile uint32_t *addr, uint32_t val, long timeout_ns)
@@ -448,15 +452,83 @@ static inline int qs_stage_may_park(struct qs_cbhdr *h, struct qs_stage_cfg *c, 
     return qs_ring_count(c->in, c->in_ring) == 0;
 }
 
+_Static_assert(QS_HOOK_BATCH == QS_MAX_BATCH, "qs_statehook.h: one hseq per packet of a batch");
+
+/* A stateful stage, before its dequeue: read Redis' acks, pass on the held
+ * slots whose writes are acknowledged (oldest first).  Returns -1 if the
+ * store failed (the stage stops), else how many it may take in this batch
+ * (the room left under max_held). */
+static inline int64_t qs_state_turn(struct qs_stage_cfg *c, struct qs_nfctl *me, uint64_t now,
+                                    uint32_t b)
+{
+    struct qs_state_hook *st = c->state;
+    uint32_t offs[QS_MAX_BATCH], n = 0;
+    if (st->failed || (*st->acked < *st->issued && st->poll(st->ctx) != 0)) {
+        st->failed = 1;
+        return -1;
+    }
+    while (st->count && n < QS_MAX_BATCH && st->held_seq[st->head] <= *st->acked) {
+        uint64_t w = now - st->held_tsc[st->head];
+        st->lat[st->lat_head++ & (65536u - 1)] = w > 0xffffffffULL ? 0xffffffffu : (uint32_t)w;
+        offs[n++] = st->held_off[st->head];
+        st->head = (st->head + 1) % st->max_held;
+        st->count--;
+    }
+    if (n) {
+        uint32_t put = qs_ring_enqueue(c->out, c->out_ring, offs, n);
+        *st->unheld += n;
+        st->released += n;
+        me->drops += n - put;
+    }
+    if (st->count + b > st->max_held) {
+        st->stalls++;
+        return st->max_held - st->count;
+    }
+    return b;
+}
+
+/* After a stateful NF: the slots of its QS_HOLD packets go into the held FIFO
+ * (with the write group each waits for, in order) instead of on; returns the
+ * offsets left to pass on, compacted in place.  A held packet is in the FIFO
+ * behind every earlier one, so a flow's packets leave in the order they came. */
+static inline uint32_t qs_state_hold(struct qs_state_hook *st, uint32_t *offs, uint32_t k,
+                                     const uint32_t *at, const uint32_t *live,
+                                     const uint8_t *verdict, uint32_t nl, uint64_t now)
+{
+    uint32_t i, j = 0, w = 0;
+    for (i = 0; i < nl && j < st->nh; i++) {
+        uint32_t t;
+        if (verdict[i] != QS_HOLD || offs[at[i]] == UINT32_MAX)
+            continue;
+        t = (st->head + st->count) % st->max_held;
+        st->held_off[t] = live[i];
+        st->held_seq[t] = st->hseq[j++];
+        st->held_tsc[t] = now;
+        st->count++;
+        offs[at[i]] = UINT32_MAX;
+    }
+    st->held_total += j;
+    if (st->count > st->max_held_seen)
+        st->max_held_seen = st->count;
+    for (i = 0; i < k; i++)
+        if (offs[i] != UINT32_MAX)
+            offs[w++] = offs[i];
+    return w;
+}
+
 static int qs_run_stage(struct qs_stage_cfg *c)
 {
     uint32_t offs[QS_MAX_BATCH], live[QS_MAX_BATCH], outo[QS_MAX_BATCH], idx[QS_MAX_BATCH];
+    uint32_t at[QS_MAX_BATCH]; /* live[i] == offs[at[i]] */
     struct qs_pkt pkts[QS_MAX_BATCH];
     uint8_t verdict[QS_MAX_BATCH];
     struct qs_cbhdr *h = c->ctl->hdr;
     struct qs_nfctl *me = &h->nf[c->index];
     uint32_t i;
     struct qs_slot_cache sc;
+
+    if (c->state && c->copy)
+        return -1; /* the copy baseline is stateless */
 
     if (qs_cache_init(&sc, c->copy ? c->out : NULL) != 0)
         return -1;
@@ -471,13 +543,21 @@ static int qs_run_stage(struct qs_stage_cfg *c)
         b = qs_load(&h->batch); /* a batch is the chain's batch size at every hop */
         if (b == 0 || b > QS_MAX_BATCH)
             b = QS_MAX_BATCH;
-        n = qs_ring_dequeue(c->in, c->in_ring, offs, b);
+        if (c->state) {
+            int64_t room = qs_state_turn(c, me, tb, b);
+            if (room < 0)
+                break; /* the store failed: stop (the agent sees the NF exit) */
+            b = (uint32_t)room;
+            c->state->nh = 0;
+        }
+        n = b ? qs_ring_dequeue(c->in, c->in_ring, offs, b) : 0;
         if (n < 0) {
             me->bad++;
             n = 0;
         }
         if (n == 0) {
-            if (ctl == QS_CTL_PARK && qs_stage_may_park(h, c, gen)) {
+            if (ctl == QS_CTL_PARK && qs_stage_may_park(h, c, gen) &&
+                (c->state == NULL || c->state->count == 0)) {
                 qs_park(h, me, gen, QS_NF_PARKED);
             } else {
                 qs_running(me);
@@ -500,6 +580,7 @@ static int qs_run_stage(struct qs_stage_cfg *c)
             m = qs_meta(c->in, off);
             if (m->flags & QS_SLOT_DROPPED)
                 continue;
+            at[nl] = k - 1;
             d = qs_slot_data(c->in, off, &l);
             if (d == NULL) {
                 me->bad++;
@@ -516,7 +597,8 @@ static int qs_run_stage(struct qs_stage_cfg *c)
         for (i = 0; i < nl; i++) {
             uint8_t *slot = c->in->slots + live[i];
             struct qs_slot_meta *m = qs_meta(c->in, live[i]);
-            if (verdict[i] != QS_FORWARD ||
+            uint8_t v = verdict[i];
+            if ((v != QS_FORWARD && (v != QS_HOLD || c->state == NULL)) ||
                 !qs_pkt_inside(&pkts[i], slot + QS_SLOT_META, slot + QS_SLOT_SIZE)) {
                 m->flags |= QS_SLOT_DROPPED;
                 me->drops++;
@@ -525,6 +607,8 @@ static int qs_run_stage(struct qs_stage_cfg *c)
                 m->len = pkts[i].len;
             }
         }
+        if (c->state && c->state->nh)
+            k = qs_state_hold(c->state, offs, k, at, live, verdict, nl, tb);
         me->pkts += nl;
         me->batches++;
         if (c->copy) {
@@ -567,8 +651,12 @@ static int qs_run_stage(struct qs_stage_cfg *c)
             sched_yield();
     }
     free(sc.off);
+    if (c->state) { /* held at the end: never acknowledged, never passed on */
+        c->state->held_dropped += c->state->count;
+        *c->state->unheld += c->state->count;
+    }
     qs_set_state(me, QS_NF_EXITED);
-    return 0;
+    return c->state && c->state->failed ? -2 : 0;
 }
 
 #endif

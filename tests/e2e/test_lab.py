@@ -43,6 +43,13 @@ def test_base_pipeline_installed(controller, lab):
     ports = lab.ofctl("dump-ports-desc")
     for n in (1, 2, 11, 12):
         assert f" {n}({lab.plan.prefix}0p{n})" in ports
+    # Both ends of every link compute their checksums in software (a host's TCP would
+    # otherwise leave them to "hardware", and they would cross the switch unfilled).
+    for node, dev in (("src", "eth0"), ("sink", "eth0"), ("w1", "up0"), ("w2", "up0")):
+        assert "tx-checksumming: off" in lab.exec(node, "ethtool", "-k", dev).stdout, node
+    for link in lab.plan.links:
+        out = subprocess.run(["ethtool", "-k", link.root], capture_output=True, text=True)
+        assert "tx-checksumming: off" in out.stdout, link.root
 
 
 def test_controller_disconnect_is_logged(lab):

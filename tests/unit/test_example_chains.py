@@ -88,9 +88,12 @@ def test_spec_parses_and_fits_the_lab(path):
         cfg = validate(nf.type, nf.config)
         if nf.type == "acl":  # the chain's traffic, both ways, passes its first matching rule
             proto, port = spec.filter.proto, spec.filter.dst_ports[0]
+            # a reply reaches the ACL addressed to the NAT's external address, if any
+            nat = next((n for n in spec.nfs if n.type == "nat"), None)
+            back = nat.config["external"][0]["address"] if nat else SRC.address
             for src, dst, sport, dport in (
                 (SRC.address, SINK.address, 40000, port),  # request
-                (SINK.address, SRC.address, port, 40000),  # reply (two-way chains)
+                (SINK.address, back, port, 40000),  # reply (two-way chains, NAT)
             ):
                 rule = next(
                     r
@@ -125,3 +128,16 @@ def test_demo_loads_the_files_and_points_the_route_at_the_sink():
     ipf = specs[0]["nfs"][1]["config"]
     assert ipf["routes"][0]["next_hop_mac"] == "02:00:00:00:0b:99"
     assert ipf["route_file"] == "examples/tables/chain1-routes.txt"
+
+
+def test_chain2_is_two_way_so_that_encrypt_clamps_the_servers_mss():
+    """encrypt grows every client segment by its trailer; only the MSS the server
+    announces bounds the client's segments, and encrypt can lower it only if the
+    SYN-ACK passes the chain: a one-way Chain 2 drops every full-sized request
+    segment (too_big).  Its replies must then leave unencrypted (only_dst)."""
+    body = json.loads((ROOT / "examples" / "chains" / "chain2-acl-urlfilter-encrypt.json")
+                      .read_text())  # fmt: skip
+    spec = parse_chain(body)
+    enc = next(nf.config for nf in spec.nfs if nf.type == "encrypt")
+    assert spec.bidirectional and enc.get("clamp_mss", True)
+    assert enc["only_dst"] == [body["filter"]["dst"]]

@@ -144,6 +144,7 @@ def test_instances_and_stats(api):
     assert inst == {
         "id": 1, "chain_id": 1, "worker": "w2", "vf_mac": "02:00:00:00:02:03", "core": 1,
         "attached": False, "load": 0.0, "p99_us": 0.0, "batch_p99_us": 0.0, "pps": 0.0, "flows": 0,
+        "nat_slot": None,
     }  # fmt: skip
     status, data = api.call("PUT", "/v1/instances/1/stats", ADMIN, {"load": 0.4, "p99_us": 31.5})
     assert status == 200 and data["load"] == 0.4 and data["p99_us"] == 31.5

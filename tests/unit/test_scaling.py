@@ -97,6 +97,26 @@ def test_headroom_fluid_batch_model():
     assert s.headroom_pps(inst(1, pps=5.0, p99=10.0), P, HZ, 80.0) == 5.0
 
 
+def test_headroom_capped_by_a_full_batch():
+    # a full batch: 3200 + 32 * 1000 cycles = 35.2 us, so 2 T + net never exceeds 70.4 us
+    cap = 0.9 * 1e9 / 1100
+    loose = s.ScalingParams(100.0, alpha=0.8, beta=0.9)  # alpha*SLO = 80: target T = 40 us
+    # the fluid model alone would say (1 - 9/40) / 1 us = 775k; no batch gets to 40 us
+    assert s.headroom_pps(inst(1, pps=100_000, p99=10.0), loose, HZ, 0.0) == pytest.approx(cap)
+    # edge: target = 35.2 us, exactly a full batch (2 T = alpha*SLO is "between"): the fluid
+    # model, (1 - 9/35.2) / 1 us = 744,318 pps
+    edge = s.ScalingParams(100.0, alpha=0.704, beta=0.9)
+    h = s.headroom_pps(inst(1, pps=100_000, p99=10.0), edge, HZ, 0.0)
+    assert h == pytest.approx((1 - 9 / 35.2) * 1e6)
+    # the network term counts: 80 - 2 * 5 leaves T = 35 us < 35.2 -> fluid, (1 - 9/35) / 1 us
+    h = s.headroom_pps(inst(1, pps=100_000, p99=10.0), loose, HZ, 10.0)
+    assert h == pytest.approx((1 - 9 / 35) * 1e6)
+    # a measured p99 batch of 50 us is longer than the nominal full batch: 40 us is
+    # reachable, so the fluid model: busy 0.5, o = 25 us -> (1 - 25/40) / 1 us = 375k
+    h = s.headroom_pps(inst(1, pps=500_000, p99=50.0), loose, HZ, 0.0)
+    assert h == pytest.approx(375_000)
+
+
 def est(i, load, lat, r_max=1e6, headroom=None):
     return s.Estimate(i, lat, load, r_max, load * r_max, headroom or 0.9 * r_max)
 

@@ -67,6 +67,27 @@ def test_overload_fills_the_ring_and_loses():
     assert c.p99_us == pytest.approx(1024 + tab.p99_us[-1], rel=0.02)
 
 
+def test_loads_above_the_table_top_wait_as_heavy_traffic_scales():
+    # M/M/1 (exponential service of 1 us): the p99 sojourn is ln(100) / (mu - lambda)
+    sizes = micro.SizeDist(1000.0, kind="exponential")
+    grid = np.array([0.002, 0.5, 0.98])
+    tab = micro.latency_table(ONE, sizes, packets=2000, seed=3, grid=grid, packets_high=200_000)
+    top_wait = tab.p99_us[-1] - tab.full_batch_us
+
+    def p99(rho, ring=4096):
+        flows = traffic.constant(rho * 1e6, 2.0, 1000.0)
+        ch = ChainSetup("one", ONE, ScalingParams(1000.0, pool_size=0), flows, tab)
+        cfg = Config(workers=1, cores=1, policy="static", ring=ring)
+        return Cluster([ch], cfg, NO_NET).run(0.3).chains["one"].p99_us
+
+    # 0.99: the top row's wait doubles ((1 - 0.98) / (1 - 0.99) = 2), not the top's latency
+    assert p99(0.99) == pytest.approx(tab.p99_us[-1] + top_wait, abs=1.0)
+    assert p99(0.99) == pytest.approx(math.log(100) / 0.01, rel=0.2)  # 460 us
+    # at the core's full rate the ring fills: a full ring's wait (1024 packets of 1 us)
+    assert p99(1.0, ring=1024) == pytest.approx(tab.p99_us[-1] + 1024, abs=1.0)
+    assert p99(0.9) < tab.p99_us[-1]  # below the top: the table alone
+
+
 def test_oracle_rate_is_the_highest_under_the_slo():
     setup = Setup.load()
     prof, tab = setup.chains["chain2"], setup.table("chain2")
@@ -151,6 +172,15 @@ def test_chain_profile_errors_name_the_field():
     # two NFs: per packet rx/tx + 2 NFs + the copy; per batch poll + 2 switches of 1000 cycles
     assert c.cycles(100) == pytest.approx(10 + 2 * (100 + 100) + 5 + 10)
     assert c.batch_cycles == pytest.approx(100 + 2 * 1000)
+    # a measured overhead replaces rx/tx, copy, poll and switches for that chain only
+    over = {"cycles": 40, "cycles_per_byte": 0.2, "batch_cycles": 3000}
+    m = profile.parse(dict(good, chains={"c": {"nfs": ["a", "a"], "overhead": over}}))["c"]
+    assert m.cycles(100) == pytest.approx(40 + 0.2 * 100 + 2 * (100 + 100))
+    assert m.batch_cycles == pytest.approx(3000)
+    bad = dict(good, chains={"c": {"nfs": ["a"], "overhead": dict(over, batch_cycles=-1)}})
+    with pytest.raises(profile.ProfileError) as e:
+        profile.parse(bad)
+    assert e.value.field == "chains.c.overhead.batch_cycles"
     bad = dict(good, chains={"c": {"nfs": ["a", "zz"]}})
     with pytest.raises(profile.ProfileError) as e:
         profile.parse(bad)
@@ -159,3 +189,21 @@ def test_chain_profile_errors_name_the_field():
     with pytest.raises(profile.ProfileError) as e:
         profile.parse(bad)
     assert e.value.field == "chains.c.batch_size"
+
+
+def test_operating_points_explain_the_cores_ratio():
+    from tools.sim import bench
+
+    setup = Setup.load()
+    tab = setup.table("chain2")
+    ((name, slo, ro, rq, ratio, eo, need),) = bench.operating_points(
+        setup, chains=("chain2",), slos=(100,)
+    )
+    est = 2 * tab.batch_p99_us + setup.network.latency_us(0.0)
+    assert np.interp(rq, tab.rho, est) == pytest.approx(60.0, abs=0.5)  # alpha * SLO
+    assert ro == pytest.approx(setup.oracle_pps("chain2", 100) / tab.r_max)
+    assert ratio == pytest.approx(ro / rq)
+    assert np.interp(ro / 1.15, tab.rho, est) == pytest.approx(need * 100, abs=0.5)
+    # a loose SLO: the estimate never reaches alpha * SLO, the load cap decides
+    ((*_, rq_loose, _, _, _),) = bench.operating_points(setup, chains=("chain1",), slos=(200,))
+    assert rq_loose == 0.9

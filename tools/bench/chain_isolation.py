@@ -140,8 +140,11 @@ def copy_costs(work: Path, core: int) -> dict[str, float]:
 
 
 class Runner:
-    def __init__(self, core: int, work: Path, window: float, warmup: float, rounds: int):
+    def __init__(
+        self, core: int, work: Path, window: float, warmup: float, rounds: int, prefix="qs"
+    ):
         self.core = core
+        self.prefix = prefix  # start of every instance's files and DPDK --file-prefix
         self.rounds = rounds
         self.work = work
         self.window = window
@@ -154,8 +157,9 @@ class Runner:
         self.sched.stop()
 
     def start(
-        self, variant: str, nfs: list[dict], pcap: Path, batch: int = 32, prefix: str = "qs"
+        self, variant: str, nfs: list[dict], pcap: Path, batch: int = 32, prefix: str = ""
     ) -> ChainInstance:
+        prefix = prefix or self.prefix
         self.serial += 1
         name = f"b{self.serial}"
         inst = ChainInstance(
@@ -406,9 +410,13 @@ def canonical_chains() -> dict[str, list[dict]]:
     return out
 
 
-def canonical_rows(runner: Runner, work: Path, hz: float, rounds: int, batch: int) -> dict:
+def canonical_rows(
+    runner: Runner, work: Path, hz: float, rounds: int, batch: int, only=None
+) -> dict:
     rows: dict = {}
     for label, nfs in canonical_chains().items():
+        if only and label not in only:
+            continue
         _, proto, dport = CANONICAL[label.split("-")[0]]
         for size in SIZES:
             pcap = work / f"{label}-{size}.pcap"
@@ -465,6 +473,12 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--canonical-only", action="store_true", help="only the canonical chains' section"
     )
+    ap.add_argument(
+        "--only", help="with --canonical-only: these labels only (comma-separated, e.g. chain1)"
+    )
+    ap.add_argument(
+        "--prefix", default="qs", help="start of the instances' files and DPDK --file-prefix"
+    )
     opts = ap.parse_args(argv)
     # windows of a second or more: RT throttling / the fair server take up to 50 ms of
     # every 1 s period from SCHED_FIFO tasks, a shorter window catches it or not
@@ -481,13 +495,14 @@ def main(argv=None) -> int:
         "kpps": {},
         "nf_cycles": {},
     }
-    runner = Runner(opts.core, work, window, warmup, rounds)
+    runner = Runner(opts.core, work, window, warmup, rounds, opts.prefix)
     if opts.thirdparty_only or opts.canonical_only:
         try:
             if opts.thirdparty_only:
                 res["thirdparty_hop"] = thirdparty_hop(runner, work, hz, opts.batch)
             if opts.canonical_only:
-                res["canonical"] = canonical_rows(runner, work, hz, rounds, opts.batch)
+                only = set(opts.only.split(",")) if opts.only else None
+                res["canonical"] = canonical_rows(runner, work, hz, rounds, opts.batch, only)
         finally:
             runner.close()
         res["elapsed_s"] = round(time.monotonic() - t_start, 1)

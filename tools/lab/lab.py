@@ -143,9 +143,11 @@ class Lab:
                 run("ip", "-n", link.netns, "link", "set", link.inner, "address", link.mac)
             # Userspace OVS reads frames with af_packet: checksums the kernel
             # left to "hardware" would arrive unfilled, so compute them in software.
-            for args in ((link.root,), ("-n", link.netns, link.inner)):
-                ns_args = ["ip", "netns", "exec", args[2]] if len(args) == 3 else []
-                run(*ns_args, "ethtool", "-K", args[-1], "tx", "off", "rx", "off", check=False)
+            # Both ends: a host's kernel TCP would otherwise send every segment with a
+            # checksum left for "hardware", and a real server would drop it.
+            for ns_args, dev in (([], link.root),
+                                 (["ip", "netns", "exec", link.netns], link.inner)):  # fmt: skip
+                run(*ns_args, "ethtool", "-K", dev, "tx", "off", "rx", "off")
             run("ip", "link", "set", link.root, "up")
             run("ip", "-n", link.netns, "link", "set", link.inner, "up")
             if link.ip:
@@ -166,9 +168,15 @@ class Lab:
                 "dev", inner, "nud", "permanent")  # fmt: skip
         self._check_ofports()
 
-    def _check_ofports(self) -> None:
+    def _check_ofports(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
         for link in self.plan.links:
             got = self.ovs.vsctl("get", "Interface", link.root, "ofport").strip()
+            # "[]": vswitchd has not attached the port yet (it does so asynchronously,
+            # later on a loaded machine); any other number is a conflict
+            while got == "[]" and time.monotonic() < deadline:
+                time.sleep(0.1)
+                got = self.ovs.vsctl("get", "Interface", link.root, "ofport").strip()
             if got != str(link.ofport):
                 raise LabError(
                     f"port {link.root} got OpenFlow port {got}, not {link.ofport} as the "

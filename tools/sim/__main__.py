@@ -32,6 +32,9 @@ def main(argv=None) -> int:
     b.add_argument("--beta", type=float, default=0.9)
     b.add_argument("--load-cap", type=float, default=0.9)
     b.add_argument("--seed", type=int, default=1)
+    b.add_argument(
+        "--consolidate", action="store_true", help="Quadrant with consolidation (not in paper)"
+    )
 
     r = sub.add_parser("run", help="one chain, one SLO, one policy, the ramp")
     r.add_argument("chain", choices=profile.CANONICAL)
@@ -61,6 +64,9 @@ def main(argv=None) -> int:
     s.add_argument("--seed", type=int, default=1)
 
     sub.add_parser("table", help="the latency tables' summary per chain")
+    pt = sub.add_parser("points", help="Quadrant's and the oracle's steady load per chain and SLO")
+    pt.add_argument("--alpha", type=float, default=0.6)
+    pt.add_argument("--load-cap", type=float, default=0.9)
     a = ap.parse_args(argv)
 
     if a.cmd == "bench":
@@ -107,6 +113,10 @@ def main(argv=None) -> int:
             seed=a.seed,
         )
         _print_result(res)
+        return 0
+    if a.cmd == "points":
+        rows = bench.operating_points(Setup.load(), alpha=a.alpha, load_cap=a.load_cap)
+        print(bench.points_table(rows))
         return 0
     if a.cmd == "table":
         setup = Setup.load()

@@ -14,6 +14,8 @@ import json
 import os
 import time
 
+import numpy as np
+
 from tools.sim import profile, traffic
 from tools.sim.cluster import Config
 from tools.sim.runs import Setup, run_chain
@@ -35,6 +37,7 @@ def bench(
     match_iters=4,
     load_cap=0.9,
     log=print,
+    consolidate=False,
 ):
     setup = Setup.load()
     cfg = Config(workers=16, cores=16, seed=seed, dt=dt)
@@ -46,7 +49,18 @@ def bench(
         metron = run_chain(setup, name, slos[0], "metron", tr, cfg, alpha, beta, with_oracle=False)
         m = metron.chains[name]
         for slo in slos:
-            q = run_chain(setup, name, slo, "quadrant", tr, cfg, alpha, beta, load_cap=load_cap)
+            q = run_chain(
+                setup,
+                name,
+                slo,
+                "quadrant",
+                tr,
+                cfg,
+                alpha,
+                beta,
+                load_cap=load_cap,
+                consolidate=consolidate,
+            )
             c = q.chains[name]
             mj = m.to_json()
             mj["slo_us"] = slo
@@ -57,7 +71,9 @@ def bench(
                 f"oracle={c.oracle_cores_avg:6.2f}  metron p99={m.p99_us:6.1f} "
                 f"cores={m.cores_avg:6.2f}  ({q.wall_s:.1f}s)"
             )
-        qm = match_p99(setup, name, m.p99_us, tr, cfg, alpha, beta, match_iters, load_cap)
+        qm = match_p99(
+            setup, name, m.p99_us, tr, cfg, alpha, beta, match_iters, load_cap, consolidate
+        )
         row["at_metron_p99"] = {"quadrant": qm.to_json(), "metron": m.to_json()}
         log(
             f"{name} at Metron-style's p99 {m.p99_us:.1f}us: quadrant SLO {qm.slo_us:.1f}us "
@@ -68,12 +84,22 @@ def bench(
     return out
 
 
-def match_p99(setup, name, target_us, tr, cfg, alpha, beta, iters, load_cap=0.9):
+def match_p99(setup, name, target_us, tr, cfg, alpha, beta, iters, load_cap=0.9, consolidate=False):
     """Quadrant with the loosest SLO (bisection) whose achieved p99 is <= ``target_us``."""
 
     def once(slo):
         res = run_chain(
-            setup, name, slo, "quadrant", tr, cfg, alpha, beta, with_oracle=False, load_cap=load_cap
+            setup,
+            name,
+            slo,
+            "quadrant",
+            tr,
+            cfg,
+            alpha,
+            beta,
+            with_oracle=False,
+            load_cap=load_cap,
+            consolidate=consolidate,
         )
         return res.chains[name]
 
@@ -214,7 +240,14 @@ def plot_run(chain, path: str) -> str:
 
 def main(args) -> int:
     slos = tuple(args.slos) if args.slos else (QUICK_SLOS if args.quick else FULL_SLOS)
-    kw = dict(slos=slos, alpha=args.alpha, beta=args.beta, seed=args.seed, load_cap=args.load_cap)
+    kw = dict(
+        slos=slos,
+        alpha=args.alpha,
+        beta=args.beta,
+        seed=args.seed,
+        load_cap=args.load_cap,
+        consolidate=args.consolidate,
+    )
     if args.quick:
         kw.update(ramp_s=30.0, steady_s=20.0, dt=2e-3, match_iters=3)
     t0 = time.perf_counter()
@@ -236,6 +269,7 @@ def main(args) -> int:
             "load_cap": args.load_cap,
             "seed": args.seed,
             "quick": args.quick,
+            "consolidate": args.consolidate,
         }
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"meta": meta, "chains": clean}, f, indent=1)
@@ -244,3 +278,40 @@ def main(args) -> int:
         for p in plot(res, args.plots, slos):
             print(f"wrote {p}")
     return 0
+
+
+def operating_points(setup, chains=profile.CANONICAL, slos=FULL_SLOS, alpha=0.6, load_cap=0.9):
+    """Why the cores differ from the oracle's, per chain and SLO, from the latency tables.
+
+    Quadrant's steady load is where its estimate ``2 * T99 + net`` (net at an idle
+    NIC) reaches ``alpha * SLO``, at most ``load_cap``; the oracle's is its rate over
+    ``r_max``.  Their ratio is the cores ratio before packing, churn and the ramp.
+    ``est_at_oracle``: the estimate at the oracle's load, over the SLO (above 1, even
+    ``alpha = beta -> 1`` cannot get there); ``alpha_for_15pct``: the ``alpha`` at
+    which Quadrant's load is the oracle's / 1.15.
+    """
+    net = setup.network.latency_us(0.0)
+    rows = []
+    for name in chains:
+        t = setup.table(name)
+        est = 2.0 * t.batch_p99_us + net
+        for slo in slos:
+            ro = setup.oracle_pps(name, slo) / t.r_max
+            low = alpha * slo
+            rq = load_cap if est[-1] < low else min(float(np.interp(low, est, t.rho)), load_cap)
+            eo = float(np.interp(min(ro, t.rho[-1]), t.rho, est))
+            need = float(np.interp(min(ro / 1.15, t.rho[-1]), t.rho, est)) / slo
+            rows.append((name, slo, ro, rq, ro / rq, eo / slo, need))
+    return rows
+
+
+def points_table(rows) -> str:
+    lines = [
+        f"{'chain':<7} {'SLO':>4} | {'oracle load':>11} {'Q load':>6} {'ratio':>5} | "
+        f"{'est@oracle/SLO':>14} {'alpha for 1.15x':>15}"
+    ]
+    for name, slo, ro, rq, ratio, eo, need in rows:
+        lines.append(
+            f"{name:<7} {slo:>4} | {ro:11.3f} {rq:6.3f} {ratio:5.2f} | {eo:14.2f} {need:15.2f}"
+        )
+    return "\n".join(lines)

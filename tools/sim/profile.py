@@ -4,8 +4,11 @@ The file (``profiles/chains.json``, format ``quadrant-sim-profile/1``) gives
 the core clock, the cost of one context switch between NF processes, the
 per-batch poll cost, the framework's per-packet cost (rx/tx, and the copy into
 the chain's packet buffer for chains of two or more NFs), and per NF
-``cycles + cycles_per_byte * packet_bytes``.  Its ``sources`` object says
-where every number comes from.
+``cycles + cycles_per_byte * packet_bytes``.  A chain may carry its own
+measured ``overhead`` (``cycles``, ``cycles_per_byte``, ``batch_cycles``):
+everything outside its NFs, per packet and per batch, as measured on the
+running chain; it then replaces the framework, poll and switch figures for
+that chain.  Its ``sources`` object says where every number comes from.
 """
 
 from __future__ import annotations
@@ -77,19 +80,27 @@ def parse(obj) -> dict[str, ChainProfile]:
         seq = c.get("nfs") if isinstance(c, dict) else None
         if not isinstance(seq, list) or not seq:
             raise ProfileError(f"{where}.nfs", "must be a non-empty list of NF names")
-        base, per_byte = rxtx, 0.0
+        over = c.get("overhead")
+        if over is not None and not isinstance(over, dict):
+            raise ProfileError(f"{where}.overhead", "must be an object")
+        if over is None:
+            base, per_byte = rxtx, 0.0
+            if len(seq) > 1:
+                base += copy
+                per_byte += copy_b
+            batch = poll + (len(seq) * switch if len(seq) > 1 else 0.0)
+        else:  # measured on the running chain: replaces framework, poll and switches
+            base = _num(over, "cycles", f"{where}.overhead")
+            per_byte = _num(over, "cycles_per_byte", f"{where}.overhead")
+            batch = _num(over, "batch_cycles", f"{where}.overhead")
         for n in seq:
             if n not in nfs:
                 raise ProfileError(f"{where}.nfs", f"unknown NF {n!r} (not in nfs)")
             base += _num(nfs[n], "cycles", f"nfs.{n}")
             per_byte += _num(nfs[n], "cycles_per_byte", f"nfs.{n}")
-        if len(seq) > 1:
-            base += copy
-            per_byte += copy_b
         b = c.get("batch_size", 32)
         if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 1024:
             raise ProfileError(f"{where}.batch_size", f"must be an integer in 1..1024, not {b!r}")
-        batch = poll + (len(seq) * switch if len(seq) > 1 else 0.0)
         out[name] = ChainProfile(name, tuple(seq), hz, b, batch, base, per_byte)
     return out
 

@@ -1,0 +1,88 @@
+"""NAT external addresses: which instance owns which, and steering replies to it.
+
+A chain with a ``nat`` NF lists its external addresses (``config.external``,
+each ``{address, ports}``).  Two instances of the chain must never hand out
+the same external port, and a reply to an external address must reach the
+instance whose NAT holds the mapping.  So each external entry is one *slot*:
+an instance of the chain takes a free slot when it is prepared and its NAT
+is configured with that entry alone; every packet-in addressed to a slot's
+address (the first packet of a reply flow) is steered to the instance holding
+the slot.  A chain therefore runs at most as many instances as it has
+external addresses; give it more addresses to let it scale out further.
+
+Pure functions over plain data (chain specs, instances); the orchestrator
+and the core call them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from quadrant_app.chains import ChainSpec, SpecError
+
+NAT = "nat"
+
+
+def nat_position(spec: ChainSpec) -> int | None:
+    """Where the chain's NAT is (None: it has none)."""
+    return next((i for i, nf in enumerate(spec.nfs) if nf.type == NAT), None)
+
+
+def slots(spec: ChainSpec) -> list[dict]:
+    """The NAT's external entries, one per slot (empty without a NAT)."""
+    pos = nat_position(spec)
+    if pos is None:
+        return []
+    return list(spec.nfs[pos].config.get("external") or [])
+
+
+def slot_address(entry: dict) -> int:
+    return int(ipaddress.IPv4Address(entry["address"]))
+
+
+def addresses(spec: ChainSpec) -> list[int]:
+    return [slot_address(e) for e in slots(spec)]
+
+
+def check(spec: ChainSpec, others: list[ChainSpec]) -> None:
+    """Refuse a chain whose NAT addresses are malformed, repeat, or another chain's."""
+    pos = nat_position(spec)
+    if pos is None:
+        return
+    if sum(1 for nf in spec.nfs if nf.type == NAT) > 1:
+        raise SpecError("nfs", "a chain has at most one nat NF")
+    where = f"nfs[{pos}].config.external"
+    ext = spec.nfs[pos].config.get("external")
+    if not isinstance(ext, list) or not ext:
+        raise SpecError(where, "must be a non-empty list of {address, ports}")
+    seen = set()
+    for i, e in enumerate(ext):
+        try:
+            addr = slot_address(e)
+        except (TypeError, KeyError, ValueError) as exc:
+            raise SpecError(f"{where}[{i}].address", f"not an IPv4 address: {exc}") from None
+        if addr in seen:
+            raise SpecError(f"{where}[{i}].address", f"{e['address']} is given twice")
+        seen.add(addr)
+    for other in others:
+        common = seen & set(addresses(other))
+        if common:
+            a = ipaddress.IPv4Address(min(common))
+            raise SpecError(where, f"{a} is an external address of chain {other.name!r}")
+
+
+def free_slot(spec: ChainSpec, used: set[int]) -> int | None:
+    """The lowest slot no instance (live or being prepared) holds; None if all are."""
+    return next((k for k in range(len(slots(spec))) if k not in used), None)
+
+
+def instance_nfs(spec: ChainSpec, slot: int | None) -> list[dict]:
+    """The chain's NFs as an instance holding ``slot`` runs them: its NAT owns that
+    slot's external entry only."""
+    out = [{"type": nf.type, "config": nf.config} for nf in spec.nfs]
+    pos = nat_position(spec)
+    if pos is not None and slot is not None:
+        cfg = dict(spec.nfs[pos].config)
+        cfg["external"] = [slots(spec)[slot]]
+        out[pos] = {"type": NAT, "config": cfg}
+    return out

@@ -1,0 +1,160 @@
+"""Chain 3 (``acl -> nat``) in the lab: real TCP and UDP connections both ways.
+
+The whole system: the lab's switch, the controller, the agents handing the NAT
+its own Redis user (a real redis-server off the data core, reached over its
+Unix socket from the worker's namespace), the chain registered over REST.  The
+source host opens many TCP and UDP connections at once to an echo server on the
+sink; the NAT rewrites them to its external address, the sink answers that
+address, the controller steers those replies to the NAT's instance, and the NAT
+translates them back.  Each connection must complete, in order, behind one
+external port of its own, and the mappings must be in Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LAB_TOPOLOGY, LAB_WAIT, lab_prefix
+from tests.e2e.lab_flows import hosts, instances
+from tools.stack import Stack, wait_until
+from worker.redis_server import RedisServer
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+EXTERNAL = "10.2.0.254"
+PORT = 5353
+
+
+def chain3(sink) -> dict:
+    """The lab's Chain 3: TCP and UDP to the sink's port 5353, NATed to EXTERNAL."""
+    out = [
+        {
+            "action": "allow",
+            "src": "10.1.0.0/16",
+            "dst": f"{sink.address}/32",
+            "proto": p,
+            "dport": str(PORT),
+        }
+        for p in ("tcp", "udp")
+    ]
+    back = [
+        {
+            "action": "allow",
+            "src": f"{sink.address}/32",
+            "dst": f"{EXTERNAL}/32",
+            "proto": p,
+            "sport": str(PORT),
+        }
+        for p in ("tcp", "udp")
+    ]
+    return {
+        "name": "chain3-lab",
+        "nfs": [
+            {"type": "acl", "config": {"rules": out + back, "default": "deny"}},
+            {"type": "nat", "config": {
+                "internal": ["10.1.0.0/16"],
+                "external": [{"address": EXTERNAL, "ports": "20000-20999"}]}},
+        ],
+        "filter": {"dst": f"{sink.address}/32"},
+        "slo_us": 5000,
+    }  # fmt: skip
+
+
+@pytest.fixture
+def setup(root_required, tmp_path):
+    from quadrant_app.topology import load
+
+    os.chmod(tmp_path, 0o755)  # the NFs (their own uids) reach the Unix socket inside
+    srv = RedisServer(tmp_path / "redis", appendfsync="always", core=0).start()
+    conf = {"idle_timeout": 60, "flow_stats_interval": 1, "scaling_policy": "off"}
+    st = Stack(load(LAB_TOPOLOGY), prefix=f"n{lab_prefix()[1:]}", log=lambda m: None,
+               controller_conf=conf, state_store=srv)  # fmt: skip
+    server = None
+    try:
+        st.up(wait=LAB_WAIT)
+        _src, sink = hosts(st.topology)
+        ns = st.lab.ns("sink")
+        # the sink answers the NAT's external address on its own link (a real
+        # network's upstream router would know it): a permanent neighbour entry
+        subprocess.run(["ip", "-n", ns, "neigh", "replace", EXTERNAL, "lladdr",
+                        "02:00:00:00:0a:01", "dev", "eth0", "nud", "permanent"],
+                       check=True)  # fmt: skip
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "tools.trafficgen.echo", "serve",
+             sink.address, str(PORT)],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert server.stdout.readline().strip() == "ready"
+        yield st, srv
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        st.down()
+        srv.stop(remove=True)
+
+
+def connect(st, sink, n, rounds=5) -> list[dict]:
+    out = subprocess.run(
+        ["ip", "netns", "exec", st.lab.ns("src"), sys.executable, "-m", "tools.trafficgen.echo",
+         "connect", sink.address, str(PORT), "--tcp", str(n), "--udp", str(n),
+         "--rounds", str(rounds)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout)
+
+
+def test_acl_nat_both_directions_one_port_per_connection(setup):
+    st, srv = setup
+    _src, sink = hosts(st.topology)
+    chain = st.tenant.post("/v1/chains", chain3(sink))
+    wait_until(lambda: instances(st, chain["id"]), 180, "the agents to prepare the NAT")
+    (inst,) = instances(st, chain["id"])
+    assert inst["nat_slot"] == 0
+    reports = connect(st, sink, n=12)
+    errors = [r for r in reports if r.get("error")]
+    assert not errors, errors
+    ext = set()
+    for r in reports:
+        assert r["seqs"] == list(range(5)), r  # every echo, in order
+        assert len(r["peers"]) == 1, r  # one external endpoint for the connection's life
+        addr, port = r["peers"][0].split(":")
+        assert addr == EXTERNAL and 20000 <= int(port) <= 20999
+        ext.add((r["kind"], int(port)))
+    assert len(ext) == len(reports)  # no two connections share a port
+    # the replies were steered to the NAT's instance: its flows both ways
+    flows = st.admin.get("/v1/flows")["flows"]
+    mine = [f for f in flows if f["instance_id"] == inst["id"]]
+    assert sum(1 for f in mine if f["dst"] == EXTERNAL) >= len(reports)
+    # every mapping is in Redis under the NAT's own prefix (an out and an in key each)
+    admin = srv.client()
+    try:
+        keys = admin.keys(f"c{chain['id']}n1:*")
+        users = [u.decode() for u in admin.execute_command("ACL", "USERS")]
+    finally:
+        admin.close()
+    assert len(keys) >= 2 * len(reports)
+    assert f"nf-c{chain['id']}n1-i{inst['id']}" in users
+    # a second wave: new connections get ports the first wave's do not hold
+    again = connect(st, sink, n=4)
+    assert not [r for r in again if r.get("error")]
+    ports2 = {(r["kind"], int(r["peers"][0].split(":")[1])) for r in again}
+    assert not ports2 & {(k, p) for k, p in ext if k == "udp"}  # UDP mappings still live
+    st.tenant.delete(f"/v1/chains/{chain['id']}")
+    user = f"nf-c{chain['id']}n1-i{inst['id']}"
+
+    def user_gone():
+        admin = srv.client()
+        try:
+            return user not in [u.decode() for u in admin.execute_command("ACL", "USERS")]
+        finally:
+            admin.close()
+
+    wait_until(user_gone, 30, "the NAT's Redis user to go with its instance")

@@ -1,0 +1,110 @@
+"""NAT external addresses per instance (quadrant_app/natpools.py): slots, the checks at
+registration, the orchestrator handing each instance its own, and the core steering
+replies to an external address to the instance that owns it."""
+
+from __future__ import annotations
+
+import pytest
+from scapy.all import IP, UDP, Ether
+
+from quadrant_app import natpools
+from quadrant_app.chains import SpecError, parse_chain
+
+from .test_core import EGRESS, W1_MACS, W1_PORT, W2_MACS, W2_PORT, Lab
+from .test_orchestrator import setup
+
+
+def nat_chain(name="nat", addrs=("10.2.0.254", "10.2.0.253")):
+    return {
+        "name": name,
+        "nfs": [
+            {"type": "acl", "config": {"default": "allow"}},
+            {"type": "nat", "config": {
+                "internal": ["10.1.0.0/16"],
+                "external": [{"address": a, "ports": "20000-29999"} for a in addrs]}},
+        ],
+        "filter": {"dst": "10.2.0.0/16", "proto": "udp", "dst_ports": "5353"},
+        "slo_us": 1000,
+    }  # fmt: skip
+
+
+def test_slots_and_an_instances_own_nat_config():
+    spec = parse_chain(nat_chain())
+    assert natpools.nat_position(spec) == 1
+    assert [e["address"] for e in natpools.slots(spec)] == ["10.2.0.254", "10.2.0.253"]
+    assert natpools.free_slot(spec, set()) == 0
+    assert natpools.free_slot(spec, {0}) == 1
+    assert natpools.free_slot(spec, {0, 1}) is None
+    nfs = natpools.instance_nfs(spec, 1)
+    assert nfs[1]["config"]["external"] == [{"address": "10.2.0.253", "ports": "20000-29999"}]
+    assert nfs[1]["config"]["internal"] == ["10.1.0.0/16"]
+    assert natpools.slots(spec)[0]["address"] == "10.2.0.254"  # the spec is untouched
+    plain = parse_chain(nat_chain() | {"nfs": [{"type": "empty"}]})
+    assert natpools.nat_position(plain) is None and natpools.instance_nfs(plain, None) == [
+        {"type": "empty", "config": {}}
+    ]
+
+
+@pytest.mark.parametrize(
+    "addrs, field, reason",
+    [
+        ((), "nfs[1].config.external", "non-empty"),
+        (("10.2.0.254", "10.2.0.254"), "nfs[1].config.external[1].address", "twice"),
+        (("not-an-ip",), "nfs[1].config.external[0].address", "not an IPv4"),
+    ],
+)
+def test_bad_external_lists_are_refused(addrs, field, reason):
+    with pytest.raises(SpecError) as err:
+        natpools.check(parse_chain(nat_chain(addrs=addrs)), [])
+    assert err.value.field == field and reason in err.value.reason
+
+
+def test_another_chains_external_address_is_refused_at_registration():
+    lab = Lab()
+    lab.core.add_chain("acme", parse_chain(nat_chain()), lab.now)
+    other = nat_chain("nat2", addrs=("10.2.0.250", "10.2.0.253")) | {
+        "filter": {"dst": "10.3.0.0/16"}
+    }
+    with pytest.raises(SpecError, match="10.2.0.253 is an external address of chain 'nat'"):
+        lab.core.add_chain("other", parse_chain(other), lab.now)
+
+
+def test_each_instance_gets_a_free_slot_and_no_more_instances_than_slots():
+    core, hub, orch = setup(pool_size=3, cores=(0, 1))
+    c = core.add_chain("acme", parse_chain(nat_chain()), 0.0)
+    cmds = orch.tick(1.0)
+    assert len(cmds) == 2  # two external addresses: two instances, though the pool wants 3
+    got = [cmd.params["chain"]["nfs"][1]["config"]["external"][0]["address"] for cmd in cmds]
+    assert sorted(got) == ["10.2.0.253", "10.2.0.254"]
+    for cmd in cmds:
+        orch.done(cmd, {}, None, 2.0)
+    assert sorted(i.nat_slot for i in core.instances.of_chain(c.id)) == [0, 1]
+    assert orch.tick(3.0) == []
+    # one goes away: its slot is free again, and the refill takes it
+    gone = next(i for i in core.instances.of_chain(c.id) if i.nat_slot == 0)
+    core.remove_instance(gone.id, 3.0)
+    (prep,) = [x for x in orch.tick(4.0) if x.method == "prepare"]
+    assert prep.params["chain"]["nfs"][1]["config"]["external"][0]["address"] == "10.2.0.254"
+
+
+def test_replies_to_an_external_address_go_to_its_instance_and_nat_flows_stay():
+    lab = Lab()
+    chain = lab.core.add_chain("acme", parse_chain(nat_chain()), lab.now)
+    a, _ = lab.core.add_instance(chain.id, "w1", W1_MACS[0], 0, True, lab.now, nat_slot=0)
+    b, _ = lab.core.add_instance(chain.id, "w2", W2_MACS[0], 0, True, lab.now, nat_slot=1)
+    for addr, port, mac in (("10.2.0.254", W1_PORT, W1_MACS[0]), ("10.2.0.253", W2_PORT,
+                                                                  W2_MACS[0])):  # fmt: skip
+        pkt = Ether() / IP(src="10.2.0.1", dst=addr) / UDP(sport=5353, dport=20001)
+        assert lab.send(pkt, in_port=EGRESS) == "controller"
+        ((out_port, data),) = lab.table.packet_outs[-1:]
+        assert out_port == port and data[:6] == bytes.fromhex(mac.replace(":", ""))
+        assert lab.send(pkt, in_port=EGRESS)[0][0] == port  # the switch's rule now
+    assert lab.core.metrics.reply_flows.values == {"nat": 2}
+    assert a.flows == 1 and b.flows == 1
+    # a NAT flow is never moved: its replies come to its instance's external address
+    rec = next(iter(lab.core.flows.of_instance(a.id)))
+    assert lab.core.migrate([rec.id], a.id, b.id, lab.now) == ([], [])
+    # the owner gone, its address is nobody's: no longer steered
+    lab.apply(lab.core.remove_instance(a.id, lab.now))
+    assert natpools.slot_address({"address": "10.2.0.254"}) not in lab.core.instances.nat_owner
+    assert b in lab.core.instances.nat_owner.values()

@@ -1,0 +1,104 @@
+"""How an agent gives its stateful NFs their state store: one Redis ACL user per NF.
+
+The agent holds the store's admin credentials (``--state-redis``,
+``--state-admin-password-file``); the NFs never see them.  For every stateful
+NF of an instance it prepares (:data:`STATEFUL_NF_TYPES`), it creates an ACL
+user of that NF's own, allowed only the keys ``<prefix>:*``
+(:func:`worker.redis_server.create_nf_user`), and hands the NF that user, its
+password and the address in its ``state:`` section.
+
+The prefix is the chain's NF, not the instance: ``c<chain id>n<position>``.
+Every instance of one chain's NF (the one that replaces a failed one, the
+ones a scale-out adds) reads and writes the same keys, which is what lets a
+new instance find a flow's state in Redis; NFs of other positions or other
+chains cannot touch them.  The NAT keeps instances apart by giving each its
+own external addresses (the controller assigns them: docs/state.rst).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from worker.redis_server import create_nf_user
+
+STATEFUL_NF_TYPES = ("nat",)
+
+
+class StateAccessError(RuntimeError):
+    pass
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``unix:/path/redis.sock`` or ``HOST:PORT`` -> (host or socket path, port)."""
+    if text.startswith("unix:"):
+        path = text[5:]
+        if not path.startswith("/"):
+            raise ValueError(f"{text!r}: a Unix socket's path must be absolute")
+        return path, 0
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: must be HOST:PORT or unix:/PATH")
+    return host, int(port)
+
+
+class StateAccess:
+    def __init__(self, address: str, admin_user: str, admin_password: str):
+        self.host, self.port = parse_address(address)
+        self.admin_user = admin_user
+        self.admin_password = admin_password
+        self._admin = None
+        self._lock = threading.Lock()
+
+    def _client(self):
+        import redis
+
+        if self._admin is None:
+            where = (
+                {"unix_socket_path": self.host}
+                if self.host.startswith("/")
+                else {"host": self.host, "port": self.port}
+            )
+            self._admin = redis.Redis(
+                username=self.admin_user, password=self.admin_password, socket_timeout=5, **where
+            )
+        return self._admin
+
+    def check(self) -> None:
+        """Reach the store as admin now (the agent refuses to start otherwise)."""
+        try:
+            self._client().ping()
+        except Exception as exc:  # noqa: BLE001 - redis' own classes: say where
+            raise StateAccessError(f"state store {self.where}: {exc}") from None
+
+    @property
+    def where(self) -> str:
+        return f"unix:{self.host}" if self.host.startswith("/") else f"{self.host}:{self.port}"
+
+    def nf_state(self, chain_id: int, position: int, instance: int) -> dict:
+        """The ``state:`` section of NF ``position`` of an instance of chain ``chain_id``."""
+        prefix = f"c{chain_id}n{position}"
+        try:
+            with self._lock:
+                creds = create_nf_user(
+                    self._client(), prefix, self.host, self.port or 6379,
+                    user=f"nf-{prefix}-i{instance}",
+                )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001
+            msg = f"state store {self.where}: creating {prefix}'s user: {exc}"
+            raise StateAccessError(msg) from None
+        return creds.as_config()
+
+    def drop_user(self, chain_id: int, position: int, instance: int) -> None:
+        """Remove an instance's NF user once the instance is gone (best effort)."""
+        try:
+            with self._lock:
+                c = self._client()
+                c.execute_command("ACL", "DELUSER", f"nf-c{chain_id}n{position}-i{instance}")
+                c.execute_command("ACL", "SAVE")
+        except Exception:  # noqa: BLE001 - best effort: only its dead NF knew the password
+            pass
+
+    def close(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
