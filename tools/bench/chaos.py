@@ -66,6 +66,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -306,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stack.down()
         srv.stop(remove=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     print(table(rows))
     if args.json:
         doc = {"command": "python -m tools.bench.chaos " + " ".join(argv or sys.argv[1:]),
