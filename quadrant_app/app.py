@@ -106,6 +106,9 @@ class QuadrantApp(app_manager.OSKenApp):
                 max_page=opts.max_page,
                 hub=self.hub,
                 mover=self._start_move if self.orchestrator is not None else None,
+                failures=(lambda: self.orchestrator.failures_log)
+                if self.orchestrator is not None
+                else None,
             )
         self.logger.info(
             "quadrant: topology %s (%d switches, %d workers) from %s",

@@ -87,7 +87,13 @@ class Core:
     # Switch events.
 
     def datapath_up(self, dpid: int, now: float) -> list:
-        """A switch connected: base pipeline, then re-sync its per-flow rules."""
+        """A switch connected: the per-flow rules the books hold for it, the base pipeline,
+        then a re-sync of its per-flow rules from flow stats.
+
+        The rules go first: a switch that restarted with empty tables forwards its
+        live flows on their instances as soon as the base pipeline is in, with no
+        packet-in (and no packet-out overtaken by the flow's later packets) in between.
+        A switch that kept them gets them replaced (same match, same instance)."""
         state = self.switches.get(dpid)
         if state is None:
             LOG.warning("switch %016x is not in topology %s; ignoring it", dpid, self.topology.name)
@@ -98,7 +104,12 @@ class Core:
         switch = self.topology.switch(state.name)
         ports = [w.switch_port for w in self.topology.workers_on(switch.name)]
         hosts = self.topology.hosts_on(switch.name)
-        msgs = [(dpid, m) for m in ofbuild.base_pipeline(switch, ports, hosts)]
+        msgs = []
+        for rec in self.flows.of_switch(dpid):
+            rec.installed_at = now  # a flow-removed of the replaced copy is stale news
+            msgs += self._install(rec, self.instances.by_id[rec.instance_id], 0, None)
+            self.metrics.resync_installed.value += 1
+        msgs += [(dpid, m) for m in ofbuild.base_pipeline(switch, ports, hosts)]
         req = self._xid(ofbuild.flow_stats_request(ofbuild.COOKIE_FLOW))
         self._resync[dpid] = (req.xid, set())
         msgs.append((dpid, req))

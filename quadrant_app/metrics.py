@@ -128,6 +128,13 @@ class Metrics:
             "link (its switch port went down).",
             "reason",
         )
+        self.nf_failures = LabeledCounter(
+            "quadrant_nf_failures_total",
+            "Chain instances an agent reported failed and the controller failed over: "
+            "cause=exited (an NF process died), stalled (an NF took no packet while "
+            "packets waited for it), watchdog (an NF held its core), thirdparty.",
+            "cause",
+        )
         self.persist_failures = Counter(
             "quadrant_persist_failures_total",
             "Times the controller's books could not be written to state_redis (retried "
@@ -172,7 +179,8 @@ class Metrics:
         )
         self.resync_installed = Counter(
             "quadrant_resync_installed_total",
-            "Per-flow rules re-installed on a switch that had lost them (reconnect).",
+            "Per-flow rules put back on a switch: at its (re)connection, from the books, and "
+            "after the re-sync, those its flow stats lacked.",
         )
         self.resync_adopted = Counter(
             "quadrant_resync_adopted_total",

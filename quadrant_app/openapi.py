@@ -184,6 +184,26 @@ SCHEMAS = {
             "bps": {"type": "number"},
         },
     },
+    "Failure": {
+        "type": "object",
+        "description": "A failure the controller handled: kind nf (an instance an agent "
+        "reported failed) or worker (heartbeats stopped, or its link went down).",
+        "properties": {
+            "t": {"type": "number", "description": "controller's monotonic clock, s"},
+            "kind": {"type": "string", "enum": ["nf", "worker"]},
+            "worker": {"type": "string"},
+            "reason": {"type": "string"},
+            "cause": {"type": "string"},
+            "flows_moved": {"type": "integer"},
+            "instance": {"type": "integer"},
+            "instances": {"type": "array", "items": {"type": "integer"}},
+            "agent_at": {
+                "type": "number",
+                "nullable": True,
+                "description": "agent's monotonic clock when it found the NF failed",
+            },
+        },
+    },
     "Worker": {
         "type": "object",
         "description": "Admins see every worker with ports, cores and VFs; a tenant sees the "
@@ -231,6 +251,12 @@ OPERATIONS = {
     "get_chain": ("One chain.", None, 200, _ref("Chain")),
     "delete_chain": ("Remove a chain, its instances' records and flow rules.", None, 204, None),
     "list_workers": ("Workers.", None, 200, _list_of("workers", "Worker")),
+    "list_failures": (
+        "The latest NF and worker failures handled, oldest first (admin).",
+        None,
+        200,
+        _list_of("failures", "Failure"),
+    ),
     "list_instances": ("Chain instances.", None, 200, _list_of("instances", "Instance")),
     "post_instance": (
         "Pre-define a chain instance (admin; the worker agent registers them later).",

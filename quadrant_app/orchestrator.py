@@ -52,6 +52,7 @@ class Orchestrator:
         self.preparing: dict[int, Pending] = {}
         self.retry_after: dict[int, float] = {}  # chain id -> when to try preparing again
         self.errors: list[dict] = []  # the latest refusals, for the API and logs
+        self.failures_log: list[dict] = []  # the latest failures handled (GET /v1/failures)
         # (worker, p99 per-batch us) -> the latency estimate the ingress judges by;
         # the app plugs in the autoscaler's (network profile included)
         self.latency_us = lambda worker, batch_p99_us: 2.0 * batch_p99_us
@@ -186,19 +187,60 @@ class Orchestrator:
         return msgs
 
     def failed(self, worker: str, event: dict, now: float) -> list:
-        """An agent reports an instance failed: forget it and have the agent tear it down.
-
-        Its flows' rules are deleted, so their next packets reach the
-        controller and go to another instance; the warm pool refills at the
-        next tick.  (Moving the flows' state first is the state layer's part.)
+        """An agent reports an instance failed (an NF exited, stalled or was ended by
+        its core's watchdog): its flows are re-pointed at healthy instances of their
+        chain now, as for a failed worker (:meth:`_evacuate`; a warm-pool instance is
+        attached if needed), it is forgotten and its agent tears it down; the warm
+        pool refills at the next tick.  (Moving the flows' state first is the state
+        layer's part.)
         """
         iid = event.get("instance")
         inst = self.core.instances.by_id.get(iid) if isinstance(iid, int) else None
         if inst is None or inst.worker != worker:
             return []
-        LOG.warning("instance %d on %s failed (%s): removing it", iid, worker,
-                    event.get("reason", "no reason given"))  # fmt: skip
-        return self.core.remove_instance(iid, now)
+        reason = event.get("reason", "no reason given")
+        cause = event.get("cause") if isinstance(event.get("cause"), str) else "other"
+        self.core.metrics.nf_failures.inc(cause)
+        moved, msgs = self._evacuate([inst], now)
+        msgs += self.core.remove_instance(iid, now)
+        LOG.warning("instance %d on %s failed (%s): %d flows moved to other instances, "
+                    "instance removed", iid, worker, reason, moved)  # fmt: skip
+        self._log(now, "nf", worker, reason, moved, instance=iid, cause=cause,
+                  agent_at=event.get("at"))  # fmt: skip
+        return msgs
+
+    def _evacuate(self, insts: list, now: float) -> tuple[int, list]:
+        """Re-point every flow of ``insts`` (none of them a candidate any more) at a
+        healthy instance of its chain on the same switch, chosen as for a new flow;
+        no drain: the old side is gone.  Flows that find none are left to re-assign
+        on their next packet.  Returns ``(flows moved, messages)``."""
+        core = self.core
+        gone = {i.id for i in insts}
+        for inst in insts:
+            # none of them may take a flow from here on, nor be attached from the pool:
+            # attached with an infinite latency estimate, no instance picks it
+            core.instances.set_attached(inst.id, True)
+            core.instances.update_stats(inst.id, now, p99_us=float("inf"))
+        msgs, moved = [], 0
+        for inst in insts:
+            chain = core.chains.by_id.get(inst.chain_id)
+            if chain is not None and inst.nat_slot is not None:
+                continue  # NAT flows stay with their external address: not moved (natpools.py)
+            for rec in core.flows.of_instance(inst.id) if chain is not None else ():
+                if rec.instance_id != inst.id:
+                    continue  # moved already, as the reply of a flow moved before it
+                dst = core.instances.pick(chain, inst.dpid)
+                if dst is None or dst.id in gone:
+                    continue
+                keys, m = core.migrate([rec.id], inst.id, dst.id, now)
+                moved += len(keys)
+                msgs += m
+        return moved, msgs
+
+    def _log(self, now: float, kind: str, worker: str, reason: str, moved: int, **more):
+        entry = {"t": round(now, 6), "kind": kind, "worker": worker, "reason": reason,
+                 "flows_moved": moved, **more}  # fmt: skip
+        self.failures_log = (self.failures_log + [entry])[-64:]
 
     def failures(self, now: float) -> list:
         """Workers whose heartbeats stopped: fail them over; returns OF messages."""
@@ -247,27 +289,13 @@ class Orchestrator:
             del self.preparing[iid]
         core = self.core
         mine = [i for i in core.instances.by_id.values() if i.worker == worker]
-        for inst in mine:  # none of them may take a flow from here on
-            if inst.attached:
-                core.instances.set_attached(inst.id, False)
-        msgs, moved = [], 0
-        for inst in mine:
-            chain = core.chains.by_id.get(inst.chain_id)
-            if chain is not None and inst.nat_slot is not None:
-                continue  # NAT flows stay with their external address: not moved (natpools.py)
-            for rec in core.flows.of_instance(inst.id) if chain is not None else ():
-                if rec.instance_id != inst.id:
-                    continue  # moved already, as the reply of a flow moved before it
-                dst = core.instances.pick(chain, inst.dpid)
-                if dst is None or dst.worker == worker:
-                    continue
-                keys, m = core.migrate([rec.id], inst.id, dst.id, now)
-                moved += len(keys)
-                msgs += m
+        moved, msgs = self._evacuate(mine, now)
         for inst in mine:
             msgs += core.remove_instance(inst.id, now, tell_agent=tell)
         LOG.warning("worker %s failed (%s): %d flows moved to other instances, %d instances "
                     "forgotten", worker, reason, moved, len(mine))  # fmt: skip
+        self._log(now, "worker", worker, reason, moved, cause=kind,
+                  instances=[i.id for i in mine])  # fmt: skip
         return msgs
 
     def registered(self, worker: str, reported: list, now: float) -> tuple[list[Command], list]:

@@ -50,6 +50,7 @@ ROUTES = [
     ("PUT", "/v1/instances/{id}/stats", "put_instance_stats", "admin"),
     ("GET", "/v1/flows", "list_flows", "tenant"),
     ("POST", "/v1/flows/{id}/move", "move_flow", "admin"),
+    ("GET", "/v1/failures", "list_failures", "admin"),
 ]
 
 INSTANCE_FIELDS = {"chain_id", "worker", "vf_mac", "core", "attached"}
@@ -69,9 +70,11 @@ class RestApi:
 
     def __init__(
         self, core, tokens: Tokens, send, clock, max_body=65536, max_page=1000, hub=None,
-        mover=None,
+        mover=None, failures=None,
     ):  # fmt: skip
         self.core = core
+        # failures(): the orchestrator's latest failures handled (None without agents)
+        self.failures = failures
         # mover(Move): start a flow move with the agents (the app's; None without agents)
         self.mover = mover
         self.hub = hub  # the agents' registry, when agents are enabled
@@ -320,6 +323,12 @@ class RestApi:
             raise HttpError(400, "must be in 0..1 (share of the core)", "load")
         self.send(self.core.update_stats(id, self.clock(), **values))
         return _json(self.core.instances.by_id[id].to_json())
+
+    def list_failures(self, req, principal):
+        """The latest NF and worker failures the controller handled, oldest first; ``t``
+        is the controller's monotonic clock (seconds), ``agent_at`` the agent's when it
+        found an NF failed (the same clock when both run on one host)."""
+        return _json({"failures": list(self.failures()) if self.failures else []})
 
     def list_flows(self, req, principal):
         limit = _int_param(req, "limit", DEFAULT_PAGE, 1, self.max_page)

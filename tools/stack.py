@@ -67,6 +67,7 @@ class Stack:
         heartbeat_s: float = 0.5,
         state_store=None,
         log=print,
+        agent_args: tuple[str, ...] = (),
     ):
         self.topology = topology
         self.rundir = Path(rundir or tempfile.mkdtemp(prefix=f"{prefix}-stack-", dir="/tmp"))
@@ -77,6 +78,7 @@ class Stack:
         self.data_cores = data_cores
         self.controller_conf = dict(controller_conf or {})
         self.heartbeat_s = heartbeat_s
+        self.agent_args = tuple(agent_args)  # more quadrant-agent options, for every agent
         # a running worker.redis_server.RedisServer: the agents' state store for stateful
         # NFs, reached over its Unix socket from the workers' namespaces
         self.state_store = state_store
@@ -145,6 +147,7 @@ class Stack:
             "--cores", ",".join(str(c) for c in self.data_cores),
             # the lab's names: an agent removes what an earlier one of its prefix left
             "--prefix", f"{self.lab.plan.prefix}-{worker}",
+            *self.agent_args,
         ]  # fmt: skip
         if self.state_store is not None:
             pw = self.state_store.dir / "admin.password"

@@ -90,6 +90,7 @@ class Agent:
         instances: Callable[[], list] = list,
         monitor=None,
         monitor_interval: float = 0.5,
+        liveness_interval: float | None = None,
     ):
         self.url = url
         self.worker_id = worker_id
@@ -107,6 +108,9 @@ class Agent:
         self.backoff = Backoff()
         self.monitor = monitor  # worker.monitor.Monitor, or None
         self.monitor_interval = monitor_interval
+        # None: the monitor's tick checks liveness too; else Monitor.check this often
+        self.liveness_interval = liveness_interval
+        self._events_lock = asyncio.Lock()
         self.events: deque = deque(maxlen=256)  # nf_failed & co. not yet delivered
         self.reported = 0  # stats calls the controller accepted (tests, logs)
         self._stop = asyncio.Event()
@@ -156,11 +160,17 @@ class Agent:
         """Every ``monitor_interval``: read the counters (executor thread), send what is
         significant and every pending event while a session is up."""
         loop = asyncio.get_running_loop()
+        separate = self.liveness_interval is not None
         while True:
             await asyncio.sleep(self.monitor_interval)
             up = self.registered.is_set()
             try:
-                rows, events = await loop.run_in_executor(None, self.monitor.tick, None, up)
+                if separate:
+                    rows, events = await loop.run_in_executor(
+                        None, self.monitor.tick, None, up, False
+                    )
+                else:
+                    rows, events = await loop.run_in_executor(None, self.monitor.tick, None, up)
             except Exception:
                 LOG.exception("monitor tick failed")
                 continue
@@ -168,15 +178,40 @@ class Agent:
             if not self.registered.is_set():
                 continue
             try:
-                while self.events:
-                    await self.call("event", self.events[0])
-                    self.events.popleft()
+                await self._flush_events()
                 if rows:
                     await self.call("stats", {"instances": rows})
                     self.reported += 1
             except (RpcError, ConnectionError, TimeoutError, OSError) as exc:
                 LOG.warning("report to the controller failed: %s", exc)
                 self.monitor.resync()  # send everything again once it works
+
+    async def _liveness_loop(self) -> None:
+        """Every ``liveness_interval``: :meth:`worker.monitor.Monitor.check` (NF processes
+        that exited, watchdog ends, stalls), its events sent at once."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.liveness_interval)
+            try:
+                events = await loop.run_in_executor(None, self.monitor.check, None)
+            except Exception:
+                LOG.exception("liveness check failed")
+                continue
+            if not events:
+                continue
+            self.events.extend(events)
+            if self.registered.is_set():
+                try:
+                    await self._flush_events()
+                except (RpcError, ConnectionError, TimeoutError, OSError) as exc:
+                    LOG.warning("event report to the controller failed: %s", exc)
+
+    async def _flush_events(self) -> None:
+        """Send the pending events in order, each once (both loops may call this)."""
+        async with self._events_lock:
+            while self.events and self.registered.is_set():
+                await self.call("event", self.events[0])
+                self.events.popleft()
 
     async def _session(self, ws) -> None:
         self.ws = ws
@@ -227,12 +262,16 @@ class Agent:
         from websockets.asyncio.client import connect
         from websockets.exceptions import InvalidStatus, WebSocketException
 
-        monitor = asyncio.create_task(self._monitor_loop()) if self.monitor else None
+        tasks = []
+        if self.monitor:
+            tasks.append(asyncio.create_task(self._monitor_loop()))
+            if self.liveness_interval is not None:
+                tasks.append(asyncio.create_task(self._liveness_loop()))
         try:
             await self._connect_loop(connect, InvalidStatus, WebSocketException)
         finally:
-            if monitor is not None:
-                monitor.cancel()
+            for t in tasks:
+                t.cancel()
 
     async def _connect_loop(self, connect, InvalidStatus, WebSocketException) -> None:  # noqa: N803
         while not self._stop.is_set():
@@ -328,6 +367,12 @@ def main(argv: list[str] | None = None) -> int:
                     "timeout)")  # fmt: skip
     ap.add_argument("--monitor-interval", type=float, default=0.5,
                     help="seconds between counter readings")  # fmt: skip
+    ap.add_argument("--stall-timeout", type=float, default=0.3,
+                    help="seconds an attached NF may take no packet while packets wait for it "
+                    "before it is declared failed (docs/reliability.rst)")  # fmt: skip
+    ap.add_argument("--liveness-interval", type=float,
+                    help="seconds between liveness checks (default: a third of "
+                    "--stall-timeout)")  # fmt: skip
     ap.add_argument("--report-fraction", type=float, default=0.2,
                     help="report a value that changed by more than this fraction")  # fmt: skip
     ap.add_argument("--p99-threshold", type=float, action="append", default=[],
@@ -359,6 +404,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--controller {args.controller!r}: must be a ws:// or wss:// URL")
     if args.monitor_interval <= 0:
         ap.error("--monitor-interval: must be > 0")
+    if not 0 < args.stall_timeout <= 60:
+        ap.error("--stall-timeout: seconds in (0, 60]")
+    if args.liveness_interval is None:
+        args.liveness_interval = args.stall_timeout / 3
+    if not 0 < args.liveness_interval <= args.stall_timeout:
+        ap.error("--liveness-interval: must be > 0 and at most --stall-timeout")
     if args.netns and not os.path.exists(f"/run/netns/{args.netns}"):
         ap.error(f"--netns {args.netns!r}: no such network namespace (/run/netns)")
     try:
@@ -389,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from worker.instances import InstanceManager
     from worker.launcher import LocalLauncher
+    from worker.liveness import ChainLiveness
     from worker.monitor import Monitor, Rates, Significance, tsc_hz
 
     prefix = args.prefix or f"quadrant-{args.worker_id}"
@@ -414,10 +466,12 @@ def main(argv: list[str] | None = None) -> int:
             summary_s=args.summary,
             thresholds={"p99_us": args.p99_threshold},
         ),  # fmt: skip
+        liveness=ChainLiveness(args.stall_timeout),
     )
     agent = Agent(args.controller, args.worker_id, token, inv, heartbeat_s=args.heartbeat,
                   instances=manager.list, monitor=monitor,
-                  monitor_interval=args.monitor_interval)  # fmt: skip
+                  monitor_interval=args.monitor_interval,
+                  liveness_interval=args.liveness_interval)  # fmt: skip
     manager.register(agent.dispatcher)
     manager.reap_leftovers()
     try:

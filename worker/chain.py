@@ -59,7 +59,7 @@ from pathlib import Path
 
 from cext import chainbuf, flowhold
 from worker import flowhold as holds
-from worker.coopsched import CoreScheduler
+from worker.coopsched import CoreScheduler, thread_state
 from worker.launcher import Launcher, LaunchSpec, host_tid
 from worker.nf_errors import NFConfigError
 from worker.thirdparty import ThirdPartyError, ThirdPartyNF
@@ -195,6 +195,7 @@ class ChainInstance:
         self.summaries: list[dict | None] = []
         self.thirdparty: dict[int, ThirdPartyNF] = {}
         self.health: dict[int, Health] = {}
+        self.stalled: list[tuple[int, str]] = []  # native NFs the agent's monitor found stalled
         self.state = "new"
         self._ctl_path = ""
         # flows held for a move (cext/src/qs_flowhold.h): a hold the controller never
@@ -511,11 +512,79 @@ class ChainInstance:
         return {**b, **kernel, "pid": tp.pid, "exit_code": code,
                 "status": h.state, "reason": h.reason}  # fmt: skip
 
+    def progress(self) -> list[dict]:
+        """What :class:`worker.liveness.ChainLiveness` judges, one dict per NF process:
+        ``own`` (packets it took), ``input`` (NF 0: the kernel's RX count of its VF
+        netdev, when it is one), ``queued`` (its input ring; NF 0: the ring the last NF
+        returns slots on), ``running`` (attached and the NF's runtime running), ``skip``
+        (a third-party position: its bridge's health judges it), ``alive`` (False once
+        the NF's process is gone or a zombie: before its parent has reaped it, neither
+        ``poll()`` nor the watchdog sees it)."""
+        c = self.ctl
+        n = 1 if self.mode == "single_thread" else len(self.nfs)
+        attached = self.state == "attached"
+        rings = self.mode in ("coop", "cfs")
+        out = []
+        for i in range(n):
+            s = c.nf_stats(i)
+            queued = None
+            if rings and n > 1:
+                queued = c.ring_count(n if i == 0 else i)
+            alive = thread_state(self.pids[i]) not in ("Z", "X") if i < len(self.pids) else True
+            out.append({"own": s["pkts"], "input": None, "queued": queued,
+                        "running": attached and s["state"] == "running",
+                        "skip": i in self.thirdparty, "alive": alive})  # fmt: skip
+        if out and self.pids:
+            out[0]["input"] = self._port_rx_count(self.pids[0])
+        return out
+
+    def _port_rx_count(self, pid: int) -> int | None:
+        """Frames the kernel received on the first NF's netdev (an ``iface=`` vdev), read
+        in that process's network namespace; None for a PCI port or if unreadable."""
+        vdev = self.ports.get("rx", {}).get("vdev", "")
+        iface = next((kv[6:] for kv in vdev.split(",") if kv.startswith("iface=")), None)
+        if iface is None:
+            return None
+        try:
+            with open(f"/proc/{pid}/net/dev") as f:
+                for line in f.read().splitlines()[2:]:
+                    name, _, rest = line.partition(":")
+                    if name.strip() == iface:
+                        return int(rest.split()[1])
+        except (OSError, IndexError, ValueError):
+            return None
+        return None
+
+    def note_stall(self, i: int, reason: str) -> None:
+        """The monitor found native NF ``i`` stalled: :meth:`failures` reports it."""
+        if all(j != i for j, _ in self.stalled):
+            self.stalled.append((i, reason))
+
+    def _kill_nfs(self) -> None:
+        """SIGKILL every NF process (and whatever else is in its cgroup) now, without
+        waiting for them (teardown reaps them): a stalled NF that resumed after its
+        flows moved would serve them a second time."""
+        for k, p in enumerate(self.procs):
+            cgroup = getattr(self.handles[k], "cgroup", None) if k < len(self.handles) else None
+            pids = set(cgroup.procs()) if cgroup is not None else set()
+            for pid in pids | {p.pid, *self.pids[k : k + 1]}:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
     def failures(self) -> list[tuple[int, str]]:
-        """Third-party NFs found failed (program exited, or an inline one stalled):
-        ``[(index, reason)]``, the index of the NF in the chain spec.  The agent's
-        monitor calls this every tick."""
-        if self.state not in ("detached", "attached") or not self.thirdparty:
+        """NFs found failed: native ones the monitor found stalled (their processes are
+        killed here), third-party ones whose program exited or that stalled
+        (:class:`Health`): ``[(index, reason)]``, the index of the NF in the chain
+        spec.  The agent's monitor calls this every tick."""
+        if self.state not in ("detached", "attached"):
+            return []
+        if self.stalled:
+            self._kill_nfs()
+            # process positions -> spec positions (a port stage before a third-party first)
+            return [(max(i - self.offset, 0), r) for i, r in self.stalled]
+        if not self.thirdparty:
             return []
         out = []
         for i in self.thirdparty:

@@ -205,24 +205,68 @@ class Significance:
         return out
 
 
-class Monitor:
-    """Glue: read the manager's instances, compute, filter (called every tick)."""
+def _cause(ev: dict) -> str:
+    """What an ``nf_failed`` event reports, in one word (for the controller's metrics)."""
+    reason = ev.get("reason", "")
+    if ev.get("watchdog"):  # the core's watchdog also sees an attached chain's NF exit
+        return "exited" if "exited" in reason else "watchdog"
+    if "third-party" in reason:
+        return "thirdparty"
+    if "stalled" in reason:
+        return "stalled"
+    return "exited"
 
-    def __init__(self, manager, rates: Rates, significance: Significance):
+
+class Monitor:
+    """Glue: read the manager's instances, compute, filter (called every tick).
+
+    With a :class:`worker.liveness.ChainLiveness`, :meth:`check` also judges each
+    attached instance's native NFs by the stall rule; the agent calls it more often
+    than :meth:`tick` (its ``--liveness-interval``), so a failed NF is reported
+    within the stall bound, not a stats period later.
+    """
+
+    def __init__(self, manager, rates: Rates, significance: Significance, liveness=None):
         self.manager = manager
         self.rates = rates
         self.significance = significance
+        self.liveness = liveness  # worker.liveness.ChainLiveness, or None
         self.latest: list[dict] = []
 
     def resync(self) -> None:
         """A new session: the next tick reports every instance."""
         self.significance.last_summary = None
 
-    def tick(self, now: float | None = None, report: bool = True):
-        """Returns ``(rows to send as stats, nf_failed events)``; with ``report`` False
-        (no session) the rates still advance but no row is selected."""
+    def check(self, now: float | None = None) -> list[dict]:
+        """``nf_failed`` events for what failed since the last check: NF processes that
+        exited, chains a core's watchdog ended, third-party NFs found failed, and (with
+        a liveness tracker) native NFs that stalled.  Each event carries ``cause``
+        (exited, stalled, watchdog, thirdparty) and ``at``: this host's monotonic clock
+        when it was found."""
         now = time.monotonic() if now is None else now
+        if self.liveness is not None:
+            seen = []
+            for iid, chain in self.manager.snapshot():
+                seen.append(iid)
+                try:
+                    readings = chain.progress()
+                except Exception:  # torn down between the snapshot and the read
+                    continue
+                for i, reason in self.liveness.update(iid, readings, now):
+                    chain.note_stall(i, reason)
+            self.liveness.forget_others(seen)
         events = self.manager.check_alive()
+        for ev in events:
+            ev.setdefault("cause", _cause(ev))
+            ev.setdefault("at", round(now, 6))
+        return events
+
+    def tick(self, now: float | None = None, report: bool = True, check: bool = True):
+        """Returns ``(rows to send as stats, nf_failed events)``; with ``report`` False
+        (no session) the rates still advance but no row is selected; with ``check``
+        False liveness is left to separate :meth:`check` calls."""
+        now = time.monotonic() if now is None else now
+        events = self.check(now) if check else []
         readings = {}
         for iid, chain in self.manager.snapshot():
             try:

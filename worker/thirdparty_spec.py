@@ -22,6 +22,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from worker.liveness import Stall
 from worker.nf_errors import NFConfigError
 
 TYPE = "thirdparty"
@@ -204,7 +205,9 @@ class Health:
         self.cfg = cfg
         self.state = "ok"
         self.reason = ""
-        self._mark: tuple[float, int, int] | None = None  # since when: now, to_nf, from_nf
+        # the stall rule native NFs are judged by too (worker.liveness): frames in, none out
+        self._stall = Stall(cfg.stall_ms / 1000)
+        self._out: int | None = None
 
     def update(self, counters: Mapping, exit_code: int | None, now: float) -> str:
         if self.state == "failed":
@@ -212,18 +215,14 @@ class Health:
         if exit_code is not None:
             return self._fail(f"its program exited with status {exit_code}")
         to_nf, from_nf = int(counters["to_nf"]), int(counters["from_nf"])
-        if self._mark is None or from_nf != self._mark[2]:
-            self._mark = (now, to_nf, from_nf)  # output moved: all is well
-            self.state = "ok"
-            return self.state
-        if to_nf == self._mark[1]:
-            self._mark = (now, to_nf, from_nf)  # nothing went in: nothing to wait for
-            return self.state
-        # frames went in since the mark and nothing came out
-        if now - self._mark[0] >= self.cfg.stall_ms / 1000:
+        moved, self._out = from_nf != self._out, from_nf
+        stalled = self._stall.update(from_nf, to_nf, None, now)
+        if moved:
+            self.state = "ok"  # output moved: all is well
+        elif stalled is not None:  # frames went in for stall_ms and nothing came out
             if not self.cfg.may_drop:
                 return self._fail(
-                    f"{to_nf - self._mark[1]} frames in, none out for {self.cfg.stall_ms} ms"
+                    f"{self._stall.waiting} frames in, none out for {self.cfg.stall_ms} ms"
                 )
             self.state = "silent"
         return self.state

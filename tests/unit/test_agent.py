@@ -203,6 +203,48 @@ def test_monitor_rows_go_out_as_stats_and_events_as_event_calls():
     run(scenario())
 
 
+class CheckingMonitor(TickingMonitor):
+    """A monitor whose liveness check finds one failure, on its third call."""
+
+    def __init__(self):
+        super().__init__()
+        self.checks = 0
+        self.tick_checked = []
+
+    def tick(self, now=None, report=True, check=True):
+        self.tick_checked.append(check)
+        self.ticks.append(report)
+        return [], []
+
+    def check(self, now=None):
+        self.checks += 1
+        return (
+            [{"kind": "nf_failed", "instance": 5, "cause": "stalled"}] if self.checks == 3 else []
+        )
+
+
+def test_liveness_checks_run_apart_from_the_stats_ticks_and_events_go_out_at_once():
+    async def scenario():
+        peer = Peer()
+        async with peer.serving() as port:
+            mon = CheckingMonitor()
+            agent = Agent(f"ws://127.0.0.1:{port}/", "w1", TOKEN, {}, monitor=mon,
+                          monitor_interval=5.0, liveness_interval=0.02)  # fmt: skip
+            task = asyncio.create_task(agent.run())
+            await asyncio.wait_for(agent.registered.wait(), 5)
+            for _ in range(100):
+                if any(m.get("method") == "event" for m in peer.got):
+                    break
+                await asyncio.sleep(0.02)
+            agent.stop()
+            await task
+        events = [m["params"] for m in peer.got if m.get("method") == "event"]
+        assert events == [{"kind": "nf_failed", "instance": 5, "cause": "stalled"}]
+        assert mon.checks >= 3 and mon.ticks == []  # sent long before the first stats tick
+
+    run(scenario())
+
+
 def test_managed_cores():
     import os
 

@@ -303,11 +303,15 @@ def test_reconnect_reinstalls_base_and_resyncs_without_reassigning():
     lab.table = FakeOFTable()
     lab.apply(lab.core.update_stats(a.id, lab.now, load=0.1))
     lab.now += 1
-    lab.apply(lab.core.datapath_up(DPID, lab.now))
-    assert lab.table.entries(ofbuild.TABLE_FLOWS, ofbuild.COOKIE_FLOW) == []
-    lab.answer_stats()  # the re-sync request: nothing there, so all three are re-installed
+    msgs = lab.core.datapath_up(DPID, lab.now)
+    lab.apply(msgs)
+    # the flows' rules are back at once, ahead of the base pipeline (no packet-in window)
     rules = lab.table.entries(ofbuild.TABLE_FLOWS, ofbuild.COOKIE_FLOW)
     assert len(rules) == 3 and {r.cookie for r in rules} == {ofbuild.flow_cookie(a.id)}
+    assert all(type(m) is bytearray for _, m in msgs[:3])  # the rules, then the pipeline
+    assert lab.core.metrics.resync_installed.value == 3
+    lab.answer_stats()  # the re-sync: all three are there, none installed again
+    assert len(lab.table.entries(ofbuild.TABLE_FLOWS, ofbuild.COOKIE_FLOW)) == 3
     assert lab.core.metrics.resync_installed.value == 3
     assert a.flows == 3  # nothing reassigned
     assert lab.send(tcp(sport=1))[0][0] == W1_PORT

@@ -169,3 +169,45 @@ def test_significance_compares_only_numbers():
     assert s.select([{**base, "buffered": 20}], 2) == []  # under the 32-packet floor
     assert s.select([{**base, "buffered": 500}], 3) != []
     assert s.select([{**base, "buffered": 500, "queue_len": 7}], 4) != []  # None -> a number
+
+
+class _StallingChain:
+    """progress() as a chain whose NF 1 takes nothing while its ring fills."""
+
+    def __init__(self):
+        self.k = 0
+        self.stalled = []
+
+    def progress(self):
+        self.k += 1
+        return [{"own": 100 * self.k, "input": 100 * self.k, "queued": 0, "running": True},
+                {"own": 5, "input": None, "queued": 10 * self.k, "running": True}]  # fmt: skip
+
+    def note_stall(self, i, reason):
+        self.stalled.append((i, reason))
+
+
+class _Manager:
+    def __init__(self, chain):
+        self.chain = chain
+
+    def snapshot(self):
+        return [(4, self.chain)]
+
+    def check_alive(self):  # what InstanceManager.check_alive does with chain.failures()
+        if self.chain.stalled:
+            i, reason = self.chain.stalled[0]
+            return [{"kind": "nf_failed", "instance": 4, "reason": reason, "nfs": [i]}]
+        return []
+
+
+def test_monitor_check_reports_a_stalled_nf_with_cause_and_time():
+    from worker.liveness import ChainLiveness
+    from worker.monitor import Monitor, Rates, Significance
+
+    chain = _StallingChain()
+    mon = Monitor(_Manager(chain), Rates(1e9), Significance(), liveness=ChainLiveness(0.3))
+    assert mon.check(10.0) == [] and mon.check(10.1) == [] and mon.check(10.2) == []
+    (ev,) = mon.check(10.35)
+    assert ev["cause"] == "stalled" and ev["at"] == 10.35 and ev["nfs"] == [1]
+    assert "NF 1 stalled" in ev["reason"]

@@ -218,3 +218,36 @@ def test_flows_with_nowhere_to_go_reassign_on_their_next_packet():
     orch.worker_failed("w2", "test", 2.0)
     orch.worker_failed("w1", "test", 2.0)
     assert len(core.flows) == 0 and not core.instances.by_id  # rules deleted, not moved
+
+
+def test_a_failed_nf_instance_flows_move_to_a_healthy_one_and_it_is_torn_down():
+    core, hub, orch, c, (a, b) = two_instances()
+    ev = {"kind": "nf_failed", "instance": a.id, "reason": "NF 1 stalled", "cause": "stalled",
+          "at": 1.9}  # fmt: skip
+    msgs = orch.failed("w1", ev, 2.0)
+    assert a.id not in core.instances.by_id
+    assert {r.instance_id for r in core.flows.of_switch(1)} == {b.id}  # moved, not deleted
+    assert any(type(m).__name__ == "OFPBarrierRequest" for _, m in msgs)
+    assert ("teardown", a.id, "w1") in core.instances.agent_requests
+    assert core.metrics.nf_failures.values == {"stalled": 1}
+    (entry,) = orch.failures_log
+    assert entry["kind"] == "nf" and entry["instance"] == a.id and entry["flows_moved"] == 1
+    assert entry["t"] == 2.0 and entry["agent_at"] == 1.9
+
+
+def test_a_failed_nf_instance_never_takes_its_own_flows_back_from_the_pool():
+    # the failed instance is the only one attached and has the lowest id: its flows must go
+    # to the warm pool instance, which is attached for them
+    core, hub, orch = setup()
+    c = chain(core)
+    from scapy.all import IP, TCP, Ether, raw
+
+    a, _ = core.add_instance(c.id, "w1", "02:00:00:00:01:01", 1, attached=True, now=1.0)
+    core.update_stats(a.id, 1.0, load=0.5, p99_us=1)
+    core.packet_in(1, 1, raw(Ether() / IP(src="10.1.0.1", dst="10.2.0.1") / TCP(sport=9, dport=80)),
+                   1.0)  # fmt: skip
+    warm, _ = core.add_instance(c.id, "w2", "02:00:00:00:02:01", 1, attached=False, now=1.0)
+    orch.failed("w1", {"kind": "nf_failed", "instance": a.id, "cause": "exited"}, 2.0)
+    assert {r.instance_id for r in core.flows.of_switch(1)} == {warm.id}
+    assert ("attach", warm.id, "w2") in core.instances.agent_requests
+    assert not any(r[1] == a.id and r[0] == "attach" for r in core.instances.agent_requests)

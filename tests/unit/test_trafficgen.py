@@ -90,3 +90,14 @@ def test_percentile():
     assert percentile([], 99) is None
     assert percentile(list(range(1, 101)), 99) == 99
     assert percentile([5.0], 50) == 5.0
+
+
+def test_sink_finds_each_flows_longest_silence():
+    flow = FlowSpec(1, "10.1.0.1", "10.2.0.1", "udp", 10001, 80, 100, 1.0)
+    tpl = Template(flow, SRC_MAC, DST_MAC)
+    sink = Sink()
+    for seq, rx in ((0, 1_000_000), (1, 2_000_000), (2, 250_000_000), (3, 251_000_000)):
+        sink.add(parse(bytes(tpl.stamp(seq, 0))), rx)
+    row = sink.summary()["flows"]["1"]
+    assert row["max_gap_ms"] == 248.0
+    assert row["gaps"] == [[248.0, 250_000_000], [1.0, 251_000_000], [1.0, 2_000_000]]

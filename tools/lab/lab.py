@@ -20,7 +20,7 @@ from pathlib import Path
 
 from quadrant_app.topology import Topology
 from tools.lab.lease import DATAPATH_TAP, DatapathLease
-from tools.lab.ovs import Ovs
+from tools.lab.ovs import Ovs, OvsError
 from tools.lab.plan import Plan, make_plan
 
 LOG = logging.getLogger(__name__)
@@ -182,6 +182,34 @@ class Lab:
                     f"port {link.root} got OpenFlow port {got}, not {link.ofport} as the "
                     "topology asks (is the number taken?)"
                 )
+
+    # -- faults ------------------------------------------------------------------
+
+    def restart_vswitchd(self) -> float:
+        """Crash ``ovs-vswitchd`` (SIGKILL) and start it again from its database: bridges,
+        ports and controller come back, flow tables empty (fail mode secure: it forwards
+        nothing until the controller has put its rules back).  Done under the lease's
+        lock, so no other lab takes the datapath meanwhile.  Returns the seconds it was
+        down (until the new daemon wrote its pid file)."""
+
+        def bounce():
+            t0 = time.monotonic()
+            self.ovs.kill_vswitchd()
+            while True:  # until the dead daemon's pid file lock is gone with it
+                try:
+                    self.ovs.start()
+                    return time.monotonic() - t0
+                except OvsError as exc:
+                    if "already running" not in str(exc) or time.monotonic() - t0 > 10:
+                        raise
+                    time.sleep(0.02)
+
+        return self.lease._locked(bounce)
+
+    def set_link(self, node: str, up: bool) -> None:
+        """Take the switch's end of ``node``'s link down (a pulled cable) or up again."""
+        link = next(lk for lk in self.plan.links if lk.netns == self.ns(node))
+        run("ip", "link", "set", link.root, "up" if up else "down")
 
     # -- down --------------------------------------------------------------------
 

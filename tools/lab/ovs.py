@@ -20,6 +20,14 @@ class OvsError(RuntimeError):
     pass
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (a dead daemon nobody reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 class Ovs:
     def __init__(self, rundir: Path):
         self.rundir = Path(rundir)
@@ -110,6 +118,18 @@ class Ovs:
                 time.sleep(0.05)
             if Path(f"/proc/{pid}").exists():
                 os.kill(pid, signal.SIGKILL)
+
+    def kill_vswitchd(self, timeout: float = 10.0) -> int | None:
+        """SIGKILL ovs-vswitchd (a crash: it saves nothing) and wait until it is gone;
+        returns the pid it had.  ``start()`` brings it back from the database."""
+        pid = self.pid("ovs-vswitchd")
+        if pid is None:
+            return None
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return pid
 
     # -- the tools, aimed at this instance ---------------------------------------
 

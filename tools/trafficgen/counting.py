@@ -10,6 +10,7 @@ import random
 from tools.trafficgen.frames import MIN_FRAME, FlowSpec, Parsed
 
 MAX_LATENCY_SAMPLES = 100_000
+GAPS_KEPT = 4  # per flow, its longest silences
 
 
 @dataclasses.dataclass
@@ -23,6 +24,11 @@ class FlowStats:
     ttls: set = dataclasses.field(default_factory=set)
     dst_macs: set = dataclasses.field(default_factory=set)
     latencies_us: list = dataclasses.field(default_factory=list)
+    # the longest silences between two arrivals (outages, as this flow saw them), each
+    # (length, when it ended) on the receive clock (time.monotonic_ns: the same in every
+    # namespace of the host), longest first
+    last_ns: int = 0
+    gaps: list = dataclasses.field(default_factory=list)
     _seen: bytearray = dataclasses.field(default_factory=bytearray, repr=False)
 
     def add(self, p: Parsed, rx_ns: int) -> None:
@@ -34,6 +40,10 @@ class FlowStats:
             return
         self._seen[byte] |= 1 << bit
         self.received += 1
+        gap = rx_ns - self.last_ns
+        if self.last_ns and (len(self.gaps) < GAPS_KEPT or gap > self.gaps[-1][0]):
+            self.gaps = sorted([*self.gaps, (gap, rx_ns)], reverse=True)[:GAPS_KEPT]
+        self.last_ns = rx_ns
         if p.seq < self.max_seq:
             self.reordered += 1
         else:
@@ -87,6 +97,8 @@ class Sink:
                 "dst_macs": sorted(st.dst_macs),
                 "latency_p50_us": percentile(st.latencies_us, 50),
                 "latency_p99_us": percentile(st.latencies_us, 99),
+                "max_gap_ms": round(st.gaps[0][0] / 1e6, 3) if st.gaps else 0.0,
+                "gaps": [[round(g / 1e6, 3), end] for g, end in st.gaps],
             }
             if sent is not None:
                 row["sent"] = sent.get(fid, 0)
