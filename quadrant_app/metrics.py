@@ -109,8 +109,9 @@ class Metrics:
         )
         self.reply_flows = LabeledCounter(
             "quadrant_reply_flows_total",
-            "Reply directions of known flows: path=chain (a bidirectional chain's instance) "
-            "or direct (delivered to their host, bypassing a one-way chain).",
+            "Reply directions of known flows: path=chain (a bidirectional chain's instance), "
+            "direct (delivered to their host, bypassing a one-way chain) or nat (towards a "
+            "NAT's external address: the instance owning it).",
             "path",
         )
         self.migrated_flows = Counter(
