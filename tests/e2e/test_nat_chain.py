@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,13 +104,15 @@ def setup(root_required, tmp_path):
         srv.stop(remove=True)
 
 
+def connect_cmd(st, sink, n, rounds=5, *extra) -> list[str]:
+    return ["ip", "netns", "exec", st.lab.ns("src"), sys.executable, "-m",
+            "tools.trafficgen.echo", "connect", sink.address, str(PORT), "--tcp", str(n),
+            "--udp", str(n), "--rounds", str(rounds), *extra]  # fmt: skip
+
+
 def connect(st, sink, n, rounds=5) -> list[dict]:
-    out = subprocess.run(
-        ["ip", "netns", "exec", st.lab.ns("src"), sys.executable, "-m", "tools.trafficgen.echo",
-         "connect", sink.address, str(PORT), "--tcp", str(n), "--udp", str(n),
-         "--rounds", str(rounds)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
+    out = subprocess.run(connect_cmd(st, sink, n, rounds), cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, check=True)  # fmt: skip
     return json.loads(out.stdout)
 
 
@@ -158,3 +163,51 @@ def test_acl_nat_both_directions_one_port_per_connection(setup):
             admin.close()
 
     wait_until(user_gone, 30, "the NAT's Redis user to go with its instance")
+
+
+def nat_pid(st, worker: str, iid: int) -> int:
+    """The NAT's process (NF 1) of instance ``iid``, from its agent's log."""
+    m = re.findall(rf"prepared instance {iid} .*pids \[([0-9, ]+)\]", st.agent_log(worker))
+    return int(m[-1].split(",")[1])
+
+
+def test_nat_failover_keeps_every_connections_port(setup):
+    """The NAT's process is killed while connections run: the agent reports it, the
+    controller removes the instance, a replacement takes the same external address
+    and restores the mappings from Redis, and every connection carries on behind the
+    port it had (TCP retransmits over the gap, UDP retries)."""
+    st, _srv = setup
+    _src, sink = hosts(st.topology)
+    chain = st.tenant.post("/v1/chains", chain3(sink))
+    wait_until(lambda: instances(st, chain["id"]), 180, "the agents to prepare the NAT")
+    (old,) = instances(st, chain["id"])
+    proc = subprocess.Popen(
+        connect_cmd(st, sink, 6, 24, "--interval", "0.25", "--timeout", "15"),
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: len(st.admin.get("/v1/flows")["flows"]) >= 24, 30,
+                   "every connection's flows, both ways")  # fmt: skip
+        time.sleep(1.0)
+        os.kill(nat_pid(st, old["worker"], old["id"]), signal.SIGKILL)
+        new = wait_until(
+            lambda: [i for i in instances(st, chain["id"]) if i["id"] != old["id"]],
+            60, "a replacement NAT instance",
+        )[0]  # fmt: skip
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert new["nat_slot"] == 0  # the same external address
+    assert old["id"] not in {i["id"] for i in instances(st, chain["id"])}
+    reports = json.loads(out)
+    errors = [r for r in reports if r.get("error")]
+    assert not errors, errors
+    for r in reports:
+        assert r["seqs"] == list(range(24)), r  # every echo, in order, across the failover
+        assert len(r["peers"]) == 1, r  # the same external port before and after
+    ports = {(r["kind"], r["peers"][0]) for r in reports}
+    assert len(ports) == len(reports)
+    failures = st.admin.get("/v1/failures")
+    assert any(f.get("instance") == old["id"] for f in failures.get("failures", [])), failures

@@ -7,7 +7,7 @@
 plus the peer address it saw (so the client learns its connection's external
 address and port as the server sees them).  ``connect`` opens N TCP and N UDP
 connections at once from distinct local ports, sends K numbered messages on
-each, waits for each echo before the next, closes the TCP connections with
+each (``--interval`` apart), waiting for each echo before the next, closes the TCP connections with
 FIN, and prints one JSON report: per connection the local port, the peers
 the server saw, the sequence numbers that came back (in order) and any error.
 """
@@ -19,6 +19,7 @@ import json
 import socket
 import sys
 import threading
+import time
 
 
 def serve(addr: str, port: int) -> None:
@@ -46,7 +47,8 @@ def serve(addr: str, port: int) -> None:
         udp.sendto(data.rstrip(b"\n") + b" %s:%d\n" % (peer[0].encode(), peer[1]), peer)
 
 
-def _one(kind: str, addr: str, port: int, rounds: int, timeout: float, out: dict) -> None:
+def _one(kind: str, addr: str, port: int, rounds: int, timeout: float, interval: float,
+         out: dict) -> None:  # fmt: skip
     seen, back = set(), []
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
     s.settimeout(timeout)
@@ -57,6 +59,8 @@ def _one(kind: str, addr: str, port: int, rounds: int, timeout: float, out: dict
             s.connect((addr, port))
             f = s.makefile("rb")
         for k in range(rounds):
+            if k and interval:
+                time.sleep(interval)
             msg = b"%s-%d-%d\n" % (kind.encode(), out["local_port"], k)
             for attempt in range(3 if kind == "udp" else 1):  # UDP: a datagram may be lost
                 try:
@@ -83,10 +87,11 @@ def _one(kind: str, addr: str, port: int, rounds: int, timeout: float, out: dict
         out.update(kind=kind, peers=sorted(seen), seqs=back)
 
 
-def connect(addr: str, port: int, n_tcp: int, n_udp: int, rounds: int, timeout: float) -> list:
+def connect(addr: str, port: int, n_tcp: int, n_udp: int, rounds: int, timeout: float,
+            interval: float = 0.0) -> list:  # fmt: skip
     reports = [{} for _ in range(n_tcp + n_udp)]
     kinds = ["tcp"] * n_tcp + ["udp"] * n_udp
-    threads = [threading.Thread(target=_one, args=(k, addr, port, rounds, timeout, r))
+    threads = [threading.Thread(target=_one, args=(k, addr, port, rounds, timeout, interval, r))
                for k, r in zip(kinds, reports, strict=True)]  # fmt: skip
     for t in threads:
         t.start()
@@ -107,12 +112,18 @@ def main(argv=None) -> int:
     c.add_argument("--tcp", type=int, default=10)
     c.add_argument("--udp", type=int, default=10)
     c.add_argument("--rounds", type=int, default=5)
-    c.add_argument("--timeout", type=float, default=5.0)
+    c.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        help="seconds to wait for an echo (UDP: per try, 3 tries)",
+    )
+    c.add_argument("--interval", type=float, default=0.0, help="seconds between rounds")
     a = ap.parse_args(argv)
     if a.cmd == "serve":
         serve(a.addr, a.port)
         return 0
-    print(json.dumps(connect(a.addr, a.port, a.tcp, a.udp, a.rounds, a.timeout)))
+    print(json.dumps(connect(a.addr, a.port, a.tcp, a.udp, a.rounds, a.timeout, a.interval)))
     return 0
 
 
