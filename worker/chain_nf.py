@@ -61,6 +61,17 @@ def _port_name(d: dict) -> str:
     return d["vdev"].split(",", 1)[0] if "vdev" in d else d["pci"]
 
 
+def held_latency_us(cycles: list[int]) -> dict:
+    """p50/p99 time (us) from a held packet's arrival at the stage to its release."""
+    from cext.runtime import tsc_hz
+
+    lat, hz = sorted(cycles), tsc_hz()
+    if not lat:
+        return {"held_p50_us": 0.0, "held_p99_us": 0.0}
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    return {"held_p50_us": lat[len(lat) // 2] * 1e6 / hz, "held_p99_us": p99 * 1e6 / hz}
+
+
 def stage_state(spec: dict, nfs: list, inp):
     """The :class:`cext.statecore.StageState` of a stateful NF at this position (its
     Redis connection opened, its mappings restored), or None for a stateless one."""
@@ -181,7 +192,7 @@ def main() -> int:
             )
         summary = {"done": True, "nf_stats": [n.stats() for n in nfs]}
         if state is not None:  # the stage's state counters, also among the NF's own
-            summary["state"] = state.counters()
+            summary["state"] = state.counters() | held_latency_us(state.held_latencies())
             summary["nf_stats"][0] = dict(summary["nf_stats"][0] or {}, state=summary["state"])
         for p in ports:
             summary.setdefault("ports", {})[p.name] = p.stats()

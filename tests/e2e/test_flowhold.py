@@ -11,13 +11,12 @@ import pytest
 pytest.importorskip("scapy.all")
 from scapy.all import IP, UDP, Ether, Raw, rdpcap, wrpcap  # noqa: E402
 
-from tests.e2e import test_chain  # noqa: E402
 from tests.e2e.test_chain import chain, wait_for  # noqa: E402
 from worker.flowhold import parse_flows  # noqa: E402
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
-sched, work = test_chain.sched, test_chain.work  # the same fixtures
+# sched and work: the e2e fixtures (tests/e2e/conftest.py)
 
 HELD = {"src": "10.1.0.7", "dst": "10.2.0.1", "proto": "udp", "sport": 7000, "dport": 80}
 

@@ -12,7 +12,7 @@ scapy = pytest.importorskip("scapy.all")
 from scapy.all import IP, TCP, Ether, conf, raw, rdpcap, wrpcap  # noqa: E402
 
 from tests.dataplane.tcpflows import CLI_IP, SRV_IP, Conn, request  # noqa: E402
-from tests.e2e.test_chain import chain, sched, wait_for, work  # noqa: E402, F401
+from tests.e2e.test_chain import chain, wait_for  # noqa: E402  (sched, work: conftest.py)
 from worker.chain import ChainIds  # noqa: E402
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]

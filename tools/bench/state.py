@@ -1,17 +1,22 @@
-"""Stateful NF cost: the NAT with its state in Redis vs the same NAT with state kept locally.
+"""Stateful NF cost: ``acl -> nat`` with its state in Redis vs the same chain with state
+kept locally.
 
-    .venv/bin/python -m tools.bench.state [--quick] [--json PATH] [--core N]
+    .venv/bin/python -m tools.bench.state [--quick] [--json PATH] [--core N] [--mode M]
 
-One data core runs ``quadrant-nf`` with the ``nat`` NF (alone: the chain
-path for NF2..n has no state support yet, so ``acl -> nat`` is not measured);
-a real ``redis-server`` (AOF on, ``appendfsync`` as in the row) runs pinned
-to the other core.  Source: ``net_pcap`` with ``infinite_rx=1`` (saturated)
-over a pcap of outbound traffic: UDP over 2000 long-lived flows (mapped in
-the first pass, then no state change) and ``N`` short TCP connections per
-1000 frames (SYN, an ACK 96 frames later, RST 96 frames after that): each
-SYN writes two keys and each RST deletes two, and those packets, and the
-connection's packets until the write is acknowledged, are held.  New
-connections per second = packet rate x N / 1000.  Sink: ``net_null``.
+``--mode chain`` (the default): one data core runs Chain 3, ``acl -> nat``, as
+a chain instance (two NF processes, the cooperative scheduler, the NAT in
+the stage loop with its state hook); ``--mode nf``: the ``nat`` NF alone in
+``quadrant-nf`` (the single-NF runtime).  A real ``redis-server`` (AOF on,
+``appendfsync`` as in the row) runs pinned to the other core.  Source:
+``net_pcap`` with ``infinite_rx=1`` (saturated) over a pcap of outbound
+traffic: UDP over 2000 long-lived flows (mapped in the first pass, then no
+state change) and ``N`` short TCP connections per 1000 frames (SYN, an ACK 96
+frames later, RST 96 frames after that): each SYN writes two keys and each RST
+deletes two, and those packets, and the connection's packets until the write
+is acknowledged, are held. New connections per second = packet rate x N / 1000
+(the chain mode reports the rate, not this product: its NAT counters cover the
+whole run).  Sink: ``net_null``.  The chain's ACL is Chain 3's rule file
+behind one rule that allows the inside network.
 
 Rows, interleaved per round so they see the same machine noise:
 
@@ -38,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -90,6 +96,61 @@ def nat_config() -> dict:
     return {
         "internal": ["10.1.0.0/16"],
         "external": [{"address": EXTERNAL, "ports": "1024-65535"}],
+    }
+
+
+ACL_RULES = REPO / "examples" / "tables" / "acl-lab.rules"
+
+
+def run_chain(pcap: Path, core: int, seconds: float, state: dict, workdir: Path, sched) -> dict:
+    """``acl -> nat`` as a chain instance over ``pcap`` (saturated) for ``seconds``."""
+    from worker.chain import ChainIds, ChainInstance
+
+    tag = uuid.uuid4().hex[:6]
+    acl = {"type": "acl", "config": {"rules": [{"action": "allow", "src": "10.1.0.0/16"}],
+                                     "rule_file": str(ACL_RULES), "default": "deny"}}  # fmt: skip
+    nat = {"type": "nat", "config": nat_config(), "state": state | {"max_held": 2048}}
+    inst = ChainInstance(
+        f"stc{tag}", [acl, nat], core=core,
+        ports={"rx": {"vdev": f"net_pcap_stc{tag}0,rx_pcap={pcap},infinite_rx=1"},
+               "tx": {"vdev": f"net_null_stc{tag}1,no-rx=1"}},
+        ids=ChainIds(47510, 47510), prefix="stb", mode="coop", scheduler=sched,
+        n_slots=4096, buffer_root="/dev/shm", log_dir=str(workdir),
+        first_memory_mb=MEMORY_MB + 96,
+    )  # fmt: skip
+    try:
+        inst.prepare()
+        inst.attach()
+        time.sleep(1.0)  # warm-up: the first pass maps the long-lived flows
+        s0, t0 = inst.stats(), time.perf_counter()
+        time.sleep(seconds)
+        s1, t1 = inst.stats(), time.perf_counter()
+        inst.detach()
+    finally:
+        inst.teardown()
+    summary = inst.summaries[1] if len(inst.summaries) > 1 else None
+    if not summary or "state" not in summary:
+        raise RuntimeError(f"acl -> nat: no summary from the NAT stage; see {workdir}")
+    st, nf = summary["state"], inst.final_nf_stats()[1]
+    batches = max(1, s1[1]["batches"])
+    elapsed = t1 - t0
+    return {
+        "mpps": (s1[0]["tx"] - s0[0]["tx"]) / elapsed / 1e6,
+        "new_conn_per_s": None,  # the NAT's counters cover the whole run, not the window
+        "new_mappings": nf.get("new_mappings"),
+        "fetch_rt_per_batch": st["fetch_round_trips"] / batches,
+        "write_groups_per_batch": st["write_groups"] / batches,
+        "held_per_batch": st["held"] / batches,
+        "held_p50_us": st["held_p50_us"],
+        "held_p99_us": st["held_p99_us"],
+        "stalls": st["stalls"],
+        "keys_fetched": st["fetched"],
+        "evictions": st["evictions"],
+        "held_dropped": st["held_dropped"],
+        "pool_exhausted": nf.get("pool_exhausted"),
+        "batches": batches,
+        "pkts_per_batch": (s1[1]["pkts"] - s0[1]["pkts"])
+        / max(1, s1[1]["batches"] - s0[1]["batches"]),
     }
 
 
@@ -155,6 +216,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, help="measurement per run")
     ap.add_argument("--rounds", type=int, help="interleaved repetitions")
     ap.add_argument("--new", help="new connections per 1000 packets, comma-separated (N)")
+    ap.add_argument(
+        "--mode",
+        choices=("chain", "nf"),
+        default="chain",
+        help="chain: acl -> nat as a chain instance; nf: the nat alone",
+    )
     opts = ap.parse_args(argv)
     cpus = sorted(os.sched_getaffinity(0))
     core = opts.core if opts.core is not None else cpus[-1]
@@ -164,8 +231,14 @@ def main(argv=None) -> int:
     news = [int(k) for k in (opts.new or ("10" if opts.quick else "1,10,50")).split(",")]
 
     results: dict[int, dict[str, list[dict]]] = {}
+    sched = None
+    if opts.mode == "chain":
+        from worker.coopsched import CoreScheduler
+
+        sched = CoreScheduler(core, timeout=1.0, detach_timeout=10.0).start()
     with tempfile.TemporaryDirectory(prefix="st-bench-") as tmp:
         workdir = Path(tmp)
+        workdir.chmod(0o755)  # the chain's NFs (their own uids) reach the Redis socket
         servers = {
             mode: RedisServer(workdir / f"redis-{mode}", appendfsync=mode, core=redis_core)
             for mode in ("everysec", "always")
@@ -183,14 +256,26 @@ def main(argv=None) -> int:
                             state = {"store": "local"}
                         else:
                             srv = servers[store.split("-")[1]]
-                            state = srv.add_nf_user(f"natb{k}-{r}-{store[6:9]}").as_config()
-                        runs[store].append(run_nat(pcap, core, seconds, state, workdir))
+                            state = srv.add_nf_user(
+                                f"natb{k}-{r}-{store[6:9]}", unix=sched is not None
+                            ).as_config()
+                        if sched is not None:
+                            row = run_chain(pcap, core, seconds, state, workdir, sched)
+                        else:
+                            row = run_nat(pcap, core, seconds, state, workdir)
+                        runs[store].append(row)
+                        print(f"  N={k} round {r + 1} {store}: {row['mpps']:.3f} Mpps",
+                              flush=True)  # fmt: skip
                 results[k] = runs
         finally:
             for srv in servers.values():
                 srv.stop()
+            if sched is not None:
+                sched.stop()
 
     out = {
+        "mode": opts.mode,
+        "chain": "acl -> nat" if opts.mode == "chain" else "nat",
         "core": core,
         "redis_core": redis_core,
         "seconds": seconds,
@@ -202,14 +287,17 @@ def main(argv=None) -> int:
         local = statistics.median(r["mpps"] for r in runs["local"])
         entry = {}
         for store, rs in runs.items():
-            med = {key: statistics.median(r[key] for r in rs) for key in rs[0]}
+            med = {}
+            for key in rs[0]:
+                vals = [r[key] for r in rs]
+                med[key] = None if None in vals else statistics.median(vals)
             med["vs_local"] = med["mpps"] / local if local else None
             med["rounds_mpps"] = [r["mpps"] for r in rs]
             entry[store] = med
         out["by_new_per_1000"][str(k)] = entry
 
     print(
-        f"state: nat on core {core}, redis-server on core {redis_core}, "
+        f"state: {out['chain']} on core {core}, redis-server on core {redis_core}, "
         f"{rounds} round(s) x {seconds:g} s, medians over rounds (machine shared)"
     )
     print(
@@ -220,7 +308,7 @@ def main(argv=None) -> int:
         for store, e in entry.items():
             print(
                 f"{store:<16}{k:>5}{e['mpps']:>8.3f}{e['vs_local']:>10.2f}"
-                f"{e['new_conn_per_s']:>12.0f}{e['fetch_rt_per_batch']:>12.4f}"
+                f"{e['new_conn_per_s'] or 0:>12.0f}{e['fetch_rt_per_batch']:>12.4f}"
                 f"{e['write_groups_per_batch']:>14.3f}{e['held_p50_us']:>13.1f}"
                 f"{e['held_p99_us']:>13.1f}"
             )
