@@ -102,6 +102,23 @@ def nat_config() -> dict:
 ACL_RULES = REPO / "examples" / "tables" / "acl-lab.rules"
 
 
+def state_row(st: dict, nf: dict, batches: int) -> dict:
+    """The state layer's figures of a run (its ``state`` summary, the NAT's counters)."""
+    return {
+        "fetch_rt_per_batch": st["fetch_round_trips"] / batches,
+        "write_groups_per_batch": st["write_groups"] / batches,
+        "held_per_batch": st["held"] / batches,
+        "held_p50_us": st["held_p50_us"],
+        "held_p99_us": st["held_p99_us"],
+        "stalls": st["stalls"],
+        "keys_fetched": st["fetched"],
+        "evictions": st["evictions"],
+        "held_dropped": st["held_dropped"],
+        "pool_exhausted": nf.get("pool_exhausted"),
+        "batches": batches,
+    }
+
+
 def run_chain(pcap: Path, core: int, seconds: float, state: dict, workdir: Path, sched) -> dict:
     """``acl -> nat`` as a chain instance over ``pcap`` (saturated) for ``seconds``."""
     from worker.chain import ChainIds, ChainInstance
@@ -138,17 +155,7 @@ def run_chain(pcap: Path, core: int, seconds: float, state: dict, workdir: Path,
         "mpps": (s1[0]["tx"] - s0[0]["tx"]) / elapsed / 1e6,
         "new_conn_per_s": None,  # the NAT's counters cover the whole run, not the window
         "new_mappings": nf.get("new_mappings"),
-        "fetch_rt_per_batch": st["fetch_round_trips"] / batches,
-        "write_groups_per_batch": st["write_groups"] / batches,
-        "held_per_batch": st["held"] / batches,
-        "held_p50_us": st["held_p50_us"],
-        "held_p99_us": st["held_p99_us"],
-        "stalls": st["stalls"],
-        "keys_fetched": st["fetched"],
-        "evictions": st["evictions"],
-        "held_dropped": st["held_dropped"],
-        "pool_exhausted": nf.get("pool_exhausted"),
-        "batches": batches,
+        **state_row(st, nf, batches),
         "pkts_per_batch": (s1[1]["pkts"] - s0[1]["pkts"])
         / max(1, s1[1]["batches"] - s0[1]["batches"]),
     }
@@ -193,17 +200,7 @@ def run_nat(pcap: Path, core: int, seconds: float, state: dict, workdir: Path) -
     return {
         "mpps": c["rx_packets"] / s["elapsed_s"] / 1e6,
         "new_conn_per_s": nf["new_mappings"] / s["elapsed_s"],
-        "fetch_rt_per_batch": st["fetch_round_trips"] / batches,
-        "write_groups_per_batch": st["write_groups"] / batches,
-        "held_per_batch": st["held"] / batches,
-        "held_p50_us": st["held_p50_us"],
-        "held_p99_us": st["held_p99_us"],
-        "stalls": st["stalls"],
-        "keys_fetched": st["fetched"],
-        "evictions": st["evictions"],
-        "held_dropped": st["held_dropped"],
-        "pool_exhausted": nf["pool_exhausted"],
-        "batches": c["batches"],
+        **state_row(st, nf, batches),
         "pkts_per_batch": c["rx_packets"] / batches,
     }
 
