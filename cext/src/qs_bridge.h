@@ -40,12 +40,14 @@ struct qs_bridgectl {
     volatile uint64_t passed;     /* of those, passed on to the next NF in a slot */
     volatile uint64_t expired;    /* slots passed on empty: nothing came back for them in time */
     volatile uint64_t overflow;   /* NF frames with no held slot (or too long): dropped */
-    volatile uint64_t reverse;    /* frames the NF sent back out of its "to" interface: dropped */
+    volatile uint64_t reverse;    /* unicast frames the NF sent back out of its "to"
+                                     interface: dropped (group-addressed ones: chatter) */
     volatile uint64_t held;       /* slots waiting for the NF's output right now */
     volatile uint64_t late;       /* of `passed`, frames that came back at a later turn */
     volatile uint64_t flushed;    /* frames in the rings before the loop started: dropped */
     volatile uint64_t chatter;    /* multicast/broadcast frames the NF's kernel sent on its
-                                     own (IGMP and MLD reports, ARP): never chain data */
+                                     own (IGMP and MLD reports, ARP), on either interface:
+                                     never chain data; those on "to" count in from_nf too */
 } __attribute__((aligned(QS_CACHE)));
 
 _Static_assert(QS_BRIDGE_OFF + QS_MAX_NFS * sizeof(struct qs_bridgectl) <= QS_HDR_SIZE,
@@ -124,7 +126,15 @@ static inline uint32_t qs_bridge_collect(struct qs_bridge_cfg *c, struct qs_held
         /* what the NF sends back towards its predecessor has nowhere to go */
         do {
             r = rte_eth_rx_burst(c->port_to, 0, rx, QS_BRIDGE_RX);
-            bx->reverse += r;
+            for (i = 0; i < r; i++) {
+                const struct rte_mbuf *m = rx[i];
+                if (m->data_len >= 6 && (rte_pktmbuf_mtod(m, const uint8_t *)[0] & 1)) {
+                    bx->chatter++; /* the kernel's own, as on the "from" side */
+                    bx->from_nf++;
+                } else {
+                    bx->reverse++;
+                }
+            }
             if (r)
                 rte_pktmbuf_free_bulk(rx, r);
         } while (r == QS_BRIDGE_RX);

@@ -263,7 +263,9 @@ def test_switch_reconnect_resyncs_without_reassigning(qc_lab, ctl):
     assert len(per_flow_rules(lab)) == 1
     base_before = sorted(r for r in lab.ofctl("dump-flows").splitlines() if "cookie=0x5144" in r)
     lab.vsctl("set", "Controller", bridge, f'target="{target}"')
-    wait_for(lambda: metric(ctl, "quadrant_resync_installed_total") == 1, 15, "the re-sync")
+    # at its connection the switch gets every per-flow rule in the books back (both
+    # flows: the kept one replaced, the lost one restored), before the base pipeline
+    wait_for(lambda: metric(ctl, "quadrant_resync_installed_total") == 2, 15, "the re-sync")
     rules = per_flow_rules(lab)
     assert len(rules) == 2
     udp_rule = next(r for r in rules if "udp" in r)

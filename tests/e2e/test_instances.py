@@ -193,7 +193,9 @@ def test_chain_instance_processes_traffic_and_leaves_nothing(manager, worker_ns,
     assert inst.ctl.batch == 8
     assert manager.detach({"instance": 11}) == {"instance": 11, "state": "detached"}
     assert [s["state"] for s in inst.stats()] == ["parked", "parked"]
-    assert manager.teardown({"instance": 11}) == {"instance": 11, "state": "gone"}
+    gone = manager.teardown({"instance": 11})
+    assert {k: gone[k] for k in ("instance", "state")} == {"instance": 11, "state": "gone"}
+    assert [n["type"] for n in gone["nf_stats"]] == [n["type"] for n in CHAIN1["nfs"]]
     assert manager.list() == []
     for pid in res["pids"]:
         assert not os.path.exists(f"/proc/{pid}")
@@ -269,7 +271,8 @@ def test_dead_nf_is_reported_once(manager, worker_ns):
     assert mon.tick()[1] == []  # once
     assert manager.list()[0]["state"] == "failed"
     refused(manager.attach, {"instance": 31}, "params.instance")
-    assert manager.teardown({"instance": 31}) == {"instance": 31, "state": "gone"}
+    gone = manager.teardown({"instance": 31})
+    assert (gone["instance"], gone["state"]) == (31, "gone") and "nf_stats" in gone
 
 
 # --- quadrant-agent itself, over the wire -------------------------------------------
@@ -373,7 +376,12 @@ def test_quadrant_agent_serves_commands_over_the_wire(worker_ns, tmp_path):
                 r = await peer.command("set_batch", {"instance": 5, "batch": 16})
                 assert r["result"] == {"instance": 5, "batch": 16}
                 r = await peer.command("teardown", {"instance": 5})
-                assert r["result"] == {"instance": 5, "state": "gone"}
+                assert (r["result"]["instance"], r["result"]["state"]) == (5, "gone")
+                assert [n["type"] for n in r["result"]["nf_stats"]] == ["tunnel", "ipforward"]
+                for _ in range(50):  # reaped; the kernel may take a moment to drop the entries
+                    if not any(os.path.exists(f"/proc/{p}") for p in pids):
+                        break
+                    await asyncio.sleep(0.05)
                 assert not any(os.path.exists(f"/proc/{p}") for p in pids)
                 # one left prepared: the agent's exit takes it down
                 r = await peer.command("prepare", {"instance": 7, "chain": EMPTY2,
@@ -392,6 +400,10 @@ def test_quadrant_agent_serves_commands_over_the_wire(worker_ns, tmp_path):
                 if agent.returncode is None:
                     agent.send_signal(signal.SIGTERM)
                     assert await asyncio.wait_for(agent.wait(), 30) == 0
+        for _ in range(50):  # no NF outlives its agent (the last ones may still be exiting)
+            if not any(os.path.exists(f"/proc/{p}") for p in pids):
+                break
+            time.sleep(0.05)
         assert not any(os.path.exists(f"/proc/{p}") for p in pids)
 
     asyncio.run(asyncio.wait_for(scenario(), 120))
