@@ -305,7 +305,12 @@ def main(argv=None) -> int:
         for store, e in entry.items():
             print(
                 f"{store:<16}{k:>5}{e['mpps']:>8.3f}{e['vs_local']:>10.2f}"
-                f"{e['new_conn_per_s'] or 0:>12.0f}{e['fetch_rt_per_batch']:>12.4f}"
+                + (
+                    f"{e['new_conn_per_s']:>12.0f}"
+                    if e["new_conn_per_s"] is not None
+                    else f"{'-':>12}"
+                )
+                + f"{e['fetch_rt_per_batch']:>12.4f}"
                 f"{e['write_groups_per_batch']:>14.3f}{e['held_p50_us']:>13.1f}"
                 f"{e['held_p99_us']:>13.1f}"
             )
