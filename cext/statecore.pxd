@@ -48,6 +48,7 @@ cdef extern from "src/qs_statehook.h":
     cdef int QS_HOLD
     cdef int QS_HOOK_BATCH
     cdef uint64_t QD_NO_HOLD  # StateCore.hold_seq: the packet goes on now
+    cdef unsigned QS_HOOK_LAT_SLOTS
 
     ctypedef int (*qs_state_poll_fn)(void *ctx) noexcept nogil
 

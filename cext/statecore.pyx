@@ -32,6 +32,8 @@ LAT_RING = LAT_SLOTS
 
 if QS_HOLD != QD_HOLD:
     raise ImportError("statecore: QS_HOLD (qs_statehook.h) must equal QD_HOLD (cext/nf.pxd)")
+if QS_HOOK_LAT_SLOTS != LAT_SLOTS:
+    raise ImportError("statecore: QS_HOOK_LAT_SLOTS (qs_statehook.h) must equal LAT_SLOTS")
 
 
 cdef class StateCore:

@@ -469,7 +469,8 @@ static inline int64_t qs_state_turn(struct qs_stage_cfg *c, struct qs_nfctl *me,
     }
     while (st->count && n < QS_MAX_BATCH && st->held_seq[st->head] <= *st->acked) {
         uint64_t w = now - st->held_tsc[st->head];
-        st->lat[st->lat_head++ & (65536u - 1)] = w > 0xffffffffULL ? 0xffffffffu : (uint32_t)w;
+        st->lat[st->lat_head++ & (QS_HOOK_LAT_SLOTS - 1)] =
+            w > 0xffffffffULL ? 0xffffffffu : (uint32_t)w;
         offs[n++] = st->held_off[st->head];
         st->head = (st->head + 1) % st->max_held;
         st->count--;

@@ -20,6 +20,7 @@
 #define QS_HOLD 2          /* == QD_HOLD (cext/nf.pxd) */
 #define QS_HOOK_BATCH 1024 /* == QS_MAX_BATCH (qs_chainrt.h) */
 #define QD_NO_HOLD UINT64_MAX /* StateCore.hold_seq: the packet goes on now */
+#define QS_HOOK_LAT_SLOTS 65536u /* the release-latency ring (a power of two) */
 
 typedef int (*qs_state_poll_fn)(void *ctx);
 
@@ -40,7 +41,7 @@ struct qs_state_hook {
     uint32_t max_held, head, count;
     /* counters */
     uint64_t held_total, released, max_held_seen, stalls, held_dropped;
-    uint32_t *lat; /* cycles from arrival to release, a ring of LAT_SLOTS */
+    uint32_t *lat; /* cycles from arrival to release, a ring of QS_HOOK_LAT_SLOTS */
     uint64_t lat_head;
 };
 
