@@ -19,6 +19,7 @@ the controller and takes the lab down, also after a failure half way.
 from __future__ import annotations
 
 import json
+import random
 import secrets
 import shutil
 import socket
@@ -40,7 +41,24 @@ class StackError(RuntimeError):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free TCP port on 127.0.0.1 below the kernel's ephemeral range: the controller
+    binds it only later, and a port the kernel hands out for outgoing connections
+    (every REST client, agent and Redis client here makes some) could be taken by
+    one of them in between."""
+    try:
+        lo = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        lo = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10000, max(10001, lo))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a crowded range: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 

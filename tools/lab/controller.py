@@ -57,7 +57,10 @@ class ControllerProcess:
                     f"controller exited with {self.proc.returncode}:\n{self.output()[-3000:]}"
                 )
             if time.monotonic() > deadline:
-                raise ControllerError(f"the switch did not connect within {timeout:.0f} s")
+                raise ControllerError(
+                    f"the switch did not connect to port {self.port} within {timeout:.0f} s; "
+                    f"the controller's output:\n{self.output()[-3000:]}"
+                )
             time.sleep(0.1)
 
     def output(self) -> str:
