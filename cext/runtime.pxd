@@ -53,6 +53,10 @@ cdef extern from "src/qd_stats.h":
     unsigned qd_hist_bucket(uint64_t c) nogil
     void qd_stats_begin(qd_stats *s) nogil
     void qd_stats_end(qd_stats *s) nogil
+    void qd_stats_batch(qd_stats *st, uint16_t n, uint64_t rx_bytes, uint64_t sent,
+                        uint64_t tx_bytes, uint64_t drops_nf, uint64_t drops_tx,
+                        uint64_t held, uint64_t empty, uint64_t t0, uint64_t t1) nogil
+    void qd_stats_idle(qd_stats *st, uint64_t empty, uint64_t tsc) nogil
 
 
 cdef enum:

@@ -38,7 +38,7 @@ packet.
 import os
 
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint64_t
 from libc.string cimport memset
 
 from cext.dpdk cimport (
@@ -158,8 +158,7 @@ cdef class Runtime:
         cdef uint8_t *base
         cdef uint8_t *data
         cdef uint16_t n, i, nout, ndrop, sent, off, dlen, blen
-        cdef uint64_t t0, t1, cyc, rx_bytes, tx_bytes, drops_nf, held, empty = 0
-        cdef uint32_t slot
+        cdef uint64_t t0, t1, rx_bytes, tx_bytes, drops_nf, held, empty = 0
         cdef uint8_t v
         cdef bint moved
         batch.pkts = pkts
@@ -248,28 +247,8 @@ cdef class Runtime:
             if ndrop:
                 rte_pktmbuf_free_bulk(self.drop_mbufs, ndrop)
             t1 = rte_rdtsc()
-            cyc = t1 - t0
-            qd_stats_begin(st)
-            st.rx_packets += n
-            st.rx_bytes += rx_bytes
-            st.tx_packets += sent
-            st.tx_bytes += tx_bytes
-            st.drops_nf += drops_nf
-            st.drops_tx += nout - sent
-            st.held += held
-            st.batches += 1
-            st.empty_polls += empty
-            st.busy_cycles += cyc
-            st.last_tsc = t1
-            if cyc > st.max_batch_cycles:
-                st.max_batch_cycles = cyc
-            st.hist[qd_hist_bucket(cyc)] += 1
-            slot = st.sample_head & (QD_STATS_SAMPLES - 1)
-            st.samples[slot].tsc = t1
-            st.samples[slot].cycles = <uint32_t>(cyc if cyc < 0xffffffffULL else 0xffffffffULL)
-            st.samples[slot].pkts = n
-            st.sample_head += 1
-            qd_stats_end(st)
+            qd_stats_batch(st, n, rx_bytes, sent, tx_bytes, drops_nf, nout - sent, held, empty,
+                           t0, t1)
             empty = 0
             t0 = t1
             if self.nf.halt:
@@ -277,8 +256,5 @@ cdef class Runtime:
             if max_rx and st.rx_packets >= max_rx:
                 return 1
         if empty:
-            qd_stats_begin(st)
-            st.empty_polls += empty
-            st.last_tsc = t0
-            qd_stats_end(st)
+            qd_stats_idle(st, empty, t0)
         return 0

@@ -39,12 +39,12 @@ from cext.dpdk cimport (
 from cext.nf cimport QD_FORWARD, QD_HOLD, qd_batch, qd_pkt
 from cext.runtime cimport (
     QD_MAX_BURST,
-    QD_STATS_SAMPLES,
     Runtime,
-    qd_hist_bucket,
     qd_stats,
+    qd_stats_batch,
     qd_stats_begin,
     qd_stats_end,
+    qd_stats_idle,
 )
 from cext.state cimport StatefulNF, qd_state
 from cext.statecore cimport LAT_SLOTS, QD_NO_HOLD, StateCore
@@ -147,8 +147,8 @@ cdef class StatefulRuntime(Runtime):
         cdef qd_pkt *p
         cdef uint8_t *base
         cdef uint16_t n, i, nout, ndrop, sent
-        cdef uint64_t t0, t1, cyc, rx_bytes, tx_bytes, drops_nf, held, empty = 0, q
-        cdef uint32_t slot, h
+        cdef uint64_t t0, t1, rx_bytes, tx_bytes, drops_nf, held, empty = 0, q
+        cdef uint32_t h
         cdef uint8_t v
         batch.pkts = self.pkts
         batch.verdicts = self.verdicts
@@ -238,38 +238,15 @@ cdef class StatefulRuntime(Runtime):
             t1 = rte_rdtsc()
             if self.held_count and s.acked >= s.issued:
                 self._release(t1)  # local store (or acks already in): released this batch
-            cyc = t1 - t0
-            qd_stats_begin(st)
-            st.rx_packets += n
-            st.rx_bytes += rx_bytes
-            st.tx_packets += sent
-            st.tx_bytes += tx_bytes
-            st.drops_nf += drops_nf
-            st.drops_tx += nout - sent
-            st.held += held
-            st.batches += 1
-            st.empty_polls += empty
-            st.busy_cycles += cyc
-            st.last_tsc = t1
-            if cyc > st.max_batch_cycles:
-                st.max_batch_cycles = cyc
-            st.hist[qd_hist_bucket(cyc)] += 1
-            slot = st.sample_head & (QD_STATS_SAMPLES - 1)
-            st.samples[slot].tsc = t1
-            st.samples[slot].cycles = <uint32_t>(cyc if cyc < 0xffffffffULL else 0xffffffffULL)
-            st.samples[slot].pkts = n
-            st.sample_head += 1
-            qd_stats_end(st)
+            qd_stats_batch(st, n, rx_bytes, sent, tx_bytes, drops_nf, nout - sent, held, empty,
+                           t0, t1)
             empty = 0
             if self.snf.halt:
                 return 2
             if max_rx and st.rx_packets >= max_rx:
                 return 1
         if empty:
-            qd_stats_begin(st)
-            st.empty_polls += empty
-            st.last_tsc = rte_rdtsc()
-            qd_stats_end(st)
+            qd_stats_idle(st, empty, rte_rdtsc())
         return 0
 
     def drain(self, double timeout):

@@ -97,4 +97,45 @@ static inline void qd_stats_end(struct qd_stats *s)
 	__atomic_store_n(&s->seq, s->seq + 1, __ATOMIC_RELEASE);
 }
 
+/* One batch of the single-NF loops (cext/runtime.pyx, cext/stateful.pyx), under
+ * the seqlock: its counters, its time (t0..t1) into busy_cycles, the maximum,
+ * the histogram and the sample ring, and the empty polls before it. */
+static inline void qd_stats_batch(struct qd_stats *st, uint16_t n, uint64_t rx_bytes,
+				  uint64_t sent, uint64_t tx_bytes, uint64_t drops_nf,
+				  uint64_t drops_tx, uint64_t held, uint64_t empty, uint64_t t0,
+				  uint64_t t1)
+{
+	uint64_t cyc = t1 - t0;
+	struct qd_sample *smp = &st->samples[st->sample_head & (QD_STATS_SAMPLES - 1)];
+	qd_stats_begin(st);
+	st->rx_packets += n;
+	st->rx_bytes += rx_bytes;
+	st->tx_packets += sent;
+	st->tx_bytes += tx_bytes;
+	st->drops_nf += drops_nf;
+	st->drops_tx += drops_tx;
+	st->held += held;
+	st->batches += 1;
+	st->empty_polls += empty;
+	st->busy_cycles += cyc;
+	st->last_tsc = t1;
+	if (cyc > st->max_batch_cycles)
+		st->max_batch_cycles = cyc;
+	st->hist[qd_hist_bucket(cyc)] += 1;
+	smp->tsc = t1;
+	smp->cycles = (uint32_t)(cyc < 0xffffffffULL ? cyc : 0xffffffffULL);
+	smp->pkts = n;
+	st->sample_head += 1;
+	qd_stats_end(st);
+}
+
+/* Empty polls since the last batch, when a loop's slice ends without one. */
+static inline void qd_stats_idle(struct qd_stats *st, uint64_t empty, uint64_t tsc)
+{
+	qd_stats_begin(st);
+	st->empty_polls += empty;
+	st->last_tsc = tsc;
+	qd_stats_end(st);
+}
+
 #endif
