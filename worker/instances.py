@@ -32,25 +32,16 @@ from quadrant_app.jsonrpc import RpcError
 from worker import flowhold
 from worker.chain import MODES, ChainError, ChainIds, ChainInstance
 from worker.launcher import Launcher, LaunchError
+from worker.nf_registry import NF_TYPES
 from worker.state_access import STATEFUL_NF_TYPES, StateAccess, StateAccessError
 
 LOG = logging.getLogger("quadrant.instances")
 
-# The NF types a controller may ask for: the built-in native NFs.  ``python``
+# The NF types a controller may ask for: the runtime's built-in ones.  ``python``
 # and ``native`` import a class named in the config, i.e. run code the
 # controller names: they are for the standalone runtime, not for remote commands.
-AGENT_NF_TYPES = (
-    "empty",
-    "tunnel",
-    "ipforward",
-    "acl",
-    "bpf_lpm",
-    "urlfilter",
-    "encrypt",
-    "decrypt",
-    "thirdparty",
-    "nat",  # stateful: the agent needs a state store (--state-redis, docs/state.rst)
-)
+# (``nat`` keeps state: the agent needs a state store, --state-redis, docs/state.rst.)
+AGENT_NF_TYPES = tuple(t for t in NF_TYPES if t not in ("native", "python"))
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 MAX_BATCH = 1024
 UIDS_PER_INSTANCE = 16  # NF i of an instance runs as uid_base + i; at most 8 NFs
