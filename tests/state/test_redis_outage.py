@@ -16,17 +16,16 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 from scapy.all import TCP, Ether, Raw, raw
 
 from tests.state.test_nat import conns, inbound, nat
 from tests.state.test_stateful_chain import ACL, IDS, by_conn, outbound, tagged
-from tests.state.test_stateful_chain import sched as sched  # noqa: F401 - the fixture
+from tests.state.test_stateful_chain import redis_server as redis_server  # noqa: F401
+from tests.state.test_stateful_chain import sched as sched  # noqa: F401 - the fixtures
 from worker.chain import ChainInstance
 from worker.launcher import LocalLauncher
-from worker.redis_server import RedisServer
 
 pytestmark = [
     pytest.mark.dpdk,
@@ -35,10 +34,6 @@ pytestmark = [
 
 CORE = 1
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def sh(*args):
-    subprocess.run(args, check=True, capture_output=True)
 
 
 class Wire:
@@ -69,37 +64,20 @@ class Wire:
 
 
 @pytest.fixture
-def veth():
-    tag = uuid.uuid4().hex[:6]
-    ns, a, b = f"qro-{tag}", f"qroA{tag}", f"qroB{tag}"
-    sh("ip", "netns", "add", ns)
+def veth(veth_ns):
+    """The namespace's veth pair: the chain on one end, :class:`Wire` on the other."""
+    ns, a, b = veth_ns
+    wire = Wire(ns, b)
+    cgroups = f"qro-{ns}"
     try:
-        sh("ip", "link", "add", a, "netns", ns, "type", "veth", "peer", "name", b, "netns", ns)
-        for dev in (a, b):
-            sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1")
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-        wire = Wire(ns, b)
-        try:
-            yield ns, a, wire, f"qro-{tag}"
-        finally:
-            wire.close()
+        yield ns, a, wire, cgroups
     finally:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        wire.close()
         for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/cpuset", "/sys/fs/cgroup/memory"):
             try:
-                os.rmdir(f"{root}/qro-{tag}")  # the NFs' cgroups' parent, empty by now
+                os.rmdir(f"{root}/{cgroups}")  # the NFs' cgroups' parent, empty by now
             except OSError:
                 pass
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    srv = RedisServer(tmp_path / "redis", appendfsync="always", core=0)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop(remove=True)
 
 
 def wait_for(cond, timeout=10.0):
