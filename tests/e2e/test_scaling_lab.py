@@ -181,9 +181,11 @@ def test_scale_out_under_a_ramp_and_reclaim_after_it_without_loss(stack):
     # an attached instance's first NF polls its port; a detached one's NFs are parked
     assert idle_detached < 0.05 < idle_attached, (idle_detached, idle_attached)
 
-    print(f"scaling lab: A={a} B={b}, flows first on {first_on}, seen on {seen}, "
-          f"migrated {moved:.0f}, A's flows in the plateau {on_a_in_plateau}, "
-          f"NF CPU in 2 s: detached {idle_detached:.3f} s, attached {idle_attached:.3f} s")
+    print(
+        f"scaling lab: A={a} B={b}, flows first on {first_on}, seen on {seen}, "
+        f"migrated {moved:.0f}, A's flows in the plateau {on_a_in_plateau}, "
+        f"NF CPU in 2 s: detached {idle_detached:.3f} s, attached {idle_attached:.3f} s"
+    )
 
     # No packet lost, duplicated or reordered within its flow, moved or not.
     assert len(report) == FLOWS
