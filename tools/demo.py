@@ -167,8 +167,9 @@ def watch(stack: Stack, chains: dict[int, dict], proc, seconds: float) -> list[l
 
 
 # The scaling phase (docs/scaling.rst, *In the lab*): Chain 1 with the lab's stated
-# ceiling per instance, ten flows of 100 pps started one after another, then ended.
-SCALE_MAX_PPS = 600
+# ceiling per instance, ten flows of 50 pps started one after another, then ended.
+SCALE_FLOW_PPS = 50.0
+SCALE_MAX_PPS = 300
 SCALE_FLOWS = 10
 SCALE_EVERY = 0.8
 SCALE_PLATEAU = 4.0
@@ -181,7 +182,7 @@ def scaling_ramp(src, sink) -> list[dict]:
     return [
         {"flow_id": i, "src_ip": f"10.1.0.{10 + i}", "dst_ip": sink.address,
          "proto": "udp" if i % 2 else "tcp", "sport": 20000 + i, "dport": 80, "size": 800,
-         "pps": 100.0, "start": (i - 1) * SCALE_EVERY,
+         "pps": SCALE_FLOW_PPS, "start": (i - 1) * SCALE_EVERY,
          "stop": peak + (SCALE_FLOWS - 1 - i) * SCALE_EVERY}
         for i in range(1, SCALE_FLOWS)
     ]  # fmt: skip
@@ -228,7 +229,8 @@ def scaling_phase(stack: Stack, spec: dict, src, sink, tmp: Path) -> bool:
             send.wait(60)
             wait_until(lambda: len(insts()) == 2 and any(i["attached"] for i in insts()), 120,
                        "one instance attached and a second one warm")  # fmt: skip
-            say(f"scaling: one instance attached, one warm; {len(ramp)} flows of 100 pps "
+            say(f"scaling: one instance attached, one warm; {len(ramp)} flows of "
+                f"{SCALE_FLOW_PPS:.0f} pps "
                 f"start {SCALE_EVERY} s apart, run together, then end (newest first)")  # fmt: skip
     history = watch(stack, {cid: spec}, send, seconds)
     # the flows' rules time out at the switch; the emptied instance goes back to the pool
