@@ -273,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     tmp.chmod(0o755)  # the NFs (their own uids) reach the state store's socket in it
     # the NAT's state store: AOF on, ACLs on, on the housekeeping core (not the data core)
     redis = RedisServer(tmp / "redis", appendfsync="always", core=0)
-    stack = Stack(topo, prefix="qm", log=say, state_store=redis)
+    # flow rates every second: the scaling loop picks the flows to move by them
+    # (flow_stats_interval no longer than scaling_interval, docs/scaling.rst)
+    stack = Stack(topo, prefix="qm", log=say, state_store=redis,
+                  controller_conf={"flow_stats_interval": 1})  # fmt: skip
     failed = []
     try:
         redis.start()
