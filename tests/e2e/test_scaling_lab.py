@@ -49,8 +49,11 @@ def stack(root_required):
     # scale-out finds one ready (preparing takes seconds: the NFs' EALs come up)
     conf = {"idle_timeout": IDLE_TIMEOUT, "flow_stats_interval": 1, "warm_pool": 2,
             "scaling_policy": "quadrant", "scaling_interval": 1, "reclaim_grace": 3}  # fmt: skip
+    # heartbeats every 2 s (a worker fails after 6 s of silence): on a loaded machine a
+    # starved controller or agent must not fail a worker over mid-ramp; failover is
+    # tests/e2e/test_failover.py's
     st = Stack(load(LAB_TOPOLOGY), prefix=f"s{lab_prefix()[1:]}", log=lambda m: None,
-               controller_conf=conf)  # fmt: skip
+               controller_conf=conf, heartbeat_s=2.0)  # fmt: skip
     try:
         st.up(wait=LAB_WAIT)
         yield st
@@ -145,6 +148,8 @@ def test_scale_out_under_a_ramp_and_reclaim_after_it_without_loss(stack):
     def grew(name):
         return after.get(name, 0) - before.get(name, 0)
 
+    # Nothing failed meanwhile (a failover would move flows for its own reasons).
+    assert stack.admin.get("/v1/failures")["failures"] == []
     # Scale-out: two instances carried the ramp's flows, both from the warm pool.
     used = set().union(*seen.values())
     assert peak_attached == 2 and len(used) == 2, (seen, instances(stack, cid))
