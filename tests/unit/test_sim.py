@@ -189,6 +189,67 @@ def test_chain_profile_errors_name_the_field():
     with pytest.raises(profile.ProfileError) as e:
         profile.parse(bad)
     assert e.value.field == "chains.c.batch_size"
+    # nf_cycles: this chain's own figure for an NF instead of the shared one
+    own = {"a": {"cycles": 30, "cycles_per_byte": 0.0}}
+    ch = {"c": {"nfs": ["a"], "overhead": over, "nf_cycles": own}, "d": {"nfs": ["a"]}}
+    both = profile.parse(dict(good, chains=ch))
+    assert both["c"].cycles(100) == pytest.approx(40 + 0.2 * 100 + 30)
+    assert both["d"].cycles(100) == pytest.approx(10 + 100 + 100)  # shared figure
+    bad = dict(good, chains={"c": {"nfs": ["a"], "nf_cycles": {"b": own["a"]}}})
+    with pytest.raises(profile.ProfileError) as e:
+        profile.parse(bad)
+    assert e.value.field == "chains.c.nf_cycles"
+    bad = dict(good, chains={"c": {"nfs": ["a"], "nf_cycles": {"a": {"cycles": -1}}}})
+    with pytest.raises(profile.ProfileError) as e:
+        profile.parse(bad)
+    assert e.value.field == "chains.c.nf_cycles.a.cycles"
+
+
+def test_fit_chain_from_a_chain_isolation_run():
+    from tools.sim import fit
+
+    # 1 GHz; batch 10 with 1000 cycles per batch = 100 per packet.  NF x: 50 at 64 B,
+    # 146 at 1024 B (0.1 per byte, 43.6 at 0 B); NF y: 21 then 19 (noise: mean 20, 0 per
+    # byte).  Chain: 400 cycles per packet at 64 B (2.5 Mpps), 1000 at 1024 B (1 Mpps).
+    # Rest: 400 - 50 - 20 - 100 = 230; 1000 - 146 - 20 - 100 = 734; 504 / 960 = 0.525 per
+    # byte, 230 - 64 * 0.525 = 196.4 at 0 B.
+    run = {
+        "tsc_hz": 1e9,
+        "batch_size": 10,
+        "canonical": {
+            "c": {
+                "64": {"nfs": ["x", "y"], "kpps": 2500.0, "nf_cycles": [50.0, 21.0]},
+                "1024": {"nfs": ["x", "y"], "kpps": 1000.0, "nf_cycles": [146.0, 19.0]},
+            }
+        },
+    }
+    got = fit.fit_chain(run, "c", batch_cycles=1000.0)
+    assert got["nf_cycles"] == {
+        "x": {"cycles": 43.6, "cycles_per_byte": 0.1},
+        "y": {"cycles": 20.0, "cycles_per_byte": 0.0},
+    }
+    assert got["overhead"] == {"cycles": 196.4, "cycles_per_byte": 0.525, "batch_cycles": 1000.0}
+    assert got["nfs"] == ["x", "y"] and got["batch_size"] == 10
+    with pytest.raises(ValueError, match="canonical.zz"):
+        fit.fit_chain(run, "zz", batch_cycles=1000.0)
+
+
+def test_shipped_chain3_profile_reproduces_its_measurement():
+    """Chain 3's figures are fitted from its own chain_isolation run (736 / 929 cycles)."""
+    import json
+    import os
+
+    from tools.sim import fit, profile
+
+    measured = os.path.join(os.path.dirname(profile.DEFAULT), "measured")
+    path = os.path.join(measured, "chain_isolation-chain3-b32.json")
+    with open(path, encoding="utf-8") as f:
+        run = json.load(f)
+    c = profile.load()["chain3"]
+    for size in fit.SIZES:
+        row = run["canonical"]["chain3"][str(size)]
+        per_packet = c.cycles(size) + c.batch_cycles / c.batch_size
+        assert per_packet == pytest.approx(run["tsc_hz"] / (row["kpps"] * 1e3), rel=2e-3)
 
 
 def test_operating_points_explain_the_cores_ratio():

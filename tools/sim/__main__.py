@@ -1,11 +1,11 @@
-"""``python -m tools.sim {bench,run,scale,table}``: see docs/scaling.rst."""
+"""``python -m tools.sim {bench,run,scale,table,points,fit}``: see docs/scaling.rst."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from tools.sim import bench, profile, traffic
+from tools.sim import bench, fit, profile, traffic
 from tools.sim.cluster import Config
 from tools.sim.runs import Setup, run_chain, run_scale
 
@@ -64,6 +64,15 @@ def main(argv=None) -> int:
     s.add_argument("--seed", type=int, default=1)
 
     sub.add_parser("table", help="the latency tables' summary per chain")
+    ft = sub.add_parser("fit", help="a chain's profile figures from a chain_isolation JSON")
+    ft.add_argument("measured", help="tools.bench.chain_isolation --canonical-only --json output")
+    ft.add_argument("chain", help="canonical chain name in it, e.g. chain3")
+    ft.add_argument(
+        "--batch-cycles",
+        type=float,
+        required=True,
+        help="per-batch cost (NFs x the fitted in-chain switch, 4,038 cycles each here)",
+    )
     pt = sub.add_parser("points", help="Quadrant's and the oracle's steady load per chain and SLO")
     pt.add_argument("--alpha", type=float, default=0.6)
     pt.add_argument("--load-cap", type=float, default=0.9)
@@ -71,6 +80,8 @@ def main(argv=None) -> int:
 
     if a.cmd == "bench":
         return bench.main(a)
+    if a.cmd == "fit":
+        return fit.main(a)
     if a.cmd == "run":
         setup = Setup.load()
         tab = setup.table(a.chain)
