@@ -108,7 +108,12 @@ class _FlowsOf(Mapping):
         self.sim = sim
 
     def __getitem__(self, slot):
-        idx = np.flatnonzero(self.sim.flow_inst == slot)
+        sim = self.sim
+        k = sim.chain_of[slot]
+        lo, hi = sim.f_block[k], sim.f_block[k + 1]  # only its chain's flows ...
+        if sim.f_block_sorted[k]:  # ... and of those only the ones started so far
+            hi = lo + int(np.searchsorted(sim.f_start[lo:hi], sim.placed_to, side="left"))
+        idx = lo + np.flatnonzero(sim.flow_inst[lo:hi] == slot)
         pps = self.sim.pps_now[idx]
         order = np.argsort(-pps, kind="stable")  # the core sorts them again: cheap when sorted
         fr = scaling.FlowRate
@@ -164,6 +169,9 @@ class Cluster:
         )
         # flows of all chains, one array each
         self.f_chain = np.concatenate([np.full(len(c.flows), k) for k, c in enumerate(chains)])
+        self.f_block = np.cumsum([0] + [len(c.flows) for c in chains])  # chain k: [b[k], b[k+1])
+        self.f_block_sorted = [bool(np.all(np.diff(c.flows.start) >= 0)) for c in chains]
+        self.placed_to = 0.0  # flows that start before this time have been placed
         cat = lambda a: np.concatenate([getattr(c.flows, a) for c in chains])  # noqa: E731
         self.f_start, self.f_end, self.f_pps0 = cat("start"), cat("end"), cat("pps")
         self.f_size, self.f_a0, self.f_a1 = cat("size"), cat("accel_from"), cat("accel_to")
@@ -234,21 +242,29 @@ class Cluster:
     def _move(self, idx, dst):
         """Put flows ``idx`` (assigned or not) on instance ``dst`` (or -1: nowhere)."""
         src = self.flow_inst[idx]
-        dst = np.broadcast_to(np.asarray(dst, dtype=np.int64), src.shape)
-        p = self.pps_now[idx]
-        for sign, where in ((-1.0, src), (1.0, dst)):
-            ok = where >= 0
-            if np.any(ok):
-                w = where[ok]
-                np.add.at(self.i_pps, w, sign * p[ok])
-                np.add.at(self.i_cyc, w, sign * p[ok] * self.f_cyc[idx][ok])
-                np.add.at(self.i_bps, w, sign * p[ok] * self.f_size[idx][ok] * 8)
-                np.add.at(self.i_nflows, w, int(sign))
+        dst = np.asarray(dst, dtype=np.int64)
+        if dst.ndim == 0:
+            dst = np.full(len(idx), int(dst), dtype=np.int64)
+        self._carry(src, idx, -1.0)
+        self._carry(dst, idx, 1.0)
         self.flow_inst[idx] = dst
         # rounding residue of many adds and subtracts: an instance without flows carries nothing
         emptied = src[(src >= 0)]
         emptied = emptied[self.i_nflows[emptied] == 0]
         self.i_pps[emptied] = self.i_cyc[emptied] = self.i_bps[emptied] = 0.0
+
+    def _carry(self, where, idx, sign: float):
+        """Add (``sign`` 1) or take off (-1) flows ``idx``'s load on instances ``where``."""
+        ok = where >= 0
+        if not ok.all():
+            if not ok.any():
+                return
+            where, idx = where[ok], idx[ok]
+        p = self.pps_now[idx] * sign
+        np.add.at(self.i_pps, where, p)
+        np.add.at(self.i_cyc, where, p * self.f_cyc[idx])
+        np.add.at(self.i_bps, where, p * self.f_size[idx] * 8)
+        np.add.at(self.i_nflows, where, int(sign))
 
     def _rate(self, idx, delta):
         """Change the rate of flows ``idx`` by ``delta`` pps each."""
@@ -268,6 +284,7 @@ class Cluster:
         j = int(np.searchsorted(self.s_start, t1, side="left"))
         new = self.ev_start[p[0] : j]
         p[0] = j
+        self.placed_to = t1
         if len(new):
             dst = np.empty(len(new), dtype=np.int64)
             for n, f in enumerate(new):
@@ -482,7 +499,7 @@ class Cluster:
             t1 = t + dt
             q = self.q + (lam - rmax) * dt
             drop = np.maximum(q - cfg.ring, 0.0)
-            self.q = np.clip(q, 0.0, cfg.ring)
+            self.q = np.minimum(np.maximum(q, 0.0), cfg.ring)
             gbps = np.bincount(self.worker_of, weights=self.i_bps, minlength=cfg.workers) / 1e9
             nic_keep = np.minimum(1.0, cfg.nic_gbps / np.maximum(gbps, 1e-12))
             net = np.interp(gbps, nx, ny) + slope * np.maximum(gbps - nx[-1], 0.0)
