@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     b.add_argument("--json", metavar="PATH")
     b.add_argument("--plots", metavar="DIR", help="write PNG figures there")
     b.add_argument("--slos", type=int, nargs="+")
+    b.add_argument("--chains", nargs="+", choices=profile.CANONICAL, help="default: all three")
     b.add_argument("--alpha", type=float, default=0.6)
     b.add_argument("--beta", type=float, default=0.9)
     b.add_argument("--load-cap", type=float, default=0.9)
@@ -62,6 +63,7 @@ def main(argv=None) -> int:
     s.add_argument("--slo", type=float, default=100.0)
     s.add_argument("--policy", default="quadrant", choices=("quadrant", "metron"))
     s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--dt-ms", type=float, default=4.0, help="time step (default 4 ms)")
 
     sub.add_parser("table", help="the latency tables' summary per chain")
     ft = sub.add_parser("fit", help="a chain's profile figures from a chain_isolation JSON")
@@ -122,6 +124,7 @@ def main(argv=None) -> int:
             flows=a.flows,
             slo_us=a.slo,
             seed=a.seed,
+            dt=a.dt_ms * 1e-3,
         )
         _print_result(res)
         return 0

@@ -5,7 +5,8 @@ the paper's ramp, once under Quadrant's policy and once under the
 Metron-style one (which ignores the SLO, so one run per chain serves every
 SLO), next to the oracle's cores.  Then, per chain, Quadrant once more with
 its SLO set to the p99 the Metron-style policy achieved: the "fewer cores at
-the latency it achieves" comparison.
+the latency it achieves" comparison; and, for the record, Quadrant's best at
+that latency (the loosest SLO, by bisection, whose achieved p99 is no worse).
 """
 
 from __future__ import annotations
@@ -71,12 +72,32 @@ def bench(
                 f"oracle={c.oracle_cores_avg:6.2f}  metron p99={m.p99_us:6.1f} "
                 f"cores={m.cores_avg:6.2f}  ({q.wall_s:.1f}s)"
             )
+        # The issue's comparison: Quadrant asked for the p99 Metron-style achieved.
+        qd = run_chain(
+            setup,
+            name,
+            m.p99_us,
+            "quadrant",
+            tr,
+            cfg,
+            alpha,
+            beta,
+            with_oracle=False,
+            load_cap=load_cap,
+            consolidate=consolidate,
+        ).chains[name]
+        row["at_metron_p99"] = {"quadrant": qd.to_json(), "metron": m.to_json()}
+        log(
+            f"{name} SLO = Metron-style's p99 {m.p99_us:.1f}us: quadrant p99={qd.p99_us:.1f} "
+            f"cores={qd.cores_avg:.2f} vs {m.cores_avg:.2f}"
+        )
+        # Quadrant's best at that latency: the loosest SLO whose achieved p99 is no worse.
         qm = match_p99(
             setup, name, m.p99_us, tr, cfg, alpha, beta, match_iters, load_cap, consolidate
         )
-        row["at_metron_p99"] = {"quadrant": qm.to_json(), "metron": m.to_json()}
+        row["best_at_metron_p99"] = {"quadrant": qm.to_json(), "metron": m.to_json()}
         log(
-            f"{name} at Metron-style's p99 {m.p99_us:.1f}us: quadrant SLO {qm.slo_us:.1f}us "
+            f"{name} best at Metron-style's p99 {m.p99_us:.1f}us: quadrant SLO {qm.slo_us:.1f}us "
             f"p99={qm.p99_us:.1f} cores={qm.cores_avg:.2f} vs {m.cores_avg:.2f}"
         )
         row["_windows"] = {"metron": m.windows}
@@ -129,15 +150,18 @@ def table(res) -> str:
             q, m = r["quadrant"], r["metron"]
             o = q["oracle_cores_avg"]
             ratio = f"{q['cores_avg'] / o:5.2f}" if o else "  n/a"
-            label = slo if slo != "at_metron_p99" else f"~{q['slo_us']:.0f}"
+            label = {"at_metron_p99": f"={q['slo_us']:.0f}", "best_at_metron_p99": ""}.get(
+                slo, slo
+            ) or f"~{q['slo_us']:.0f}"
             lines.append(
                 f"{name:<7} {label:>4} | {q['p99_us']:6.1f} {q['cores_avg']:7.2f} "
                 f"{q['cores_max']:5d} {q['loss']:8.1e} | {o or 0:6.2f} {ratio} | "
                 f"{m['p99_us']:6.1f} {m['cores_avg']:7.2f} {m['cores_max']:5d} {m['loss']:8.1e}"
             )
     lines.append(
-        "Q = Quadrant's policy, M = Metron-style; '~N' rows: Quadrant with the loosest SLO N "
-        "(bisection) at which its p99 is no worse than M's"
+        "Q = Quadrant's policy, M = Metron-style; '=N' rows: Quadrant with its SLO set to M's "
+        "p99 N; '~N' rows: Quadrant with the loosest SLO N (bisection) at which its p99 is no "
+        "worse than M's"
     )
     return "\n".join(lines)
 
@@ -147,7 +171,7 @@ def goals(res) -> list[str]:
     miss, far, worse = [], [], []
     for name, row in res.items():
         for slo, r in row.items():
-            if slo.startswith("_") or slo == "at_metron_p99":
+            if slo.startswith("_") or slo.endswith("at_metron_p99"):
                 continue
             q = r["quadrant"]
             if q["p99_us"] > q["slo_us"]:
@@ -156,10 +180,12 @@ def goals(res) -> list[str]:
             if o and q["cores_avg"] > 1.15 * o:
                 far.append(f"{name}@{slo}: {q['cores_avg'] / o:.2f}x")
         at = row["at_metron_p99"]
-        if at["quadrant"]["cores_avg"] >= at["metron"]["cores_avg"]:
-            worse.append(
-                f"{name}: {at['quadrant']['cores_avg']:.2f} vs {at['metron']['cores_avg']:.2f}"
-            )
+        q, m = at["quadrant"], at["metron"]
+        # at the latency it achieves: Quadrant given M's p99 as its SLO meets it on fewer cores
+        if q["cores_avg"] >= m["cores_avg"] or q["p99_us"] > q["slo_us"]:
+            best = row.get("best_at_metron_p99", {}).get("quadrant", {}).get("cores_avg")
+            extra = f" (best at that p99: {best:.2f})" if best is not None else ""
+            worse.append(f"{name}: {q['cores_avg']:.2f} vs {m['cores_avg']:.2f}{extra}")
 
     def say(ok, text, bad):
         return ("met     " if ok else "NOT MET ") + text + ("" if ok else ": " + ", ".join(bad))
@@ -167,7 +193,7 @@ def goals(res) -> list[str]:
     return [
         say(not miss, "p99 <= SLO for every chain and SLO", miss),
         say(not far, "cores within 15% of the oracle", far),
-        say(not worse, "fewer cores than Metron-style at the p99 it achieves", worse),
+        say(not worse, "fewer cores than Metron-style with SLO = its p99", worse),
     ]
 
 
@@ -242,6 +268,7 @@ def main(args) -> int:
     slos = tuple(args.slos) if args.slos else (QUICK_SLOS if args.quick else FULL_SLOS)
     kw = dict(
         slos=slos,
+        chains=tuple(args.chains) if args.chains else profile.CANONICAL,
         alpha=args.alpha,
         beta=args.beta,
         seed=args.seed,
@@ -270,6 +297,7 @@ def main(args) -> int:
             "seed": args.seed,
             "quick": args.quick,
             "consolidate": args.consolidate,
+            "chains": list(kw["chains"]),
         }
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"meta": meta, "chains": clean}, f, indent=1)

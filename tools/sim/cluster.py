@@ -161,6 +161,7 @@ class Cluster:
         self.bcyc = np.array([c.prof.batch_cycles for c in chains])
         self.bsize = np.array([c.prof.batch_size for c in chains], dtype=float)
         self.hz = np.array([c.prof.cpu_hz for c in chains])
+        self.per_batch = self.bcyc / self.bsize  # per-batch cycles spread over a full batch
         self.nominal = np.array([c.table.mean_cycles for c in chains])
         self.rho_top = chains[0].table.rho[-1]
         # p99 wait beyond the batch itself at the table's top load (heavy-traffic scaling)
@@ -320,10 +321,10 @@ class Cluster:
         core at 0.999 of its rate would count with the latency of 0.98.
         """
         top = self.rho_top
-        ring_us = self.cfg.ring / rmax * 1e6
         over = rho > top
         if not over.any():
-            return np.zeros_like(rho)
+            return 0.0
+        ring_us = self.cfg.ring / rmax * 1e6
         gap = np.maximum(1.0 - rho, 1e-12)
         extra = self.top_wait[k_of] * ((1.0 - top) / gap - 1.0)
         return np.where(over, np.minimum(np.where(rho >= 1.0, np.inf, extra), ring_us), 0.0)
@@ -485,7 +486,7 @@ class Cluster:
                 self.i_cyc / np.maximum(lam, 1e-12),
                 self.nominal[k_of],
             )
-            rmax = self.hz[k_of] / (cyc + self.bcyc[k_of] / self.bsize[k_of])
+            rmax = self.hz[k_of] / (cyc + self.per_batch[k_of])
             rho = lam / rmax
             # Steps with nothing changing (no flow event, no backlog) are taken at once.
             adv = 1
@@ -516,8 +517,9 @@ class Cluster:
             wts.append(served[sl] * (1 - f))
             keys.append(base + MAX_SHIFT)
             wts.append(served[sl] * f)
-            np.add.at(lost, k_of[sl], arrive[sl] - served[sl])
-            placed = np.bincount(k_of[sl], weights=arrive[sl], minlength=nch)
+            ks, ar = k_of[sl], arrive[sl]
+            lost += np.bincount(ks, weights=ar - served[sl], minlength=nch)
+            placed = np.bincount(ks, weights=ar, minlength=nch)
             lost += np.maximum(self.chain_pps * dt - placed, 0.0)
             offered += self.chain_pps * dt
             nc = np.bincount(self.chain_of[att], minlength=nch)[:nch]
@@ -587,9 +589,10 @@ class Cluster:
         dense = np.bincount(np.concatenate(keys), np.concatenate(wts), minlength=len(total))
         keys.clear()
         wts.clear()
-        total += dense
         nz = np.flatnonzero(dense)
-        return nz, dense[nz]
+        w = dense[nz]
+        total[nz] += w
+        return nz, w
 
     def _quantile(self, keys, w, k, q=0.99) -> float:
         G = self.grid
