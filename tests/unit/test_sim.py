@@ -257,7 +257,7 @@ def test_operating_points_explain_the_cores_ratio():
 
     setup = Setup.load()
     tab = setup.table("chain2")
-    ((name, slo, ro, rq, ratio, eo, need),) = bench.operating_points(
+    ((name, slo, ro, rq, ratio, eo, need, floor),) = bench.operating_points(
         setup, chains=("chain2",), slos=(100,)
     )
     est = 2 * tab.batch_p99_us + setup.network.latency_us(0.0)
@@ -265,8 +265,13 @@ def test_operating_points_explain_the_cores_ratio():
     assert ro == pytest.approx(setup.oracle_pps("chain2", 100) / tab.r_max)
     assert ratio == pytest.approx(ro / rq)
     assert np.interp(ro / 1.15, tab.rho, est) == pytest.approx(need * 100, abs=0.5)
+    # no load: 5 us of network + twice the p99 one-packet batch (a 1500 B packet: the
+    # sizes' p99 is above the clip)
+    prof = setup.chains["chain2"]
+    one = (prof.batch_cycles + prof.cycles(1500)) / prof.cpu_hz * 1e6
+    assert floor * 100 == pytest.approx(5.0 + 2 * one, abs=0.3)
     # a loose SLO: the estimate never reaches alpha * SLO, the load cap decides
-    ((*_, rq_loose, _, _, _),) = bench.operating_points(setup, chains=("chain1",), slos=(200,))
+    ((*_, rq_loose, _, _, _, _),) = bench.operating_points(setup, chains=("chain1",), slos=(200,))
     assert rq_loose == 0.9
 
 

@@ -150,7 +150,7 @@ def table(res) -> str:
             q, m = r["quadrant"], r["metron"]
             o = q["oracle_cores_avg"]
             ratio = f"{q['cores_avg'] / o:5.2f}" if o else "  n/a"
-            label = {"at_metron_p99": f"={q['slo_us']:.0f}", "best_at_metron_p99": ""}.get(
+            label = {"at_metron_p99": f"={q['slo_us']:.1f}", "best_at_metron_p99": ""}.get(
                 slo, slo
             ) or f"~{q['slo_us']:.0f}"
             lines.append(
@@ -314,9 +314,12 @@ def operating_points(setup, chains=profile.CANONICAL, slos=FULL_SLOS, alpha=0.6,
     Quadrant's steady load is where its estimate ``2 * T99 + net`` (net at an idle
     NIC) reaches ``alpha * SLO``, at most ``load_cap``; the oracle's is its rate over
     ``r_max``.  Their ratio is the cores ratio before packing, churn and the ramp.
-    ``est_at_oracle``: the estimate at the oracle's load, over the SLO (above 1, even
-    ``alpha = beta -> 1`` cannot get there); ``alpha_for_15pct``: the ``alpha`` at
-    which Quadrant's load is the oracle's / 1.15.
+    ``est_at_oracle``: the estimate at the oracle's load, over the SLO (above 1, no
+    ``alpha < beta < 1`` reaches the oracle's load: such an instance would shed);
+    ``alpha_for_15pct``: the ``alpha`` at which Quadrant's load is the oracle's / 1.15,
+    the smallest that can meet the 15 % goal (with ``beta`` above it), before packing;
+    ``floor``: the estimate at no load (twice a one-packet batch + the network) over
+    the SLO, the part of ``alpha * SLO`` that no load can use.
     """
     net = setup.network.latency_us(0.0)
     rows = []
@@ -329,17 +332,18 @@ def operating_points(setup, chains=profile.CANONICAL, slos=FULL_SLOS, alpha=0.6,
             rq = load_cap if est[-1] < low else min(float(np.interp(low, est, t.rho)), load_cap)
             eo = float(np.interp(min(ro, t.rho[-1]), t.rho, est))
             need = float(np.interp(min(ro / 1.15, t.rho[-1]), t.rho, est)) / slo
-            rows.append((name, slo, ro, rq, ro / rq, eo / slo, need))
+            rows.append((name, slo, ro, rq, ro / rq, eo / slo, need, float(est[0]) / slo))
     return rows
 
 
 def points_table(rows) -> str:
     lines = [
         f"{'chain':<7} {'SLO':>4} | {'oracle load':>11} {'Q load':>6} {'ratio':>5} | "
-        f"{'est@oracle/SLO':>14} {'alpha for 1.15x':>15}"
+        f"{'est@oracle/SLO':>14} {'alpha for 1.15x':>15} {'floor/SLO':>9}"
     ]
-    for name, slo, ro, rq, ratio, eo, need in rows:
+    for name, slo, ro, rq, ratio, eo, need, floor in rows:
         lines.append(
-            f"{name:<7} {slo:>4} | {ro:11.3f} {rq:6.3f} {ratio:5.2f} | {eo:14.2f} {need:15.2f}"
+            f"{name:<7} {slo:>4} | {ro:11.3f} {rq:6.3f} {ratio:5.2f} | {eo:14.2f} {need:15.2f} "
+            f"{floor:9.2f}"
         )
     return "\n".join(lines)
