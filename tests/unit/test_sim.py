@@ -299,3 +299,22 @@ def test_bench_goals_compare_with_metron_at_its_p99_as_slo():
     # ... and so is meeting it on fewer cores but above that SLO
     row["at_metron_p99"]["quadrant"].update(cores_avg=20.0, p99_us=31.0)
     assert bench.goals({"c": row})[2].startswith("NOT MET")
+
+
+def test_metron_points_bound_quadrants_cores_at_metrons_p99():
+    from tools.sim import bench
+
+    setup = Setup.load()
+    m = {"p99_us": 72.5, "cores_avg": 24.21}
+    res = {"meta": {"quick": True, "seed": 1}, "chains": {}}
+    res["chains"]["chain2"] = {"at_metron_p99": {"metron": m, "quadrant": {}}}
+    res["chains"]["chain1"] = {"at_metron_p99": {"metron": dict(m, p99_us=21.0)}}
+    rows = {r[0]: r for r in bench.metron_points(setup, res)}
+    _, slo, mc, m_load, rho_s, qmin, need = rows["chain2"]
+    tab = setup.table("chain2")
+    est = 2 * tab.batch_p99_us + setup.network.latency_us(0.0)
+    assert np.interp(rho_s, tab.rho, est) == pytest.approx(72.5, abs=0.5)  # est reaches S
+    assert qmin == pytest.approx(m_load * mc / rho_s)  # offered / rho_S
+    assert need == pytest.approx(np.interp(m_load, tab.rho, est) / 72.5)
+    # chain1's estimate never reaches 21 us (two full batches + 5 us): the load cap binds
+    assert rows["chain1"][4] == 0.9

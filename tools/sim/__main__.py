@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from tools.sim import bench, fit, profile, traffic
@@ -78,6 +79,11 @@ def main(argv=None) -> int:
     pt = sub.add_parser("points", help="Quadrant's and the oracle's steady load per chain and SLO")
     pt.add_argument("--alpha", type=float, default=0.6)
     pt.add_argument("--load-cap", type=float, default=0.9)
+    pt.add_argument(
+        "--metron",
+        metavar="BENCH_JSON",
+        help="instead: Quadrant's floor of cores at SLO = Metron-style's p99, from bench --json",
+    )
     a = ap.parse_args(argv)
 
     if a.cmd == "bench":
@@ -127,6 +133,11 @@ def main(argv=None) -> int:
             dt=a.dt_ms * 1e-3,
         )
         _print_result(res)
+        return 0
+    if a.cmd == "points" and a.metron:
+        with open(a.metron, encoding="utf-8") as f:
+            rows = bench.metron_points(Setup.load(), json.load(f))
+        print(bench.metron_points_table(rows))
         return 0
     if a.cmd == "points":
         rows = bench.operating_points(Setup.load(), alpha=a.alpha, load_cap=a.load_cap)

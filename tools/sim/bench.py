@@ -347,3 +347,49 @@ def points_table(rows) -> str:
             f"{floor:9.2f}"
         )
     return "\n".join(lines)
+
+
+def metron_points(setup, bench_json: dict, cores_at_peak=24.0, load_cap=0.9) -> list[tuple]:
+    """Can Quadrant, given the p99 ``S`` that Metron-style achieved as its SLO, use fewer
+    cores than Metron-style?  Per chain, from a ``bench --json`` file.
+
+    An instance whose estimate ``2 * T99 + net`` is above ``beta * S`` sheds, one above
+    ``alpha * S`` takes nothing new, so for any ``alpha < beta < 1`` its steady load stays
+    below ``rho_S``, where the estimate reaches ``S`` (and below ``load_cap``); the chain
+    then needs at least ``offered / (rho_S * r_max)`` cores on time average.  Rows:
+    chain, ``S``, Metron-style's cores and mean load (offered over cores), ``rho_S``,
+    that bound, and the ``alpha`` below which Quadrant's instances cannot even reach
+    Metron-style's mean load (the estimate there over ``S``; above 1: no ``alpha``).
+    """
+    meta = bench_json.get("meta", {})
+    quick = bool(meta.get("quick"))
+    ramp_s, steady_s = (30.0, 20.0) if quick else (60.0, 60.0)
+    net = setup.network.latency_us(0.0)
+    rows = []
+    for name, row in bench_json["chains"].items():
+        m = row["at_metron_p99"]["metron"]
+        t = setup.table(name)
+        tr = traffic.Ramp(peak_pps=cores_at_peak * t.r_max, ramp_s=ramp_s, steady_s=steady_s)
+        fl = traffic.ramp(tr, np.random.default_rng(int(meta.get("seed", 1))))
+        ts = np.arange(0.05, tr.duration, 0.1)
+        offered = float(np.mean([fl.offered_pps(x) for x in ts])) / t.r_max  # in cores
+        est = 2.0 * t.batch_p99_us + net
+        slo = m["p99_us"]
+        rho_s = float(np.interp(slo, est, t.rho)) if est[-1] > slo else 1.0
+        rho_s = min(rho_s, load_cap)
+        m_load = offered / m["cores_avg"]
+        need = float(np.interp(min(m_load, t.rho[-1]), t.rho, est)) / slo
+        rows.append((name, slo, m["cores_avg"], m_load, rho_s, offered / rho_s, need))
+    return rows
+
+
+def metron_points_table(rows) -> str:
+    lines = [
+        f"{'chain':<7} {'M p99':>6} | {'M cores':>7} {'M load':>6} | "
+        f"{'Q load max':>10} {'Q cores min':>11} {'alpha needed':>12}"
+    ]
+    for name, slo, mc, ml, rho_s, qmin, need in rows:
+        lines.append(
+            f"{name:<7} {slo:6.1f} | {mc:7.2f} {ml:6.3f} | {rho_s:10.3f} {qmin:11.2f} {need:12.2f}"
+        )
+    return "\n".join(lines)

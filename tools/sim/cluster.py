@@ -179,7 +179,8 @@ class Cluster:
         self.f_fac = np.concatenate([np.full(len(c.flows), c.flows.accel_factor) for c in chains])
         self.f_cyc = np.concatenate([c.prof.cycles(c.flows.size) for c in chains])
         self.pps_now = self.f_pps0.copy()
-        self.flow_inst = np.full(len(self.f_chain), -1, dtype=np.int64)
+        # int32: the per-instance scans (_FlowsOf) read half the bytes of int64
+        self.flow_inst = np.full(len(self.f_chain), -1, dtype=np.int32)
         self.ended = np.zeros(len(self.f_chain), dtype=bool)
         self.ev_start = np.argsort(self.f_start, kind="stable")
         self.s_start = self.f_start[self.ev_start]
