@@ -318,3 +318,15 @@ def test_metron_points_bound_quadrants_cores_at_metrons_p99():
     assert need == pytest.approx(np.interp(m_load, tab.rho, est) / 72.5)
     # chain1's estimate never reaches 21 us (two full batches + 5 us): the load cap binds
     assert rows["chain1"][4] == 0.9
+
+
+def test_flows_ending_with_the_run_do_not_end_in_its_last_step():
+    # 4 ms steps: 5499 * 0.004 + 0.004 is a rounding step above 22, so summing times
+    # ended every flow at the last step and the last plan reclaimed the instances
+    tab = micro.latency_table(ONE, micro.SizeDist(1000.0, 0.0), packets=500, seed=3)
+    tr = traffic.Ramp(peak_pps=2e6, ramp_s=11, steady_s=11, growth=200, mean_flow_s=2.0)
+    fl = traffic.ramp(tr, np.random.default_rng(1))
+    ch = ChainSetup("one", ONE, ScalingParams(200.0, pool_size=1), fl, tab)
+    res = Cluster([ch], Config(workers=2, cores=8, dt=4e-3, control_s=0.2), NO_NET).run(22.0)
+    assert res.counts["attaches"] > 0
+    assert res.counts["reclaims"] == 0

@@ -476,8 +476,9 @@ class Cluster:
         ora_div = np.where(ora_ok, ora, 1.0)
         step = 0
         while step < steps:
-            t = step * cfg.dt
-            t1 = t + cfg.dt
+            # times from the step count, not sums: t + dt can land a rounding step past
+            # the run's end, which ended every flow whose end is the run's end
+            t1 = (step + 1) * cfg.dt
             self._events(t1)
             att = self.state == ATT
             k_of = np.maximum(self.chain_of, 0)
@@ -498,7 +499,7 @@ class Cluster:
                 to_win = per_win - step % per_win
                 adv = max(1, min(to_ev, to_ctl, to_win, steps - step))
             dt = cfg.dt * adv
-            t1 = t + dt
+            t1 = (step + adv) * cfg.dt
             q = self.q + (lam - rmax) * dt
             drop = np.maximum(q - cfg.ring, 0.0)
             self.q = np.minimum(np.maximum(q, 0.0), cfg.ring)
