@@ -99,8 +99,8 @@ def run_scale(
     about 1 ms at these chains' rates, so neither 2 nor 4 ms resolves its
     filling; the fluid ring model and the latency tables are what count, and
     flows last a minute, stats come every 200 ms.  Against 2 ms steps the
-    results agree within 0.5 µs of p99, 0.1 % of cores and 7 % of loss
-    (``docs/benchmarks.rst``, "Cluster scale"), on 22 % less CPU.
+    results agree within 1.5 µs of p99, 0.11 % of cores and 6 % of loss
+    (``docs/benchmarks.rst``, "Cluster scale"), on about 25 % less CPU.
     """
     names = list(profile.CANONICAL)
     per_chain = flows / len(names)
