@@ -44,6 +44,8 @@ LOG = logging.getLogger("quadrant.instances")
 AGENT_NF_TYPES = tuple(t for t in NF_TYPES if t not in ("native", "python"))
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 MAX_BATCH = 1024
+# how long a prepare waits for a failed instance's teardown to free its VF (_await_vf)
+VF_RELEASE_S = 3.0
 UIDS_PER_INSTANCE = 16  # NF i of an instance runs as uid_base + i; at most 8 NFs
 
 
@@ -159,6 +161,7 @@ class InstanceManager:
         # below the controller's call timeout (10 s): a prepare the controller gave up on
         # must not live on here as an instance it does not know
         self.prepare_timeout = prepare_timeout
+        self.vf_release_s = VF_RELEASE_S
         self.on_event = on_event or (lambda ev: None)
         # where stateful NFs keep their state; the agent creates each one's ACL user
         self.state_access = state_access
@@ -234,6 +237,7 @@ class InstanceManager:
                 )
         if not MAC_RE.match(mac):
             raise refuse("params.vf", f"{mac!r} is not a MAC address")
+        self._await_vf(mac)
         with self.lock:
             if mac not in self.vfs:
                 raise refuse("params.vf", f"{mac} is not a VF of this worker")
@@ -296,6 +300,22 @@ class InstanceManager:
         LOG.info("prepared instance %d (chain %s) on core %d, VF %s in %.1f s: pids %s", iid,
                  chain_name, core, mac, time.monotonic() - t0, inst.pids)  # fmt: skip
         return {"instance": iid, "state": inst.state, "pids": list(inst.pids)}
+
+    def _await_vf(self, mac: str) -> bool:
+        """Wait (at most ``vf_release_s``) while a *failed* instance holds ``mac``: the
+        controller tears a failed instance down as soon as it hears of the failure and
+        may prepare its replacement on the freed VF in the same breath, the two
+        commands running side by side here; refusing the prepare would cost a whole
+        retry period.  True once no failed instance holds it (a live one is refused by
+        the caller at once, as before)."""
+        deadline = time.monotonic() + self.vf_release_s
+        while True:
+            with self.lock:
+                if not any(e.vf == mac and e.failed for e in self.entries.values()):
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
 
     def attach(self, params) -> dict:
         e = self._entry(params)
