@@ -130,6 +130,7 @@ class Echo:
                      "--tries", str(tries)]  # fmt: skip
         self.server: subprocess.Popen | None = None
         self.client: subprocess.Popen | None = None
+        self.extra: list[subprocess.Popen] = []
 
     def _exec(self, host: str) -> list[str]:
         return ["ip", "netns", "exec", self.stack.lab.ns(host), sys.executable, "-m",
@@ -150,25 +151,35 @@ class Echo:
         return self
 
     def start(self) -> Echo:
-        src, sink = hosts(self.stack.topology)
-        self.serve()
-        self.client = subprocess.Popen(
-            [*self._exec(src.name), "connect", sink.address, str(self.port), *self.args],
-            cwd=ROOT, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        self.client = self.connect(self.args)
         return self
 
     def join(self, timeout: float = 120) -> list[dict]:
+        return self.reports(self.client, timeout)
+
+    def connect(self, args: list[str]) -> subprocess.Popen:
+        """Another set of connections (``echo connect`` options), beside ``start``'s."""
+        src, sink = hosts(self.stack.topology)
+        self.serve()
+        proc = subprocess.Popen(
+            [*self._exec(src.name), "connect", sink.address, str(self.port), *args],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.extra.append(proc)
+        return proc
+
+    @staticmethod
+    def reports(proc: subprocess.Popen, timeout: float = 120) -> list[dict]:
         try:
-            out, _ = self.client.communicate(timeout=timeout)
+            out, _ = proc.communicate(timeout=timeout)
         finally:
-            if self.client.poll() is None:
-                self.client.kill()
-                self.client.wait()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         return json.loads(out)
 
     def close(self) -> None:
-        for proc in (self.client, self.server):
+        for proc in (*self.extra, self.server):
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()

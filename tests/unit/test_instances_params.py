@@ -128,3 +128,12 @@ def test_a_live_instance_on_the_vf_is_refused_at_once(manager):
         manager.prepare(OK)
     assert time.monotonic() - t0 < 0.05
     assert "is in use by instance 7" in e.value.message
+
+
+def test_a_prepare_also_waits_for_an_instance_being_torn_down(manager):
+    import threading
+
+    e = _failed_entry(manager)
+    e.failed, e.removing = "", True  # a failed worker's instance: torn down, not failed
+    threading.Timer(0.1, lambda: manager.entries.pop(7)).start()
+    assert manager._await_vf(VF)

@@ -98,7 +98,15 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.e2e.lab_flows import Echo, Traffic, acl_nat, hosts, instances, tunnel_ipforward
+from tests.e2e.lab_flows import (
+    NAT_EXTERNAL,
+    Echo,
+    Traffic,
+    acl_nat,
+    hosts,
+    instances,
+    tunnel_ipforward,
+)
 from tools.bench.chaos_nat import echo_counts, echo_outage, redis_mappings, state_kept
 from tools.stack import Stack, StackError, wait_until
 
@@ -180,6 +188,26 @@ def sink_outage(report: dict, sent: dict, t0_ns: int, window_ns: float):
     return round(recover, 1), round(max(ms for ms, _ in hit), 1)
 
 
+def new_wave(reports: list[dict], back_ns: int) -> dict:
+    """Connections opened during (or just after) a fault: how many completed, and their
+    first echo relative to ``back_ns`` (the component back), ms."""
+    firsts = [r["times_ns"][0] for r in reports if r.get("times_ns")]
+    return {
+        "opened": len(reports),
+        "completed": sum(1 for r in reports if not r.get("error")),
+        "errors": sorted({r["error"] for r in reports if r.get("error")})[:3],
+        "first_echo_ms": round((min(firsts) - back_ns) / 1e6, 1) if firsts else None,
+        "last_first_echo_ms": round((max(firsts) - back_ns) / 1e6, 1) if firsts else None,
+    }
+
+
+def blackholed(stack, address: str) -> int:
+    """Rules for flows no chain took (``_unmatched``: the default action) towards
+    ``address``: a NAT's replies that came while no instance owned its address."""
+    return sum(1 for line in stack.lab.ofctl("dump-flows").splitlines()
+               if "cookie=0x5155" in line and f"nw_dst={address}," in line)  # fmt: skip
+
+
 class Chaos:
     def __init__(self, stack: Stack, redis, flows: int, pps: float, seconds: float,
                  conns: int = 8, interval: float = 0.1, log=print):  # fmt: skip
@@ -243,12 +271,12 @@ class Chaos:
             time.sleep(1.0)
             before = flow_map(st)
             nat_before = redis_mappings(self.redis, self.nat_prefix)
-            (a,) = instances(st, self.chain_id)
-            (n,) = instances(st, self.nat_id)
             t0, t0_ns = time.monotonic(), time.monotonic_ns()
             try:
+                (a,) = instances(st, self.chain_id)
+                (n,) = instances(st, self.nat_id)
                 self._inject(fault, row, a, n, n_fail, t0)
-            except (StackError, OSError) as exc:  # reported in its row, the suite goes on
+            except (StackError, OSError, ValueError) as exc:  # in its row; the suite goes on
                 row["error"] = f"{type(exc).__name__}: {exc}"
                 self.log(f"chaos: {fault}: {row['error']}")
         finally:
@@ -257,6 +285,7 @@ class Chaos:
         after = flow_map(st)
         rules = rule_map(st)
         nat_after = redis_mappings(self.redis, self.nat_prefix)
+        row["blackholed"] = blackholed(st, NAT_EXTERNAL)
         dup_flows = sum(1 for r in report.values() if r.get("duplicates"))
         twice = sum(1 for k, iid in after.items() if rules.get(k, {iid}) != {iid})
         window_ns = ((row["control_ms"] or 0) + 1000) * 1e6
@@ -279,12 +308,15 @@ class Chaos:
             new_setups=int(metric(st, "quadrant_flow_setups_total") - setups),
             nat_mappings=[len(nat_before), len(nat_after)], echo=echoes,
         )  # fmt: skip
-        row["sink"] = {k: {"sent": sent.get(int(k)), **{c: r.get(c) for c in (
-                       "received", "gaps")}} for k, r in report.items()}  # fmt: skip
+        kept_cols = ("received", "reordered", "duplicates", "gaps")
+        row["sink"] = {k: {"sent": sent.get(int(k)), **{c: r.get(c) for c in kept_cols}}
+                       for k, r in report.items()}  # fmt: skip
         row["connections"] = reports
         row["t0_ns"] = t0_ns
         self.log(f"chaos: {fault}: " + ", ".join(f"{k} {row.get(k)}" for k in COLUMNS[1:])
-                 + (f"; state broken: {why}" if why else ""))  # fmt: skip
+                 + (f"; state broken: {why}" if why else "")
+                 + (f"; new connections: {row['new_connections']}"
+                    if "new_connections" in row else ""))  # fmt: skip
         return row
 
     def _inject(self, fault, row, a, n, n_fail, t0) -> None:
@@ -339,11 +371,16 @@ class Chaos:
             wait_until(serving, 15, "the flows re-adopted", 0.02)
             row["control_ms"] = ms(time.monotonic())
         elif fault == "redis":
+            wave = ["--tcp", "2", "--udp", "2", "--rounds", "5", "--interval", "0.1",
+                    "--timeout", "0.3", "--tries", "30"]  # fmt: skip
             self.redis.proc.kill()
             self.redis.proc.wait()
+            during = self.echo.connect(wave)  # new connections while Redis is away
             time.sleep(REDIS_DOWN_S)
             self.redis.start()
+            back_ns = time.monotonic_ns()
             row["down_ms"] = ms(time.monotonic())
+            later = self.echo.connect(wave)  # and once it is back
             try:
                 wait_until(serving, 30, "the NAT chain serving its flows again", 0.02)
                 row["control_ms"] = ms(time.monotonic())
@@ -351,6 +388,10 @@ class Chaos:
                 f = self.failure_after(n_fail)
                 row["detect_ms"] = ms(f["t"]) if f else None
                 row["failures"] = self.admin("/v1/failures")["failures"][n_fail:]
+                row["new_connections"] = {
+                    "during": new_wave(Echo.reports(during, 60), back_ns),
+                    "after": new_wave(Echo.reports(later, 60), back_ns),
+                }
         elif fault == "vswitchd":
             row["down_ms"] = round(st.lab.restart_vswitchd() * 1000, 1)
             want = flow_map(st)
