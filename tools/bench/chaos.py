@@ -117,6 +117,8 @@ COLUMNS = ("fault", "down_ms", "detect_ms", "control_ms", "recover_ms", "outage_
            "state_kept", "served_twice", "moved")  # fmt: skip
 TUNNEL_DST = "10.2.0.2"  # the tunnel chain's traffic: the sink's network, not its address
 REDIS_DOWN_S = 1.0
+COUNTERS = ("quadrant_packet_ins_total", "quadrant_repeat_packet_ins_total",
+            "quadrant_held_released_total")  # fmt: skip
 NAT_QUIET_MS = 250.0  # an echo this much later than its round interval: a silence
 
 
@@ -260,6 +262,7 @@ class Chaos:
         self.steady()
         n_fail = len(self.admin("/v1/failures")["failures"])
         setups = metric(st, "quadrant_flow_setups_total")
+        counted = {m: metric(st, m) for m in COUNTERS}
         traffic = Traffic(st, flows=self.flows, proto="udp", pps=self.pps, seconds=self.seconds,
                           idle=4.0, dst=TUNNEL_DST).start()  # fmt: skip
         self.echo.start()
@@ -309,6 +312,8 @@ class Chaos:
             nat_mappings=[len(nat_before), len(nat_after)], echo=echoes,
         )  # fmt: skip
         kept_cols = ("received", "reordered", "duplicates", "gaps")
+        # what the controller did meanwhile (a restarted controller counts from 0)
+        row["counters"] = {m: metric(st, m) - v for m, v in counted.items()}
         row["sink"] = {k: {"sent": sent.get(int(k)), **{c: r.get(c) for c in kept_cols}}
                        for k, r in report.items()}  # fmt: skip
         row["connections"] = reports
