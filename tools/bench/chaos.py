@@ -94,6 +94,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -210,6 +211,59 @@ def blackholed(stack, address: str) -> int:
                if "cookie=0x5155" in line and f"nw_dst={address}," in line)  # fmt: skip
 
 
+class NfWatch:
+    """When each NF process of the lab's workers started and ended, from their cgroups
+    (``/sys/fs/cgroup/cpuset/<agent prefix>/<instance>-nf<k>``, polled every 10 ms in a
+    thread): ``events`` is ``[(monotonic ns, "start" | "end", cgroup name)]``."""
+
+    def __init__(self, prefixes: list[str], root: Path = Path("/sys/fs/cgroup/cpuset")):
+        self.dirs = [root / p for p in prefixes]
+        self.events: list[tuple[int, str, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _alive(self) -> set[str]:
+        out = set()
+        for d in self.dirs:
+            try:
+                for sub in d.iterdir():
+                    if sub.is_dir() and (sub / "cgroup.procs").read_text().strip():
+                        out.add(sub.name)
+            except OSError:
+                continue
+        return out
+
+    def _run(self) -> None:
+        seen = self._alive()
+        while not self._stop.wait(0.01):
+            now = self._alive()
+            t = time.monotonic_ns()
+            self.events += [(t, "start", n) for n in sorted(now - seen)]
+            self.events += [(t, "end", n) for n in sorted(seen - now)]
+            seen = now
+
+    def __enter__(self) -> NfWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def silences(report: dict, t0_ns: int, floor_ms: float) -> list[list]:
+    """The tunnel flows' silences longer than ``floor_ms`` that ended after the fault,
+    lost packets or not: ``[[ms, ended ms after the fault, flows]]``, one entry per
+    (rounded) silence shared by flows, longest first."""
+    shared: dict[tuple, int] = {}
+    for r in report.values():
+        for ms, end in r.get("gaps", ()):
+            if ms > floor_ms and end > t0_ns:
+                k = (round(ms, -1), round((end - t0_ns) / 1e6, -1))
+                shared[k] = shared.get(k, 0) + 1
+    return [[ms, end, n] for (ms, end), n in sorted(shared.items(), reverse=True)][:8]
+
+
 class Chaos:
     def __init__(self, stack: Stack, redis, flows: int, pps: float, seconds: float,
                  conns: int = 8, interval: float = 0.1, log=print):  # fmt: skip
@@ -268,6 +322,8 @@ class Chaos:
         self.echo.start()
         row: dict = {"fault": fault, "detect_ms": None, "control_ms": None}
         reports = []
+        watch = NfWatch([f"{st.lab.plan.prefix}-{w.name}" for w in st.topology.workers])
+        watch.__enter__()
         try:
             want = self.flows + 4 * self.conns  # the NAT's: every connection both ways
             wait_until(lambda: len(flow_map(st)) >= want, 30, f"{want} flows")
@@ -285,6 +341,7 @@ class Chaos:
         finally:
             sent, report = traffic.join()
             reports = self.echo.join(timeout=self.seconds + 90)
+            watch.__exit__()
         after = flow_map(st)
         rules = rule_map(st)
         nat_after = redis_mappings(self.redis, self.nat_prefix)
@@ -318,6 +375,10 @@ class Chaos:
                        for k, r in report.items()}  # fmt: skip
         row["connections"] = reports
         row["t0_ns"] = t0_ns
+        # what ran on the data core meanwhile, and the tunnel flows' shared silences
+        row["nf_events"] = [[round((t - t0_ns) / 1e6, 1), what, name]
+                            for t, what, name in watch.events]  # fmt: skip
+        row["silences"] = silences(report, t0_ns, 1000 * self.flows / self.pps * 2)
         self.log(f"chaos: {fault}: " + ", ".join(f"{k} {row.get(k)}" for k in COLUMNS[1:])
                  + (f"; state broken: {why}" if why else "")
                  + (f"; new connections: {row['new_connections']}"
