@@ -87,6 +87,15 @@ def test_sink_outage_counts_only_flows_that_lost_packets():
     assert sink_outage(report, {0: 10, 1: 12}, 600 * ms, 1e9) == (None, None)
 
 
+def test_sink_outage_takes_the_first_silence_after_the_fault_not_the_longest():
+    ms = 1_000_000
+    # the loss at the fault (60 ms, ending 50 ms after it), then a longer background
+    # silence later in the window, and jitter below the floor
+    report = {"0": {"received": 9, "gaps": [[150.0, 900 * ms], [60.0, 650 * ms],
+                                            [30.0, 620 * ms]]}}  # fmt: skip
+    assert sink_outage(report, {0: 10}, 600 * ms, 1e9, floor_ms=40) == (50.0, 60.0)
+
+
 def test_new_wave_times_first_echoes_from_the_component_back():
     ms = 1_000_000
     reports = [conn(times_ns=[1500 * ms, 1600 * ms]), conn(times_ns=[1200 * ms]),

@@ -172,19 +172,22 @@ def nf_pids(stack, worker: str, iid: int) -> list[int]:
     return [int(p) for p in m[-1].split(",")]
 
 
-def sink_outage(report: dict, sent: dict, t0_ns: int, window_ns: float):
+def sink_outage(report: dict, sent: dict, t0_ns: int, window_ns: float, floor_ms: float = 0.0):
     """``(recover_ms, outage_ms)`` from the sink's per-flow longest silences: a flow is
-    affected when it lost packets and its longest silence ended after the fault and
-    began within ``window_ns`` of it (before the system said it had recovered, and a
-    second more).  ``(None, None)`` if none was."""
+    affected when it lost packets; its outage is the first of its silences (longer than
+    ``floor_ms``) that ended after the fault and began within ``window_ns`` of it --
+    the first, not the longest: a loaded machine silences every flow for 80-150 ms now
+    and then with no fault at all (the ``none`` row), and the longest silence in the
+    window can be one of those.  ``(None, None)`` if no flow was affected."""
     hit = []  # per affected flow, (its silence in the window, ms; when it ended, ns)
     for fid, r in report.items():
         if sent.get(int(fid), 0) <= r["received"]:
             continue
-        inside = [(ms, end) for ms, end in r.get("gaps", ())
-                  if end > t0_ns and end - ms * 1e6 < t0_ns + window_ns]  # fmt: skip
+        inside = [(end - ms * 1e6, ms, end) for ms, end in r.get("gaps", ())
+                  if ms > floor_ms and end > t0_ns
+                  and end - ms * 1e6 < t0_ns + window_ns]  # fmt: skip
         if inside:
-            hit.append(max(inside))
+            hit.append(min(inside)[1:])
     if not hit:
         return None, None
     recover = max(end - t0_ns for _, end in hit) / 1e6
@@ -349,7 +352,8 @@ class Chaos:
         dup_flows = sum(1 for r in report.values() if r.get("duplicates"))
         twice = sum(1 for k, iid in after.items() if rules.get(k, {iid}) != {iid})
         window_ns = ((row["control_ms"] or 0) + 1000) * 1e6
-        recover, outage = sink_outage(report, sent, t0_ns, window_ns)
+        interval_ms = 1000 * self.flows / self.pps  # one flow's packet interval
+        recover, outage = sink_outage(report, sent, t0_ns, window_ns, 2 * interval_ms)
         quiet_ns = (self.interval * 1000 + NAT_QUIET_MS) * 1e6
         nat_recover, nat_outage = echo_outage(reports, t0_ns, window_ns, quiet_ns)
         kept, why = state_kept(reports, nat_before, nat_after, self.src_addr, self.rounds)
@@ -378,7 +382,7 @@ class Chaos:
         # what ran on the data core meanwhile, and the tunnel flows' shared silences
         row["nf_events"] = [[round((t - t0_ns) / 1e6, 1), what, name]
                             for t, what, name in watch.events]  # fmt: skip
-        row["silences"] = silences(report, t0_ns, 1000 * self.flows / self.pps * 2)
+        row["silences"] = silences(report, t0_ns, 2 * interval_ms)
         self.log(f"chaos: {fault}: " + ", ".join(f"{k} {row.get(k)}" for k in COLUMNS[1:])
                  + (f"; state broken: {why}" if why else "")
                  + (f"; new connections: {row['new_connections']}"
