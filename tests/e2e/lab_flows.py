@@ -5,6 +5,7 @@ connections through a NAT, both in the background."""
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 import sys
 import tempfile
@@ -150,8 +151,15 @@ class Echo:
             raise RuntimeError("the echo server on the sink did not start")
         return self
 
-    def start(self) -> Echo:
-        self.client = self.connect(self.args)
+    def start(self, wait: float | None = 30.0) -> Echo:
+        """Open the connections; with ``wait``, return once every one has its first echo
+        back (its mapping made), or raise after ``wait`` seconds."""
+        self.client = self.connect([*self.args, "--announce"])
+        if wait is not None:
+            ready, _, _ = select.select([self.client.stdout], [], [], wait)
+            line = self.client.stdout.readline() if ready else ""
+            if line.strip() != "connected":
+                raise RuntimeError(f"the echo connections did not all connect in {wait} s")
         return self
 
     def join(self, timeout: float = 120) -> list[dict]:

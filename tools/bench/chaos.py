@@ -322,14 +322,15 @@ class Chaos:
         counted = {m: metric(st, m) for m in COUNTERS}
         traffic = Traffic(st, flows=self.flows, proto="udp", pps=self.pps, seconds=self.seconds,
                           idle=4.0, dst=TUNNEL_DST).start()  # fmt: skip
-        self.echo.start()
         row: dict = {"fault": fault, "detect_ms": None, "control_ms": None}
         reports = []
         watch = NfWatch([f"{st.lab.plan.prefix}-{w.name}" for w in st.topology.workers])
         watch.__enter__()
         try:
+            self.echo.start(wait=30)  # every connection mapped: its first echo is back
             want = self.flows + 4 * self.conns  # the NAT's: every connection both ways
             wait_until(lambda: len(flow_map(st)) >= want, 30, f"{want} flows")
+
             time.sleep(1.0)
             before = flow_map(st)
             nat_before = redis_mappings(self.redis, self.nat_prefix)

@@ -14,6 +14,8 @@ came back (``times_ns``, ``time.monotonic_ns``: one clock for every namespace
 of the host), what was lost on the way (``retries``: UDP messages sent again
 after a timeout; ``late``: UDP echoes of an earlier round, skipped;
 ``retrans``: the kernel's count of retransmitted TCP segments) and any error.
+With ``--announce`` it prints ``connected`` first, once every connection has
+its first echo back (or failed).
 """
 
 from __future__ import annotations
@@ -64,8 +66,9 @@ def _tcp_retrans(s: socket.socket) -> int | None:
 
 
 def _one(kind: str, addr: str, port: int, rounds: int, timeout: float, interval: float,
-         out: dict, tries: int = 3) -> None:  # fmt: skip
+         out: dict, tries: int = 3, first=None) -> None:  # fmt: skip
     seen, back, times = set(), [], []
+    first = first or (lambda: None)
     retries = late = 0
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
     s.settimeout(timeout if kind == "udp" else timeout * tries)  # TCP: one wait, as long
@@ -89,12 +92,16 @@ def _one(kind: str, addr: str, port: int, rounds: int, timeout: float, interval:
             times.append(time.monotonic_ns())
             back.append(int(text.split("-")[2]))
             seen.add(peer.strip())
+            if k == 0:
+                first()
         if kind == "tcp":
             out["retrans"] = _tcp_retrans(s)
             f.close()
             s.shutdown(socket.SHUT_WR)  # FIN: the NAT ends the mapping after closing_s
     except (OSError, ValueError) as exc:
         out["error"] = f"{type(exc).__name__}: {exc}"
+        if not back:
+            first()
     finally:
         s.close()
         out.update(kind=kind, peers=sorted(seen), seqs=back, times_ns=times)
@@ -122,11 +129,21 @@ def _udp_round(s, msg: bytes, addr: str, port: int, k: int, tries: int = 3):
 
 
 def connect(addr: str, port: int, n_tcp: int, n_udp: int, rounds: int, timeout: float,
-            interval: float = 0.0, tries: int = 3) -> list:  # fmt: skip
+            interval: float = 0.0, tries: int = 3, on_first=None) -> list:  # fmt: skip
+    """``on_first``: called once, when every connection has its first echo (or failed)."""
     reports = [{} for _ in range(n_tcp + n_udp)]
     kinds = ["tcp"] * n_tcp + ["udp"] * n_udp
+    left = [len(reports)]
+    lock = threading.Lock()
+
+    def first():
+        with lock:
+            left[0] -= 1
+            if left[0] == 0 and on_first is not None:
+                on_first()
+
     threads = [threading.Thread(target=_one,
-                                args=(k, addr, port, rounds, timeout, interval, r, tries))
+                                args=(k, addr, port, rounds, timeout, interval, r, tries, first))
                for k, r in zip(kinds, reports, strict=True)]  # fmt: skip
     for t in threads:
         t.start()
@@ -154,14 +171,20 @@ def main(argv=None) -> int:
         help="seconds to wait for an echo (UDP: per try; TCP: times --tries)",
     )
     c.add_argument("--tries", type=int, default=3, help="UDP: sends of a round before giving up")
+    c.add_argument("--announce", action="store_true",
+                   help="print 'connected' once every connection has its first echo")  # fmt: skip
     c.add_argument("--interval", type=float, default=0.0, help="seconds between rounds")
     a = ap.parse_args(argv)
     if a.cmd == "serve":
         serve(a.addr, a.port)
         return 0
-    print(
-        json.dumps(connect(a.addr, a.port, a.tcp, a.udp, a.rounds, a.timeout, a.interval, a.tries))
-    )
+
+    def announce():
+        print("connected", flush=True)
+
+    reports = connect(a.addr, a.port, a.tcp, a.udp, a.rounds, a.timeout, a.interval, a.tries,
+                      announce if a.announce else None)  # fmt: skip
+    print(json.dumps(reports))
     return 0
 
 
