@@ -58,8 +58,9 @@ Each row is measured, never assumed:
     switch, or (``redis``) the NAT chain serving its connections' flows again;
 ``recover_ms``, ``outage_ms``
     the tunnel chain's flows at the sink: the fault -> the last affected flow's first
-    packet after its longest silence, and that silence (a flow is affected when it
-    lost packets and its silence falls in the fault's window); none if none lost any;
+    packet after its first silence in the fault's window (longer than two packet
+    intervals), and the longest such silence (a flow is affected when it lost
+    packets); none if none lost any;
 ``lost``, ``reordered``, ``duplicates``
     the tunnel chain's flows over the whole traffic run, from the sink's counts;
 ``nat_recover_ms``, ``nat_outage_ms``
@@ -79,7 +80,13 @@ Each row is measured, never assumed:
 ``moved``
     flows on another instance after than before.
 
+The JSON rows carry more: every connection's report, the tunnel flows' silences
+shared by many flows (``silences``), the NF processes' start and end
+(``nf_events``, from their cgroups), controller counters, the rules that blackhole
+the NAT's replies (``blackholed``) and, for ``redis``, how new connections fared.
+
     python -m tools.bench.chaos [--quick] [--json PATH] [--faults nf,agent,...]
+        [--prefix NAME] [--logs DIR]
 
 Needs root (the lab).
 """
