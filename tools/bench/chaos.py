@@ -214,11 +214,17 @@ def new_wave(reports: list[dict], back_ns: int) -> dict:
     }
 
 
-def blackholed(stack, address: str) -> int:
+def blackholed(stack, address: str, younger_s: float = float("inf")) -> int:
     """Rules for flows no chain took (``_unmatched``: the default action) towards
-    ``address``: a NAT's replies that came while no instance owned its address."""
-    return sum(1 for line in stack.lab.ofctl("dump-flows").splitlines()
-               if "cookie=0x5155" in line and f"nw_dst={address}," in line)  # fmt: skip
+    ``address``, installed less than ``younger_s`` ago: a NAT's replies that came while
+    no instance owned its address."""
+    n = 0
+    for line in stack.lab.ofctl("dump-flows").splitlines():
+        age = re.search(r"duration=([\d.]+)s", line)
+        if ("cookie=0x5155" in line and f"nw_dst={address}," in line
+                and (age is None or float(age.group(1)) < younger_s)):  # fmt: skip
+            n += 1
+    return n
 
 
 class NfWatch:
@@ -327,6 +333,7 @@ class Chaos:
         n_fail = len(self.admin("/v1/failures")["failures"])
         setups = metric(st, "quadrant_flow_setups_total")
         counted = {m: metric(st, m) for m in COUNTERS}
+        t_run = time.monotonic()
         traffic = Traffic(st, flows=self.flows, proto="udp", pps=self.pps, seconds=self.seconds,
                           idle=4.0, dst=TUNNEL_DST).start()  # fmt: skip
         row: dict = {"fault": fault, "detect_ms": None, "control_ms": None}
@@ -356,7 +363,7 @@ class Chaos:
         after = flow_map(st)
         rules = rule_map(st)
         nat_after = redis_mappings(self.redis, self.nat_prefix)
-        row["blackholed"] = blackholed(st, NAT_EXTERNAL)
+        row["blackholed"] = blackholed(st, NAT_EXTERNAL, time.monotonic() - t_run)  # this run's
         dup_flows = sum(1 for r in report.values() if r.get("duplicates"))
         twice = sum(1 for k, iid in after.items() if rules.get(k, {iid}) != {iid})
         window_ns = ((row["control_ms"] or 0) + 1000) * 1e6
