@@ -136,3 +136,13 @@ def test_echo_udp_round_retries_and_skips_a_late_echo():
     finally:
         cli.close()
         srv.close()
+
+
+def test_flow_start_and_stop():
+    f = FlowSpec(1, "10.1.0.1", "10.2.0.1", "udp", 1, 1, 100, 1.0, start=2.5, stop=4.0)
+    assert (f.start, f.stop) == (2.5, 4.0)
+    assert FlowSpec(1, "10.1.0.1", "10.2.0.1", "udp", 1, 1, 100, 1.0).stop is None
+    with pytest.raises(FrameError, match="start"):
+        FlowSpec(1, "10.1.0.1", "10.2.0.1", "udp", 1, 1, 100, 1.0, start=-1.0)
+    with pytest.raises(FrameError, match="stop must be after start"):
+        FlowSpec(1, "10.1.0.1", "10.2.0.1", "udp", 1, 1, 100, 1.0, start=3.0, stop=3.0)
