@@ -44,6 +44,9 @@ LOG = logging.getLogger("quadrant.instances")
 AGENT_NF_TYPES = tuple(t for t in NF_TYPES if t not in ("native", "python"))
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 MAX_BATCH = 1024
+# how long a prepare waits for a failed or departing instance to free its VF (_await_vf);
+# what it waits comes off the prepare's own timeout, so both stay below the controller's
+VF_RELEASE_S = 3.0
 UIDS_PER_INSTANCE = 16  # NF i of an instance runs as uid_base + i; at most 8 NFs
 
 
@@ -123,6 +126,7 @@ class Entry:
     slot: int  # which uid/gid range it holds
     failed: str = ""  # why it died, once it has
     ready: bool = False  # prepared (until then it only reserves its id, VF and uids)
+    removing: bool = False  # its teardown has begun (it frees the VF when it is done)
     lock: threading.Lock = field(default_factory=threading.Lock)  # one command at a time
 
 
@@ -159,6 +163,7 @@ class InstanceManager:
         # below the controller's call timeout (10 s): a prepare the controller gave up on
         # must not live on here as an instance it does not know
         self.prepare_timeout = prepare_timeout
+        self.vf_release_s = VF_RELEASE_S
         self.on_event = on_event or (lambda ev: None)
         # where stateful NFs keep their state; the agent creates each one's ACL user
         self.state_access = state_access
@@ -234,6 +239,9 @@ class InstanceManager:
                 )
         if not MAC_RE.match(mac):
             raise refuse("params.vf", f"{mac!r} is not a MAC address")
+        t_wait = time.monotonic()
+        self._await_vf(mac)
+        waited = time.monotonic() - t_wait
         with self.lock:
             if mac not in self.vfs:
                 raise refuse("params.vf", f"{mac} is not a VF of this worker")
@@ -282,7 +290,7 @@ class InstanceManager:
         try:
             t0 = time.monotonic()
             try:
-                inst.prepare(timeout=self.prepare_timeout)
+                inst.prepare(timeout=max(1.0, self.prepare_timeout - waited))
             except Exception as exc:  # prepare() has torn down what it started
                 with self.lock:
                     self.entries.pop(iid, None)
@@ -296,6 +304,23 @@ class InstanceManager:
         LOG.info("prepared instance %d (chain %s) on core %d, VF %s in %.1f s: pids %s", iid,
                  chain_name, core, mac, time.monotonic() - t0, inst.pids)  # fmt: skip
         return {"instance": iid, "state": inst.state, "pids": list(inst.pids)}
+
+    def _await_vf(self, mac: str) -> bool:
+        """Wait (at most ``vf_release_s``) while a failed instance, or one being torn
+        down, holds ``mac``: the controller tears a failed instance (or a failed
+        worker's) down and may prepare its replacement on the freed VF in the same
+        breath, the two commands running side by side here; refusing the prepare
+        would cost a whole retry period.  True once no such instance holds it (a live
+        one is refused by the caller at once, as before)."""
+        deadline = time.monotonic() + self.vf_release_s
+        while True:
+            with self.lock:
+                if not any(e.vf == mac and (e.failed or e.removing)
+                           for e in self.entries.values()):  # fmt: skip
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
 
     def attach(self, params) -> dict:
         e = self._entry(params)
@@ -455,6 +480,7 @@ class InstanceManager:
                 raise refuse("params.instance", f"{what}: {exc}") from None
 
     def _remove(self, e: Entry) -> None:
+        e.removing = True
         with e.lock:
             try:
                 e.chain.teardown()

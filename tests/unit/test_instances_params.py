@@ -86,3 +86,54 @@ def test_an_unexpected_failure_is_still_answered():
     with pytest.raises(RpcError) as e:
         guarded({})
     assert e.value.code == jsonrpc.INTERNAL_ERROR and e.value.message.startswith("attach:")
+
+
+def _failed_entry(manager, iid=7):
+    from worker.instances import Entry
+
+    e = Entry(iid, 1, "c", 1, VF, chain=None, slot=0, failed="NF 1 exited", ready=True)
+    manager.entries[iid] = e
+    return e
+
+
+def test_a_prepare_waits_for_a_failed_instances_teardown_to_free_its_vf(manager):
+    import threading
+    import time
+
+    _failed_entry(manager)
+    threading.Timer(0.1, lambda: manager.entries.pop(7)).start()  # the teardown, side by side
+    t0 = time.monotonic()
+    assert manager._await_vf(VF)
+    assert 0.05 < time.monotonic() - t0 < 2.0
+
+
+def test_a_failed_instance_that_stays_is_waited_for_a_bounded_time_then_refused(manager):
+    import time
+
+    _failed_entry(manager)
+    manager.vf_release_s = 0.1
+    t0 = time.monotonic()
+    with pytest.raises(RpcError) as e:
+        manager.prepare(OK)
+    assert 0.1 <= time.monotonic() - t0 < 1.0
+    assert e.value.message == f"params.vf: {VF} is in use by instance 7"
+
+
+def test_a_live_instance_on_the_vf_is_refused_at_once(manager):
+    import time
+
+    _failed_entry(manager).failed = ""
+    t0 = time.monotonic()
+    with pytest.raises(RpcError) as e:
+        manager.prepare(OK)
+    assert time.monotonic() - t0 < 0.05
+    assert "is in use by instance 7" in e.value.message
+
+
+def test_a_prepare_also_waits_for_an_instance_being_torn_down(manager):
+    import threading
+
+    e = _failed_entry(manager)
+    e.failed, e.removing = "", True  # a failed worker's instance: torn down, not failed
+    threading.Timer(0.1, lambda: manager.entries.pop(7)).start()
+    assert manager._await_vf(VF)

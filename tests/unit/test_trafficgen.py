@@ -103,6 +103,41 @@ def test_sink_finds_each_flows_longest_silence():
     assert row["gaps"] == [[248.0, 250_000_000], [1.0, 251_000_000], [1.0, 2_000_000]]
 
 
+def test_echo_udp_round_retries_and_skips_a_late_echo():
+    """A round whose echo comes after the timeout is sent again; the late echo of the
+    first send is skipped, not taken for the next round's."""
+    import socket
+    import threading
+    import time
+
+    from tools.trafficgen.echo import _udp_round
+
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind(("127.0.0.1", 0))
+
+    def serve():  # the first datagram answered late (after the client's timeout), twice
+        for n in range(3):
+            data, peer = srv.recvfrom(2048)
+            if n == 0:
+                time.sleep(0.3)
+                srv.sendto(data.rstrip(b"\n") + b" 10.2.0.254:20001\n", peer)
+            srv.sendto(data.rstrip(b"\n") + b" 10.2.0.254:20001\n", peer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    cli = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    cli.settimeout(0.2)
+    try:
+        addr, port = srv.getsockname()
+        text, peer, late, retries = _udp_round(cli, b"udp-1-0\n", addr, port, 0, tries=5)
+        assert (text, peer.strip(), retries) == ("udp-1-0", "10.2.0.254:20001", 1)
+        # round 1: the echoes of round 0 still queued are skipped
+        text, _, late1, retries1 = _udp_round(cli, b"udp-1-1\n", addr, port, 1, tries=5)
+        assert text == "udp-1-1" and late + late1 >= 1 and retries1 == 0
+    finally:
+        cli.close()
+        srv.close()
+
+
 def test_flow_start_and_stop():
     f = FlowSpec(1, "10.1.0.1", "10.2.0.1", "udp", 1, 1, 100, 1.0, start=2.5, stop=4.0)
     assert (f.start, f.stop) == (2.5, 4.0)
