@@ -10,6 +10,12 @@ address (the first packet of a reply flow) is steered to the instance holding
 the slot.  A chain therefore runs at most as many instances as it has
 external addresses; give it more addresses to let it scale out further.
 
+A connection can still move to another instance of the chain (docs/state.rst,
+*Moving NAT flows*): it keeps its mapping, its replies (to the old instance's
+address) are steered to the new instance by a per-flow rule
+(:func:`reply_key`), and each NAT also knows the chain's other addresses
+(``adopt``) so that it translates the replies of a connection moved to it.
+
 Pure functions over plain data (chain specs, instances); the orchestrator
 and the core call them.
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 
 from quadrant_app.chains import ChainSpec, SpecError
+from quadrant_app.flowkey import FlowKey
 
 NAT = "nat"
 
@@ -78,11 +85,20 @@ def free_slot(spec: ChainSpec, used: set[int]) -> int | None:
 
 def instance_nfs(spec: ChainSpec, slot: int | None) -> list[dict]:
     """The chain's NFs as an instance holding ``slot`` runs them: its NAT owns that
-    slot's external entry only."""
+    slot's external entry only, and may adopt connections moved to it from the
+    other slots' addresses (``adopt``)."""
     out = [{"type": nf.type, "config": nf.config} for nf in spec.nfs]
     pos = nat_position(spec)
     if pos is not None and slot is not None:
         cfg = dict(spec.nfs[pos].config)
-        cfg["external"] = [slots(spec)[slot]]
+        entries = slots(spec)
+        cfg["external"] = [entries[slot]]
+        cfg["adopt"] = [e["address"] for k, e in enumerate(entries) if k != slot]
         out[pos] = {"type": NAT, "config": cfg}
     return out
+
+
+def reply_key(outbound: FlowKey, address: int, port: int) -> FlowKey:
+    """The key of the replies of NATed connection ``outbound`` whose mapping is
+    ``(address, port)``: from the remote end to the external endpoint."""
+    return FlowKey(outbound.eth_type, outbound.proto, outbound.dst, address, outbound.dport, port)

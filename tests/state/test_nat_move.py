@@ -1,0 +1,165 @@
+"""Moving NAT connections mid-connection from instance A (its own address a) to B
+(address b), through the real NF runtime and a real Redis: B translates both
+directions with the unchanged mapping (a, port), A keeps the port reserved and
+leaves the keys alone when its timers fire, B deletes them when the connection
+ends.  The owner is written by the agent's real code (worker/state_access.py), as
+the controller's move does (docs/state.rst, *Moving NAT flows*)."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+from scapy.all import IP, TCP, UDP, Ether
+
+from tests.state.test_nat import INSIDE, checksums_ok, conns, eth, inbound, outbound, tagged
+from worker.state_access import StateAccess
+
+A_ADDR, B_ADDR = "203.0.113.1", "203.0.113.2"
+A_ID, B_ID = 11, 12
+
+
+def nat_cfg(addr, ports, instance, adopt, **extra) -> dict:
+    config = {
+        "internal": [INSIDE],
+        "external": [{"address": addr, "ports": ports}],
+        "instance": instance,
+        "adopt": [adopt],
+    }
+    return {"type": "nat", "config": config | extra}
+
+
+def nat_a(**extra):
+    return nat_cfg(A_ADDR, "40000-40003", A_ID, B_ADDR, **extra)  # 4 ports
+
+
+def nat_b(**extra):
+    return nat_cfg(B_ADDR, "50000-50003", B_ID, A_ADDR, **extra)
+
+
+def fillers(n):
+    """Packets the NAT passes untouched: each batch of them runs its timer sweep."""
+    return [eth() / IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=9, dport=9)] * n
+
+
+def ext_of(frames) -> dict:
+    """{(proto, inside port): (source address, source port)} of outbound frames."""
+    out = {}
+    for f in frames:
+        p = Ether(f)
+        assert checksums_ok(f), p.summary()
+        if p[IP].src.startswith("192.0.2"):
+            continue
+        l4 = p[TCP] if TCP in p else p[UDP]
+        out.setdefault(("tcp" if TCP in p else "udp", int(f[-13:-8])), set()).add(
+            (p[IP].src, l4.sport)
+        )
+    assert all(len(v) == 1 for v in out.values()), out
+    return {k: v.pop() for k, v in out.items()}
+
+
+def outs(redis_server, prefix):
+    """{(proto, inside port): (owner, external address, port)} of the ``out`` keys."""
+    c = redis_server.client()
+    try:
+        names = c.keys(f"{prefix}:*")
+        got = {}
+        for name, v in zip(names, c.mget(names) if names else [], strict=True):
+            key = bytes.fromhex(name.decode().split(":")[1])
+            a, b, pa, pb, proto, kind = struct.unpack("<IIHHBB2x", key)
+            if kind != 1:
+                continue
+            addr, port = struct.unpack_from("<IH", v)
+            owner = struct.unpack_from("<I", v, 8)[0] if len(v) == 12 else 0
+            got[("tcp" if proto == 6 else "udp", pa)] = (
+                owner,
+                str(ipaddress.IPv4Address(addr)),
+                port,
+            )
+        return got, len(names)
+    finally:
+        c.close()
+
+
+def test_a_nat_connection_moved_to_another_instance_keeps_its_mapping(
+    run_stateful, nf_user, redis_server
+):
+    prefix = "natmove"
+    state = nf_user(prefix)
+    moved = conns(1)  # one TCP, one UDP connection
+    # 1. A opens both: the mappings name A as their owner
+    r = run_stateful(nat_a(), [outbound(c, payload=tagged(c)) for c in moved], state)
+    ext = ext_of(r.output)
+    assert set(ext.values()) <= {(A_ADDR, p) for p in range(40000, 40004)} and len(ext) == 2
+    got, _ = outs(redis_server, prefix)
+    assert {k: v[0] for k, v in got.items()} == {(c[0], c[2]): A_ID for c in moved}
+
+    # 2. the move's handover: the agent's code reads the mappings, writes B as owner
+    sa = StateAccess(f"unix:{redis_server.socket_path}", "admin", redis_server.admin_password)
+    try:
+        flows = [(6 if c[0] == "tcp" else 17, int(ipaddress.IPv4Address(c[1])),
+                  int(ipaddress.IPv4Address(c[3])), c[2], c[4]) for c in moved]  # fmt: skip
+        read = sa.nat_handover(prefix, flows)
+        assert [(str(ipaddress.IPv4Address(a)), p) for a, p in read] == [
+            ext[(c[0], c[2])] for c in moved
+        ]
+        assert sa.nat_handover(prefix, flows, owner=B_ID) == read
+        gone = (6, int(ipaddress.IPv4Address("10.1.7.7")), 1, 2, 3)
+        assert sa.nat_handover(prefix, [gone], owner=B_ID) == [None]  # SET XX: not created
+    finally:
+        sa.close()
+    got, nkeys = outs(redis_server, prefix)
+    assert {k: v[0] for k, v in got.items()} == {(c[0], c[2]): B_ID for c in moved}
+    assert nkeys == 4
+
+    # 3. B, mid-connection: later packets out and the replies to (a, port), both ways
+    # translated with the unchanged mapping
+    pkts = []
+    for c in moved:
+        rep = inbound(c, ext[(c[0], c[2])], flags="A")
+        pkts += [outbound(c, flags="A", payload=tagged(c)), rep]
+    r = run_stateful(nat_b(), pkts, state)
+    st = r.summary["nf_stats"]
+    assert st["new_mappings"] == 0 and st["adopted"] == 2 and st["no_mapping"] == 0
+    assert st["out"] == 2 and st["in"] == 2 and len(r.output) == 4
+    out_frames = [f for f in r.output if Ether(f)[IP].src == A_ADDR]
+    assert ext_of(out_frames) == ext  # the same external endpoint as on A
+    back = {(("tcp" if TCP in p else "udp"), (p[TCP] if TCP in p else p[UDP]).dport): p[IP].dst
+            for p in map(Ether, r.output) if p[IP].dst.startswith("10.1.")}  # fmt: skip
+    assert back == {(c[0], c[2]): c[1] for c in moved}
+    assert r.summary["state"]["updates"] == 0  # nothing written: B is the owner already
+
+    # 4. A again (restarted: it restores its pool from Redis), every timer at 0: it asks
+    # Redis, finds B owning both, keeps the two ports lent and deletes nothing; new
+    # connections get only the two other ports
+    new = [c for c in conns(3, first=50) if c[0] == "tcp"]
+    r = run_stateful(
+        nat_a(tcp_idle_s=0, udp_idle_s=0),
+        [outbound(c, payload=tagged(c)) for c in new] + fillers(8),
+        state,
+        batch=1,
+    )
+    st = r.summary["nf_stats"]
+    assert st["restored"] == 2 and st["lent"] == 2 and st["timer_reads"] >= 1
+    new_ports = set(ext_of(r.output).values())
+    assert new_ports and not new_ports & set(ext.values())
+    got, _ = outs(redis_server, prefix)
+    assert {k: v for k, v in got.items() if k in ext} == {
+        k: (B_ID, *ext[k]) for k in ext
+    }  # untouched
+
+    # 5. B ends them: FIN both ways (closing 0) for TCP, idle 0 for UDP; it asks Redis,
+    # finds itself the owner, and deletes both keys of each
+    tcp, udp = moved
+    fin = [
+        outbound(tcp, flags="FA", payload=tagged(tcp)),
+        inbound(tcp, ext[("tcp", tcp[2])], flags="FA"),
+        outbound(tcp, flags="A", payload=tagged(tcp)),
+        outbound(udp, payload=tagged(udp)),
+    ]
+    r = run_stateful(nat_b(closing_s=0, udp_idle_s=0), fin + fillers(80), state, batch=1)
+    st = r.summary["nf_stats"]
+    assert st["ended"] == 1 and st["expired"] == 1 and st["adopted"] == 0
+    assert r.summary["state"]["updates"] == 4  # two keys each, deleted
+    got, _ = outs(redis_server, prefix)
+    assert not set(got) & set(ext)
