@@ -15,6 +15,7 @@ Config (docs/state.rst has the whole picture)::
         instance: 7                        # this instance's id (the agent fills it in)
         adopt: ["203.0.113.2"]             # the chain's other instances' addresses
         lent_check_s: 30                   # how often a lent port is checked again
+        adopted_max: 4096                  # moved-in connections it can track at once
 
 *Outbound* (source inside, destination not one of the external addresses):
 the first packet of a connection (for TCP a SYN without ACK) takes a free
@@ -84,7 +85,7 @@ cdef enum:
     NAT_MAX_SLOTS = 1 << 20
     NAT_SWEEP = 32              # pool slots checked for timeouts per batch
     NAT_AD_SWEEP = 256          # adopted-table entries looked at per batch (most are empty)
-    NAT_ADOPTED = 16384         # adopted connections at most (a power of 2)
+    NAT_ADOPTED_MAX = 1 << 20   # adopted table entries at most (config.adopted_max)
     KIND_OUT = 1
     KIND_IN = 2
     FIN_OUT = 1
@@ -142,7 +143,7 @@ cdef class NatNF(StatefulNF):
     cdef int nadopt
     cdef uint32_t instance                 # its id: the owner it writes and looks for
     cdef nat_slot *ad                      # adopted connections: open addressing by ekey
-    cdef uint32_t nad, ad_sweep
+    cdef uint32_t nad, ad_sweep, ad_size   # ad_size: a power of 2
     cdef uint64_t cand[2 * NAT_SWEEP]      # timers fired this sweep: ekey ...
     cdef uint8_t cand_ad[2 * NAT_SWEEP]    # ... of an adopted entry (1) or own slot (0)
     cdef uint8_t cand_closing[2 * NAT_SWEEP]
@@ -234,16 +235,26 @@ cdef class NatNF(StatefulNF):
                 raise NFConfigError(f"config.adopt[{i}]", f"{addr} is inside config.internal")
             self.adopt[i] = int(addr)
         self.nadopt = len(adopt)
+        amax = config.pop("adopted_max", 4096)
+        amax_ok = isinstance(amax, int) and not isinstance(amax, bool)
+        if not amax_ok or not 1 <= amax <= NAT_ADOPTED_MAX * 3 // 4:
+            raise NFConfigError("config.adopted_max",
+                                f"must be 1..{NAT_ADOPTED_MAX * 3 // 4}, got {amax!r}")
+        size = 4
+        while size // 4 * 3 < amax:
+            size *= 2
         if config:
             raise NFConfigError(f"config.{sorted(config)[0]}", "unknown option")
         PyMem_Free(self.slots)
         PyMem_Free(self.freeq)
         PyMem_Free(self.ad)
-        self.ad = <nat_slot *>PyMem_Malloc(NAT_ADOPTED * sizeof(nat_slot))
+        self.ad_size = size
+        self.ad = <nat_slot *>PyMem_Malloc(size * sizeof(nat_slot))
         if self.ad == NULL:
             raise MemoryError()
-        memset(self.ad, 0, NAT_ADOPTED * sizeof(nat_slot))
+        memset(self.ad, 0, size * sizeof(nat_slot))
         self.nad = 0
+        self.ad_sweep = 0
         self.ncand = 0
         self.nslots = total
         self.slots = <nat_slot *>PyMem_Malloc(total * sizeof(nat_slot))
@@ -403,14 +414,14 @@ cdef class NatNF(StatefulNF):
     # -- adopted connections (another instance's address) ---------------------------------
 
     cdef inline int32_t _ad_find(self, uint64_t ek) noexcept nogil:
-        cdef uint32_t h = _ehash(ek) & (NAT_ADOPTED - 1)
+        cdef uint32_t h = _ehash(ek) & (self.ad_size - 1)
         cdef uint32_t _n
-        for _n in range(NAT_ADOPTED):
+        for _n in range(self.ad_size):
             if not self.ad[h].used:
                 return -1
             if self.ad[h].ekey == ek:
                 return <int32_t>h
-            h = (h + 1) & (NAT_ADOPTED - 1)
+            h = (h + 1) & (self.ad_size - 1)
         return -1
 
     cdef int32_t _ad_add(self, uint64_t ek, const qd_key *okey) noexcept nogil:
@@ -419,12 +430,12 @@ cdef class NatNF(StatefulNF):
         cdef uint32_t h
         if p >= 0:
             return p
-        if self.nad >= NAT_ADOPTED // 4 * 3:
+        if self.nad >= self.ad_size // 4 * 3:
             self.adopt_full += 1
             return -1
-        h = _ehash(ek) & (NAT_ADOPTED - 1)
+        h = _ehash(ek) & (self.ad_size - 1)
         while self.ad[h].used:
-            h = (h + 1) & (NAT_ADOPTED - 1)
+            h = (h + 1) & (self.ad_size - 1)
         memset(&self.ad[h], 0, sizeof(nat_slot))
         self.ad[h].used = 1
         self.ad[h].ekey = ek
@@ -439,10 +450,10 @@ cdef class NatNF(StatefulNF):
         self.ad[h].used = 0
         self.nad -= 1
         while True:
-            j = (j + 1) & (NAT_ADOPTED - 1)
+            j = (j + 1) & (self.ad_size - 1)
             if not self.ad[j].used:
                 return
-            k = _ehash(self.ad[j].ekey) & (NAT_ADOPTED - 1)
+            k = _ehash(self.ad[j].ekey) & (self.ad_size - 1)
             # entry j stays if its home k lies cyclically in (h, j]
             if (h < j and h < k <= j) or (h > j and (k > h or k <= j)):
                 continue
@@ -528,9 +539,9 @@ cdef class NatNF(StatefulNF):
             if why:
                 self._slot_endpoint(j, &addr, &port)
                 self._candidate(_ekey(addr, port, sl.okey.proto), 0, why, now)
-        for _c in range(NAT_AD_SWEEP if self.nad else 0):
+        for _c in range(min(NAT_AD_SWEEP, self.ad_size) if self.nad else 0):
             j = self.ad_sweep
-            self.ad_sweep = (j + 1) & (NAT_ADOPTED - 1)
+            self.ad_sweep = (j + 1) & (self.ad_size - 1)
             sl = &self.ad[j]
             if sl.used:
                 why = self._fired(sl, now)

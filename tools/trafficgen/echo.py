@@ -74,6 +74,7 @@ def _one(kind: str, addr: str, port: int, rounds: int, timeout: float, interval:
                 except TimeoutError:
                     if attempt == 2 or kind == "tcp":
                         raise
+                    out["retries"] = out.get("retries", 0) + 1
             text, peer = line.decode().rsplit(" ", 1)
             back.append(int(text.split("-")[2]))
             seen.add(peer.strip())
