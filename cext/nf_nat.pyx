@@ -39,8 +39,10 @@ keeps every mapping and port.
 
 *Moved connections* (docs/state.rst, *Moving NAT flows*).  The ``out`` value
 is 12 bytes: external address, port, 2 zero bytes, and the *owner*, the id of
-the instance that ends the connection (0 in a value written before owners
-existed: the address's own instance).  The controller moves a connection from
+the instance that ends the connection; 0 (as written when the mapping is made,
+and in the 8-byte values of before) is the address's own instance, whoever
+holds it now: a replacement that takes over the address ends its
+connections.  The controller moves a connection from
 instance A (address a) to B by writing B as the owner (the agent does it,
 while B holds the flow's packets) and steering both directions to B.  B
 translates the connection with the mapping it fetches; a mapping to an
@@ -712,9 +714,7 @@ cdef class NatNF(StatefulNF):
             self._slot_endpoint(<uint32_t>j, &eaddr, &eport)
             memcpy(val, &eaddr, 4)
             memcpy(val + 4, &eport, 2)
-            val[6] = 0
-            val[7] = 0
-            memcpy(val + 8, &self.instance, 4)
+            memset(val + 6, 0, 6)  # owner 0: this address's instance, whoever it is
             memcpy(ival, &f.src, 4)
             memcpy(ival + 4, &f.sport, 2)
             memcpy(ival + 6, &f.dport, 2)

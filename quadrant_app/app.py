@@ -245,7 +245,7 @@ class QuadrantApp(app_manager.OSKenApp):
             try:
                 if nat is not None:  # the new instance ends them from now on: its own
                     _, err = self._call(src.worker, "nat_handover", {
-                        "instance": src.id, "owner": dst.id,
+                        "instance": src.id, "owner": dst.id, "home": core.nat_address(dst),
                         "flows": [k.to_json() for k in nat]})  # fmt: skip
                     if err is not None:
                         self.logger.warning("quadrant: move of NAT flows %d -> %d not done: "

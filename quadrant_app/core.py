@@ -76,6 +76,9 @@ class Core:
         # packet-in goes to the outbound flow's instance, not its address's (migrate)
         self._nat_reply_of: dict[tuple, object] = {}
         self._nat_moved: dict[tuple, object] = {}
+        # (dpid, outbound key) -> external address: a moved connection whose instance
+        # went away; its next packet-in goes home, to the address's instance
+        self._nat_home: dict[tuple, int] = {}
         # dpid -> [(network, netmask, host)]: where the switch delivers by IPv4 destination
         self._hosts = {
             s.dpid: [
@@ -149,6 +152,9 @@ class Core:
         if fwd is not None:
             return self._reply(fwd, dpid, key, in_port, data, now)
         owner = self._nat_moved_owner(dpid, key) or self._nat_owner(key)
+        if owner is None and self._nat_home:
+            home = self._nat_home.pop((dpid, key), None)
+            owner = self.instances.nat_owner.get(home) if home is not None else None
         if owner is not None:  # towards a NAT's external address: its mappings' replies
             self.metrics.reply_flows.inc("nat")
             return self._assign(self.chains.by_id[owner.chain_id], owner, dpid, key, in_port,
@@ -308,6 +314,7 @@ class Core:
         inst = self.instances.remove(instance_id)
         if tell_agent:
             self.instances.agent_requests.append(("teardown", inst.id, inst.worker))
+        self._nat_send_home(inst)
         for rec in self.flows.of_instance(instance_id):
             self._forget(rec)
         for k in [k for k in self._rule_templates if k[0] == instance_id]:
@@ -507,6 +514,31 @@ class Core:
         self._nat_moved[(rec.dpid, rkey)] = rec.key
         self._nat_reply_of[(rec.dpid, rec.key)] = rkey
         return rrec
+
+    def nat_address(self, inst: Instance) -> str | None:
+        """The external address ``inst``'s NAT owns (None: it has no NAT slot)."""
+        chain = self.chains.by_id.get(inst.chain_id)
+        if chain is None or inst.nat_slot is None:
+            return None
+        return natpools.slots(chain.spec)[inst.nat_slot]["address"]
+
+    def _nat_send_home(self, inst: Instance) -> None:
+        """``inst`` is going: the NAT connections moved to it go back to their addresses'
+        instances, which end them from now on (their agents write owner 0), and their
+        next packets are steered there."""
+        home: dict[int, list] = {}
+        for rec in self.flows.of_instance(inst.id) if self._nat_reply_of else ():
+            rkey = self._nat_reply_of.get((rec.dpid, rec.key))
+            owner = self.instances.nat_owner.get(rkey.dst) if rkey is not None else None
+            if owner is None or owner.id == inst.id:
+                continue
+            self._nat_home[(rec.dpid, rec.key)] = rkey.dst
+            home.setdefault(owner.id, []).append(rec.key.to_json())
+        for iid, flows in home.items():
+            owner = self.instances.by_id[iid]
+            for k in range(0, len(flows), natpools.HANDOVER_MAX):
+                self.instances.agent_requests.append(("nat_handover", iid, owner.worker, {
+                    "owner": 0, "flows": flows[k : k + natpools.HANDOVER_MAX]}))  # fmt: skip
 
     def _nat_moved_owner(self, dpid, key) -> Instance | None:
         """A moved NAT connection's reply: the instance its outbound flow is on."""

@@ -28,6 +28,7 @@ from quadrant_app.chains import ChainSpec, SpecError
 from quadrant_app.flowkey import FlowKey
 
 NAT = "nat"
+HANDOVER_MAX = 64  # flows per nat_handover call (an agent's flow list limit)
 
 
 def nat_position(spec: ChainSpec) -> int | None:

@@ -353,14 +353,21 @@ class InstanceManager:
     def nat_handover(self, params) -> dict:
         """The NAT mappings of outbound ``flows`` of an instance's chain (the external
         address and port of each, or null), and with ``owner`` that instance written as
-        their owner: the controller's part of moving NAT connections (docs/state.rst)."""
+        their owner (0 for those on ``home``, the owner's own address, and with owner 0):
+        the controller's part of moving NAT connections (docs/state.rst)."""
         p = self._params(params)
         e = self._entry(p)
         keys = flowhold.parse_flows(p.get("flows"))
         owner = p.get("owner")
         if owner is not None and (isinstance(owner, bool) or not isinstance(owner, int)
-                                  or not 0 < owner < 2**32):  # fmt: skip
-            raise refuse("params.owner", f"must be an instance id, got {owner!r}")
+                                  or not 0 <= owner < 2**32):  # fmt: skip
+            raise refuse("params.owner", f"must be an instance id (0: the address's), got "
+                         f"{owner!r}")  # fmt: skip
+        home = p.get("home")
+        try:
+            home = None if home is None else int(ipaddress.IPv4Address(home))
+        except (ValueError, TypeError):
+            raise refuse("params.home", f"must be an IPv4 address, got {home!r}") from None
         nat = next((nf for nf in e.chain.nfs if nf.get("type") == "nat" and "state" in nf), None)
         if nat is None or self.state_access is None:
             raise refuse("params.instance", f"instance {e.id} has no NAT with a state store")
@@ -371,7 +378,7 @@ class InstanceManager:
             flows.append((proto, int.from_bytes(src, "big"), int.from_bytes(dst, "big"),
                           sport, dport))  # fmt: skip
         try:
-            got = self.state_access.nat_handover(nat["state"]["prefix"], flows, owner)
+            got = self.state_access.nat_handover(nat["state"]["prefix"], flows, owner, home)
         except StateAccessError as exc:
             raise refuse("params.flows", str(exc)) from None
         out = [None if m is None else {"address": str(ipaddress.IPv4Address(m[0])), "port": m[1]}

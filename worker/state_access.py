@@ -89,12 +89,13 @@ class StateAccess:
             raise StateAccessError(msg) from None
         return creds.as_config()
 
-    def nat_handover(self, prefix: str, flows: list[tuple], owner=None) -> list:
+    def nat_handover(self, prefix: str, flows: list[tuple], owner=None, home=None) -> list:
         """The NAT mappings of outbound ``flows`` (``(proto, src, dst, sport, dport)``,
         IPv4 addresses as ints): ``(external address, port)`` or None each; with
         ``owner``, that instance is written as each mapping's owner (docs/state.rst,
-        *Moving NAT flows*).  ``SET XX``: a mapping its connection ended meanwhile
-        stays deleted."""
+        *Moving NAT flows*), or 0 for a mapping to ``home``, the owner's own address
+        (0: whoever holds the address).  ``SET XX``: a mapping its connection ended
+        meanwhile stays deleted."""
         names = [nat_out_key(prefix, *f) for f in flows]
         try:
             with self._lock:
@@ -106,7 +107,8 @@ class StateAccess:
                     m = parse_nat_out(v)
                     out.append(m)
                     if m is not None and owner is not None:
-                        pipe.set(name, nat_out_value(*m, owner), xx=True)
+                        who = 0 if m[0] == home else owner
+                        pipe.set(name, nat_out_value(*m, who), xx=True)
                 if owner is not None:
                     pipe.execute()
         except Exception as exc:  # noqa: BLE001 - redis' own classes: say where

@@ -87,12 +87,12 @@ def test_a_nat_connection_moved_to_another_instance_keeps_its_mapping(
     prefix = "natmove"
     state = nf_user(prefix)
     moved = conns(1)  # one TCP, one UDP connection
-    # 1. A opens both: the mappings name A as their owner
+    # 1. A opens both: owner 0 (the address's instance) in each mapping
     r = run_stateful(nat_a(), [outbound(c, payload=tagged(c)) for c in moved], state)
     ext = ext_of(r.output)
     assert set(ext.values()) <= {(A_ADDR, p) for p in range(40000, 40004)} and len(ext) == 2
     got, _ = outs(redis_server, prefix)
-    assert {k: v[0] for k, v in got.items()} == {(c[0], c[2]): A_ID for c in moved}
+    assert {k: v[0] for k, v in got.items()} == {(c[0], c[2]): 0 for c in moved}
 
     # 2. the move's handover: the agent's code reads the mappings, writes B as owner
     sa = StateAccess(f"unix:{redis_server.socket_path}", "admin", redis_server.admin_password)
@@ -103,14 +103,20 @@ def test_a_nat_connection_moved_to_another_instance_keeps_its_mapping(
         assert [(str(ipaddress.IPv4Address(a)), p) for a, p in read] == [
             ext[(c[0], c[2])] for c in moved
         ]
-        assert sa.nat_handover(prefix, flows, owner=B_ID) == read
+        a_int = int(ipaddress.IPv4Address(A_ADDR))
+        b_int = int(ipaddress.IPv4Address(B_ADDR))
+        assert sa.nat_handover(prefix, flows, owner=B_ID, home=b_int) == read
         gone = (6, int(ipaddress.IPv4Address("10.1.7.7")), 1, 2, 3)
         assert sa.nat_handover(prefix, [gone], owner=B_ID) == [None]  # SET XX: not created
+        got, nkeys = outs(redis_server, prefix)
+        assert {k: v[0] for k, v in got.items()} == {(c[0], c[2]): B_ID for c in moved}
+        assert nkeys == 4
+        # back to A would write 0 (A's own address), and B again writes B
+        sa.nat_handover(prefix, flows, owner=A_ID, home=a_int)
+        assert {v[0] for v in outs(redis_server, prefix)[0].values()} == {0}
+        sa.nat_handover(prefix, flows, owner=B_ID, home=b_int)
     finally:
         sa.close()
-    got, nkeys = outs(redis_server, prefix)
-    assert {k: v[0] for k, v in got.items()} == {(c[0], c[2]): B_ID for c in moved}
-    assert nkeys == 4
 
     # 3. B, mid-connection: later packets out and the replies to (a, port), both ways
     # translated with the unchanged mapping

@@ -167,6 +167,7 @@ def test_a_moved_nat_connection_takes_its_replies_along_until_it_ends():
     # another connection's reply to a's address still goes to a
     assert lab.send(other, in_port=EGRESS) == "controller"
     assert lab.table.packet_outs[-1][1][:6] == _mac(W1_MACS[0])
+    assert lab.core.nat_address(b) == "10.2.0.253" and lab.core.nat_address(a) == "10.2.0.254"
     # the connection ends (its rules idle out): a's address is a's again
     lab.now += 12
     expire(lab, b, fwd.key)
@@ -181,3 +182,33 @@ def expire(lab, inst, key):
     lab.apply([(DPID, ofbuild.delete_flow(key))])
     match = ofbuild.flow_match(key)
     lab.apply(lab.core.flow_removed(DPID, ofbuild.flow_cookie(inst.id), match, 0, 12.0, lab.now))
+
+
+def test_connections_moved_to_an_instance_that_goes_away_go_home():
+    """b, which had a connection moved to it from a's address, is removed: a's agent
+    is asked to make a the owner again (owner 0) and the connection's next packet-in
+    goes to a, not to whichever instance a new flow would get."""
+    lab = Lab()
+    chain = lab.core.add_chain("acme", parse_chain(nat_chain(addrs=(
+        "10.2.0.254", "10.2.0.253", "10.2.0.252"))), lab.now)  # fmt: skip
+    a, _ = lab.core.add_instance(chain.id, "w1", W1_MACS[0], 0, True, lab.now, nat_slot=0)
+    b, _ = lab.core.add_instance(chain.id, "w1", W1_MACS[1], 1, True, lab.now, nat_slot=1)
+    c, _ = lab.core.add_instance(chain.id, "w2", W2_MACS[0], 0, True, lab.now, nat_slot=2)
+    for i in (b, c):
+        lab.core.instances.update_stats(i.id, lab.now, p99_us=float("inf"))
+    out = Ether() / IP(src="10.1.0.5", dst="10.2.0.1") / UDP(sport=4000, dport=5353)
+    lab.send(out, in_port=UPLINK)
+    (fwd,) = lab.core.flows.of_instance(a.id)
+    key, ext = fwd.key, (A("10.2.0.254"), 20007)
+    lab.apply(lab.core.migrate([fwd.id], a.id, b.id, lab.now, nat={key: ext})[1])
+    lab.core.instances.agent_requests.clear()
+    lab.core.instances.update_stats(a.id, lab.now, p99_us=float("inf"))
+    lab.core.instances.update_stats(c.id, lab.now, p99_us=10.0)  # new flows would go to c
+    lab.apply(lab.core.remove_instance(b.id, lab.now))
+    assert lab.core.instances.agent_requests == [
+        ("teardown", b.id, "w1"),
+        ("nat_handover", a.id, "w1", {"owner": 0, "flows": [key.to_json()]}),
+    ]
+    assert lab.send(out, in_port=UPLINK) == "controller"
+    assert lab.table.packet_outs[-1][1][:6] == _mac(W1_MACS[0])  # home: a
+    assert lab.core.flows.get(DPID, key).instance_id == a.id and not lab.core._nat_home
