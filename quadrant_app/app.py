@@ -28,7 +28,7 @@ from os_ken.controller.handler import (
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
 
-from quadrant_app import agents, auth, config, topology
+from quadrant_app import agents, auth, config, natpools, topology
 from quadrant_app.autoscale import Autoscaler
 from quadrant_app.core import Core
 from quadrant_app.jsonrpc import RpcError
@@ -286,6 +286,10 @@ class QuadrantApp(app_manager.OSKenApp):
                 if r is not None and self.core.nat_outbound(r)]  # fmt: skip
         if not recs:
             return None
+        if len(recs) > natpools.MOVE_MAX:  # both directions of each are held: 64 at most
+            self.logger.info("quadrant: moving %d of %d NAT connections of instance %d now",
+                             natpools.MOVE_MAX, len(recs), src.id)  # fmt: skip
+            recs = recs[: natpools.MOVE_MAX]
         res, err = self._call(
             src.worker,
             "nat_handover",

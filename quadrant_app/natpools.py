@@ -29,6 +29,7 @@ from quadrant_app.flowkey import FlowKey
 
 NAT = "nat"
 HANDOVER_MAX = 64  # flows per nat_handover call (an agent's flow list limit)
+MOVE_MAX = 32  # NAT connections per move: both directions held, 64 flows per hold
 
 
 def nat_position(spec: ChainSpec) -> int | None:

@@ -102,7 +102,7 @@ class StateAccess:
                 c = self._client()
                 values = c.mget(names)
                 out = []
-                pipe = c.pipeline(transaction=False)
+                pipe = c.pipeline(transaction=True)  # all owners written, or none
                 for name, v in zip(names, values, strict=True):
                     m = parse_nat_out(v)
                     out.append(m)
