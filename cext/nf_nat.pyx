@@ -563,6 +563,7 @@ cdef class NatNF(StatefulNF):
         self.ncand = 0
         recs = []
         keys = []
+        seen = set()
         for c in range(n):
             ek = self.cand[c]
             if self.cand_ad[c]:
@@ -575,6 +576,9 @@ cdef class NatNF(StatefulNF):
             sl = &self.slots[r] if r >= 0 else &self.ad[-r - 1]
             if not sl.used or self._fired(sl, now) == 0:
                 continue  # ended or woken since
+            if (r, ek) in seen:
+                continue
+            seen.add((r, ek))
             recs.append((r, ek, self.cand_closing[c]))
             keys.append((<char *>&sl.okey)[:sizeof(qd_key)])
         if not keys:
@@ -589,7 +593,14 @@ cdef class NatNF(StatefulNF):
                 self.state_errors += 1
                 return
         for (r, ek, closing), v in zip(recs, values):
+            if r < 0:  # an earlier deletion may have shifted it: find it again
+                r = self._ad_find(ek)
+                if r < 0:
+                    continue
+                r = -r - 1
             sl = &self.slots[r] if r >= 0 else &self.ad[-r - 1]
+            if not sl.used:
+                continue
             if v is not None and len(v) == 0:  # (no store) as before owners: end it
                 owner = self.instance
             elif (v is None or len(v) not in (8, 12)

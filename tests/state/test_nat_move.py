@@ -169,3 +169,50 @@ def test_a_nat_connection_moved_to_another_instance_keeps_its_mapping(
     assert r.summary["state"]["updates"] == 4  # two keys each, deleted
     got, _ = outs(redis_server, prefix)
     assert not set(got) & set(ext)
+
+
+def test_many_adopted_connections_in_a_small_table(run_stateful, nf_user, redis_server):
+    """120 connections moved to B, whose adopted table has 256 entries (collisions):
+    each is adopted once, RSTs of 30 remove entries (shifting the others back) without
+    losing any, the rest keep translating, and UDP idling out empties the table of
+    them while the keys of connections B does not own stay."""
+    prefix = "natmany"
+    state = nf_user(prefix)
+    cs = conns(60)
+    a = nat_cfg(A_ADDR, "40000-40199", A_ID, B_ADDR)
+    r = run_stateful(a, [outbound(c, payload=tagged(c)) for c in cs], state)
+    ext = ext_of(r.output)
+    assert len(set(ext.values())) == 120
+    flows = [(6 if c[0] == "tcp" else 17, int(ipaddress.IPv4Address(c[1])),
+              int(ipaddress.IPv4Address(c[3])), c[2], c[4]) for c in cs]  # fmt: skip
+    sa = StateAccess(f"unix:{redis_server.socket_path}", "admin", redis_server.admin_password)
+    try:  # B owns all but the last 10 UDP ones (still A's, as if moved and given back)
+        owned = [f for f, c in zip(flows, cs, strict=True) if not (c[0] == "udp" and c[2] >= 20050)]
+        sa.nat_handover(prefix, owned, owner=B_ID, home=int(ipaddress.IPv4Address(B_ADDR)))
+    finally:
+        sa.close()
+    tcp = [c for c in cs if c[0] == "tcp"]
+    pkts = [outbound(c, flags="A", payload=tagged(c)) for c in cs]
+    pkts += [outbound(c, flags="R", payload=tagged(c)) for c in tcp[:30]]
+    pkts += [inbound(c, ext[(c[0], c[2])], flags="A") for c in cs if c not in tcp[:30]]
+    pkts += [outbound(c, flags="A", payload=tagged(c)) for c in cs if c not in tcp[:30]]
+    r = run_stateful(nat_b(adopted_max=150), pkts, state, batch=4)
+    st = r.summary["nf_stats"]
+    # adopted once each: no entry lost to a collision or to the deletions' shifts
+    assert st["adopted_total"] == 120 and st["no_mapping"] == 0 and st["adopt_full"] == 0
+    assert st["ended"] == 30 and st["adopted"] == 90
+    out_frames = [f for f in r.output if Ether(f)[IP].src == A_ADDR]
+    assert ext_of(out_frames) == ext  # every packet out kept its mapping
+    back = {(("tcp" if TCP in p else "udp"), (p[TCP] if TCP in p else p[UDP]).dport): p[IP].dst
+            for p in map(Ether, r.output) if p[IP].dst.startswith("10.1.")}  # fmt: skip
+    assert back == {(c[0], c[2]): c[1] for c in cs if c not in tcp[:30]}
+    # UDP idles out on B: the 50 it owns are deleted, the 10 still A's are handed back
+    udp = [c for c in cs if c[0] == "udp"]
+    r = run_stateful(nat_b(adopted_max=150, udp_idle_s=0),
+                     [outbound(c, payload=tagged(c)) for c in udp] + fillers(40), state,
+                     batch=4)  # fmt: skip
+    st = r.summary["nf_stats"]
+    assert st["expired"] == 50 and st["handed_back"] == 10 and st["adopted"] == 0, st
+    got, _ = outs(redis_server, prefix)
+    live = {(c[0], c[2]) for c in tcp[30:]} | {("udp", p) for p in range(20050, 20060)}
+    assert set(got) == live  # B deleted what it ended and owned; A's ten are left alone
