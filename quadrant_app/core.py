@@ -469,12 +469,15 @@ class Core:
             tkey = (inst.id, key.eth_type, key.proto)
             tpl = self._rule_templates.get(tkey)
             if tpl is None:
+                chain = self.chains.by_id.get(inst.chain_id)
                 tpl = self._rule_templates[tkey] = ofbuild.FlowRuleTemplate(
                     key.eth_type,
                     key.proto,
                     ofbuild.instance_actions(inst.vf_mac, inst.port),
                     ofbuild.flow_cookie(inst.id),
-                    self.settings.idle_timeout,
+                    natpools.rule_idle_s(chain.spec, key.proto, self.settings.idle_timeout)
+                    if chain is not None
+                    else self.settings.idle_timeout,
                 )
             buf += tpl.render(key, xid)
         return [(rec.dpid, buf)]

@@ -23,6 +23,7 @@ and the core call them.
 from __future__ import annotations
 
 import ipaddress
+import math
 
 from quadrant_app.chains import ChainSpec, SpecError
 from quadrant_app.flowkey import FlowKey
@@ -98,6 +99,22 @@ def instance_nfs(spec: ChainSpec, slot: int | None) -> list[dict]:
         cfg["adopt"] = [e["address"] for k, e in enumerate(entries) if k != slot]
         out[pos] = {"type": NAT, "config": cfg}
     return out
+
+
+def rule_idle_s(spec: ChainSpec, proto: int, default: int) -> int:
+    """The per-flow rules' idle timeout for ``spec``'s flows of ``proto``: at least the
+    NAT's own idle timeout, so that a quiet connection keeps its instance (a rule that
+    idled out first would re-assign its next packet as a new flow, to any instance,
+    which would not end it)."""
+    pos = nat_position(spec)
+    if pos is None or proto not in (6, 17):
+        return default
+    cfg = spec.nfs[pos].config
+    nat = cfg.get("tcp_idle_s", 7440) if proto == 6 else cfg.get("udp_idle_s", 300)
+    try:
+        return int(min(65535, max(default, math.ceil(nat))))
+    except (TypeError, ValueError):  # the NAT refuses it at prepare; keep the default
+        return default
 
 
 def reply_key(outbound: FlowKey, address: int, port: int) -> FlowKey:

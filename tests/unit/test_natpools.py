@@ -212,3 +212,26 @@ def test_connections_moved_to_an_instance_that_goes_away_go_home():
     assert lab.send(out, in_port=UPLINK) == "controller"
     assert lab.table.packet_outs[-1][1][:6] == _mac(W1_MACS[0])  # home: a
     assert lab.core.flows.get(DPID, key).instance_id == a.id and not lab.core._nat_home
+
+
+def test_a_nat_chains_rules_idle_out_no_sooner_than_its_mappings():
+    """A quiet NAT connection keeps its rules (and so its instance) as long as the NAT
+    keeps its mapping: the rules' idle timeout is the NAT's for the protocol."""
+    spec = parse_chain(nat_chain())
+    assert natpools.rule_idle_s(spec, 17, 10) == 300 and natpools.rule_idle_s(spec, 6, 10) == 7440
+    assert natpools.rule_idle_s(spec, 1, 10) == 10  # not translated: the default
+    quick = nat_chain()
+    quick["nfs"][1]["config"] |= {"udp_idle_s": 2.5, "tcp_idle_s": 99999}
+    spec = parse_chain(quick)
+    assert natpools.rule_idle_s(spec, 17, 10) == 10  # never below the default
+    assert natpools.rule_idle_s(spec, 6, 10) == 65535  # OpenFlow's 16 bits
+    plain = parse_chain(nat_chain() | {"nfs": [{"type": "empty"}]})
+    assert natpools.rule_idle_s(plain, 17, 10) == 10
+    lab = Lab()
+    chain = lab.core.add_chain("acme", parse_chain(nat_chain()), lab.now)
+    lab.core.add_instance(chain.id, "w1", W1_MACS[0], 0, True, lab.now, nat_slot=0)
+    lab.send(Ether() / IP(src="10.1.0.5", dst="10.2.0.1") / UDP(sport=4000, dport=5353))
+    lab.send(Ether() / IP(src="10.2.0.1", dst="10.2.0.254") / UDP(sport=5353, dport=20000),
+             in_port=EGRESS)  # fmt: skip
+    rules = lab.table.entries(ofbuild.TABLE_FLOWS, ofbuild.COOKIE_FLOW)
+    assert len(rules) == 2 and {r.idle_timeout for r in rules} == {300}
