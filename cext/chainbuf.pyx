@@ -52,6 +52,7 @@ cdef extern from "src/qs_chainrt.h" nogil:
         uint64_t drops
         uint64_t cycles
         uint32_t park_gen
+        uint32_t store_wait
 
     struct qs_cbhdr:
         uint32_t n_slots
@@ -378,6 +379,7 @@ cdef class ChainBuffer:
             "state": NF_STATES.get(s.state, str(s.state)), "tid": s.tid,
             "batches": s.batches, "pkts": s.pkts, "tx": s.tx, "bad": s.bad,
             "drops": s.drops, "cycles": s.cycles, "park_gen": s.park_gen,
+            "store_wait": bool(s.store_wait),
         }
 
     def bridge_stats(self, int i):

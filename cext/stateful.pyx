@@ -22,7 +22,9 @@ stateless NFs):
    write group is acknowledged; the rest is forwarded as usual.
 
 The state steps (4, 6, 7) are :class:`cext.statecore.StateCore`'s, shared with
-the chain stage loop; what is this module's is the loop and its held mbufs.
+the chain stage loop, and so is riding out a Redis outage (cached flows go on,
+writes are kept and sent again on reconnect, packets whose state cannot be
+fetched are dropped); what is this module's is the loop and its held mbufs.
 """
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
@@ -75,7 +77,8 @@ cdef class StatefulRuntime(Runtime):
     cdef uint64_t held_total, released, held_dropped, stalls, max_held_seen
 
     def __init__(self, StatefulNF nf, int rx_port, int tx_port, stats_buffer, store=None,
-                 int burst=32, int core=0, int max_held=4096, int cache_entries=65536):
+                 int burst=32, int core=0, int max_held=4096, int cache_entries=65536,
+                 double retry_s=0.05, int replay_bytes=16 << 20):
         super().__init__(nf, rx_port, tx_port, stats_buffer, burst=burst, core=core)
         if max_held < burst:
             raise ValueError(f"state.max_held: must be at least the batch ({burst}): {max_held}")
@@ -87,7 +90,7 @@ cdef class StatefulRuntime(Runtime):
         self.lat = <uint32_t *>PyMem_Malloc(LAT_SLOTS * sizeof(uint32_t))
         if not (self.held_m and self.held_seq and self.held_tsc and self.lat):
             raise MemoryError()
-        self.core = StateCore(nf, store, cache_entries)
+        self.core = StateCore(nf, store, cache_entries, retry_s, replay_bytes)
         self.s = self.core.s
 
     @property
@@ -179,15 +182,13 @@ cdef class StatefulRuntime(Runtime):
                 p.tailroom = m.buf_len - m.data_off - m.data_len
                 p.port = m.port
                 rx_bytes += m.pkt_len
-            # keys: cache lookups, misses fetched in one round trip
-            if self.core.begin(self.pkts, n):
-                return 2
+            # keys (cache lookups, misses fetched in one round trip), the NF, and the
+            # batch's writes as one group; packets whose state Redis could not give
+            # come back dropped
             memset(self.verdicts, QD_FORWARD, n)
             batch.count = n
             batch.tsc = t0
-            self.snf.process(&batch)
-            # writes: one group per batch
-            if self.core.commit():
+            if self.core.run(&batch):
                 return 2
             nout = 0
             ndrop = 0

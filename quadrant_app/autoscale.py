@@ -148,7 +148,7 @@ class Autoscaler:
             else:
                 self._attached_since.pop(i.id, None)
             young = i.attached and now - self._attached_since[i.id] < self.s.reclaim_grace
-            stats.append(self._stats(i, max(i.flows, 1) if young else i.flows))
+            stats.append(self._stats(i, max(i.flows, 1) if young else i.flows, chain))
         plan = policy.plan(
             now,
             stats,
@@ -197,9 +197,12 @@ class Autoscaler:
         ]
         return msgs, moves
 
-    def _stats(self, i, flows: int) -> scaling.InstanceStats:
+    def _stats(self, i, flows: int, chain=None) -> scaling.InstanceStats:
+        max_pps = chain.spec.scaling.max_pps if chain is not None else None
         if i.pps > 0 and i.load > 0:
             cpp = i.load * _NOMINAL_HZ / i.pps
+        elif max_pps:  # not measured yet: the chain's stated ceiling (scaling.max_pps)
+            cpp = _NOMINAL_HZ / max_pps
         else:
             cpp = self.s.default_cycles_per_packet
         return scaling.InstanceStats(

@@ -156,6 +156,11 @@ class Scaling:
     alpha: float
     beta: float
     load_cap: float
+    # The measured highest packet rate of one instance of this chain on these workers,
+    # for paths whose limit the NFs' own cycle counters do not show (the lab: the
+    # af_packet I/O and one shared switch and core; docs/scaling.rst, *In the lab*).
+    # None: the limit is the one the agents measure.
+    max_pps: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,7 +197,7 @@ _PROTO_NAMES = {v: k for k, v in PROTO_NUMBERS.items()}
 CHAIN_FIELDS = {"name", "nfs", "filter", "slo_us", "scaling", "priority", "bidirectional"}
 CHAIN_REQUIRED = {"name", "nfs", "filter", "slo_us"}
 FILTER_FIELDS = {"src", "dst", "proto", "src_ports", "dst_ports"}
-SCALING_FIELDS = {"alpha", "beta", "load_cap"}
+SCALING_FIELDS = {"alpha", "beta", "load_cap", "max_pps"}
 
 
 def _ports_text(r: tuple[int, int]) -> str:
@@ -318,8 +323,14 @@ def parse_chain(body: Any, nf_types=DEFAULT_NF_TYPES) -> ChainSpec:
     if not slo > 0 or slo == float("inf"):
         raise SpecError("slo_us", f"must be a positive number of microseconds, not {slo:g}")
     knobs = dict(DEFAULT_SCALING)
+    max_pps = None
     if "scaling" in raw:
         for key, value in _fields(raw["scaling"], "scaling", SCALING_FIELDS).items():
+            if key == "max_pps":
+                max_pps = _number(value, "scaling.max_pps")
+                if not 0 < max_pps < float("inf"):
+                    raise SpecError("scaling.max_pps", f"must be a positive rate, not {max_pps:g}")
+                continue
             knobs[key] = _number(value, f"scaling.{key}")
     for key, value in knobs.items():
         if not 0 < value <= 1:
@@ -339,7 +350,7 @@ def parse_chain(body: Any, nf_types=DEFAULT_NF_TYPES) -> ChainSpec:
         nfs=tuple(nfs),
         filter=filt,
         slo_us=slo,
-        scaling=Scaling(**knobs),
+        scaling=Scaling(**knobs, max_pps=max_pps),
         priority=priority,
         bidirectional=bidirectional,
     )
@@ -351,7 +362,7 @@ def chain_to_json(spec: ChainSpec) -> dict:
         "nfs": [{"type": nf.type, "config": nf.config} for nf in spec.nfs],
         "filter": spec.filter.to_json(),
         "slo_us": spec.slo_us,
-        "scaling": dataclasses.asdict(spec.scaling),
+        "scaling": {k: v for k, v in dataclasses.asdict(spec.scaling).items() if v is not None},
         "priority": spec.priority,
         "bidirectional": spec.bidirectional,
     }

@@ -69,6 +69,12 @@ SCHEMAS = {
             "alpha": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.6},
             "beta": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.9},
             "load_cap": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.9},
+            "max_pps": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "description": "measured highest rate (packets/s) of one instance, where the "
+                "NFs' cycle counters miss the limit; load is then at least pps / max_pps",
+            },
         },
     },
     "ChainSpec": {

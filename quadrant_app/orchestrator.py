@@ -42,6 +42,19 @@ class Pending:
     nat_slot: int | None = None  # the chain NAT's external entry it will own
 
 
+def judged_load(load, pps, chain):
+    """The load the controller judges an instance by: what its agent measured (the
+    share of its core the NFs' own cycles took) or, for a chain whose spec states the
+    measured highest rate of one instance (``scaling.max_pps``), ``pps / max_pps`` if
+    that is higher -- where the limit lies outside the NFs' cycle counters (the lab's
+    af_packet I/O, its shared switch and core: docs/scaling.rst, *In the lab*)."""
+    max_pps = chain.spec.scaling.max_pps if chain is not None else None
+    if max_pps is None or not isinstance(pps, int | float) or isinstance(pps, bool):
+        return load
+    by_rate = max(0.0, float(pps)) / max_pps
+    return by_rate if load is None else max(float(load), by_rate)
+
+
 class Orchestrator:
     def __init__(self, core, hub, pool_size: int = 1, batch: int = 32, retry_s: float = 5.0):
         self.core = core
@@ -177,10 +190,11 @@ class Orchestrator:
             if inst is None or inst.worker != worker:
                 continue  # not (or no longer) ours: ignore, never trust a report blindly
             batch = row.get("p99_us")
+            chain = self.core.chains.by_id.get(inst.chain_id)
             msgs += self.core.update_stats(
                 inst.id,
                 now,
-                load=row.get("load"),
+                load=judged_load(row.get("load"), row.get("pps"), chain),
                 p99_us=None if batch is None else self.latency_us(worker, batch),
                 pps=row.get("pps"),
                 batch_p99_us=batch,

@@ -37,6 +37,7 @@ SLO plays no part.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
@@ -209,6 +210,10 @@ def migration_amount(r: float, r_max: float, t_us: float, p: ScalingParams) -> f
     return min(dr, r)
 
 
+_flow_id = operator.attrgetter("id")
+_flow_pps = operator.attrgetter("pps")
+
+
 def select_flows(flows: Iterable[FlowRate], amount: float) -> list[FlowRate]:
     """Flows whose measured rates sum to at most ``amount``, largest first (fewest moves).
 
@@ -217,7 +222,11 @@ def select_flows(flows: Iterable[FlowRate], amount: float) -> list[FlowRate]:
     """
     if amount <= 0:
         return []
-    ordered = sorted((f for f in flows if f.pps > 0), key=lambda f: (-f.pps, f.id))
+    # largest rate first, lower id first among equal rates: two stable C-keyed sorts
+    # (instances carry thousands of flows and the plan runs every stats interval)
+    ordered = [f for f in flows if f.pps > 0]
+    ordered.sort(key=_flow_id)
+    ordered.sort(key=_flow_pps, reverse=True)
     chosen, left = [], amount
     slack = amount * 1e-9  # rounding: flows that sum to exactly ``amount`` all fit
     for f in ordered:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,24 @@ def controller(lab):
 
 
 from tests.redis_fixture import redis_server  # noqa: E402,F401  (a fixture for every test)
+
+
+@pytest.fixture
+def veth_ns():
+    """A network namespace ``qd-<id>`` of the test's own with a veth pair ``qdA<id>``
+    / ``qdB<id>`` in it, both up (no IPv6: no kernel chatter): (ns, a, b)."""
+
+    def sh(*args):
+        subprocess.run(args, check=True, capture_output=True)
+
+    tag = uuid.uuid4().hex[:6]
+    ns, a, b = f"qd-{tag}", f"qdA{tag}", f"qdB{tag}"
+    sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "link", "add", a, "netns", ns, "type", "veth", "peer", "name", b, "netns", ns)
+        for dev in (a, b):
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1")
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+        yield ns, a, b
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)

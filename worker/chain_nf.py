@@ -97,7 +97,10 @@ def stage_state(spec: dict, nfs: list, inp):
     st = spec["nfs"][0].get("state")
     st = parse_state(st, 1, inp.n_slots) if st is not None else None
     store = open_store(st, spec["nfs"][0]["type"])
-    return StageState(nfs[0], store, max_held=st.max_held, cache_entries=st.cache_entries)
+    return StageState(
+        nfs[0], store, max_held=st.max_held, cache_entries=st.cache_entries,
+        retry_s=st.retry_s, replay_bytes=st.replay_bytes,
+    )  # fmt: skip
 
 
 def main() -> int:

@@ -27,7 +27,7 @@ HUGEPAGE_MOUNT = "/dev/hugepages"
 TOP_KEYS = {"name", "core", "batch", "eal", "ports", "mempool", "nf", "stats", "run", "state"}
 STATE_KEYS = {
     "store", "host", "port", "user", "password", "password_file", "prefix",
-    "max_held", "cache_entries", "drain_s",
+    "max_held", "cache_entries", "drain_s", "retry_s", "replay_bytes", "timeout_s",
 }  # fmt: skip
 PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -59,6 +59,9 @@ class StateSpec:
     max_held: int
     cache_entries: int
     drain_s: float
+    retry_s: float = 0.05  # how often a lost Redis is tried again
+    replay_bytes: int = 16 << 20  # unacknowledged writes kept to send again
+    timeout_s: float = 0.5  # a fetch, connect or AUTH waiting longer: Redis unreachable
 
 
 @dataclass(frozen=True)
@@ -289,7 +292,17 @@ def parse_state(value, batch: int, pool_size: int, base_dir: Path | None = None)
     entries = _int(m.get("cache_entries", 65536), "state.cache_entries", 8192, 1 << 24)
     drain = m.get("drain_s", 1.0)
     drain = 0.0 if drain == 0 else _number(drain, "state.drain_s", 0)
-    return StateSpec(store, host, port, user, password, prefix, max_held, entries, drain)
+    retry = _number(m.get("retry_s", 0.05), "state.retry_s", 0)
+    if retry > 60:
+        raise NFConfigError("state.retry_s", f"at most 60 s, got {retry!r}")
+    replay = _int(m.get("replay_bytes", 16 << 20), "state.replay_bytes", 1 << 16, 1 << 30)
+    timeout = _number(m.get("timeout_s", 0.5), "state.timeout_s", 0)
+    if timeout > 60:
+        raise NFConfigError("state.timeout_s", f"at most 60 s, got {timeout!r}")
+    return StateSpec(
+        store, host, port, user, password, prefix, max_held, entries, drain, retry, replay,
+        timeout,
+    )  # fmt: skip
 
 
 def load_config(path: str | os.PathLike) -> RuntimeConfig:

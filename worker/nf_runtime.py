@@ -168,7 +168,7 @@ def open_store(st: StateSpec | None, nf_type: str):
     if st.store == "local":
         return None
     try:
-        return RedisStore(st.host, st.port, st.user, st.password, st.prefix)
+        return RedisStore(st.host, st.port, st.user, st.password, st.prefix, st.timeout_s)
     except Exception as exc:  # noqa: BLE001 - any connection or auth failure: say where
         raise NFConfigError("state", f"cannot reach Redis at {st.host}:{st.port}: {exc}") from None
 
@@ -179,7 +179,8 @@ def stateful_runtime(cfg: RuntimeConfig, nf, rx_port: int, tx_port: int, stats_m
     st = cfg.state
     return StatefulRuntime(
         nf, rx_port, tx_port, stats_map, store, burst=cfg.batch, core=cfg.core,
-        max_held=st.max_held, cache_entries=st.cache_entries,
+        max_held=st.max_held, cache_entries=st.cache_entries, retry_s=st.retry_s,
+        replay_bytes=st.replay_bytes,
     )  # fmt: skip
 
 

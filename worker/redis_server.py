@@ -6,9 +6,11 @@
 
 Each server has its own directory (config, ACL file, append-only files,
 log), its own TCP port on 127.0.0.1 (a free one unless given), a Unix socket
-``redis.sock`` in that directory (:attr:`RedisServer.socket_path`: NFs in a
-worker's network namespace reach it there, where 127.0.0.1 is not the
-server's; the agent hands them that path) and ACLs on:
+(:attr:`RedisServer.socket_path`: NFs in a worker's network namespace reach
+it there, where 127.0.0.1 is not the server's; the agent hands them that
+path) in a directory of its own under /tmp that every user may traverse (an
+NF reconnecting after a Redis restart runs as its own unprivileged uid; the
+data directory stays private), and ACLs on:
 the ``default`` user is disabled, an ``admin`` user with a fresh random
 password creates one user per NF instance (:meth:`add_nf_user`) whose rights
 are limited to its key prefix.  Durability: ``appendonly yes`` and
@@ -119,15 +121,19 @@ class RedisServer:
         self.core = core
         self.admin_password = secrets.token_hex(16)
         self.proc: subprocess.Popen | None = None
+        # made by start, removed by stop; the same path across a restart
+        self.socket_dir = Path(tempfile.gettempdir()) / f"qd-redis-sock-{secrets.token_hex(6)}"
 
     @property
     def socket_path(self) -> Path:
-        return self.dir / "redis.sock"
+        return self.socket_dir / "redis.sock"
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def write_config(self) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(mode=0o755, exist_ok=True)
+        self.socket_dir.chmod(0o755)  # whatever the umask: NFs' uids traverse it
         acl = self.dir / "users.acl"
         pwfile = self.dir / "admin.password"
         if pwfile.exists():  # a restart keeps its users (ACL SAVE stores only hashes)
@@ -196,6 +202,7 @@ class RedisServer:
         if self.proc is not None and self.proc.stderr:
             self.proc.stderr.close()
         self.proc = None
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
         if remove if remove is not None else self._made_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 

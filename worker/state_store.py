@@ -14,10 +14,14 @@
 
 A key in Redis is ``<prefix>:<32 hex digits of the 16-byte qd_key>``; the
 prefix is the NF instance's own, and its ACL user may touch nothing else
-(worker/redis_server.py).  Any error (an error reply: no permission, out of
-memory, a read-only replica; a closed connection) is a
-:class:`StateStoreError`: the runtime stops rather than release packets
-whose state is not stored (docs/state.rst).
+(worker/redis_server.py).  Errors are :class:`StateStoreError`; those that
+say Redis cannot be reached *now* (a refused, closed or timed-out connection,
+Redis still loading its data after a restart) are ``transient``: the runtime
+rides them out, reconnecting (:meth:`RedisStore.reconnect`) and sending its
+unacknowledged writes again (cext/statecore.pyx).  Any other (an error reply:
+no permission, out of memory, a read-only replica; AUTH refused) stops the
+runtime rather than release packets whose state is not stored
+(docs/state.rst).
 """
 
 from __future__ import annotations
@@ -28,7 +32,20 @@ FETCH_CHUNK = 4096
 
 
 class StateStoreError(RuntimeError):
-    pass
+    """A state store failure; ``transient``: Redis could not be reached, try again."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+
+def _transient(exc: BaseException) -> bool:
+    """Redis cannot be reached now (redis-py's BusyLoadingError, Redis answering
+    -LOADING after a restart, is a ConnectionError)."""
+    import redis
+
+    return isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                            OSError))  # fmt: skip
 
 
 def _resp(*args: bytes) -> bytes:
@@ -40,30 +57,89 @@ def _resp(*args: bytes) -> bytes:
 
 class RedisStore:
     def __init__(
-        self, host: str, port: int, user: str, password: str, prefix: str, timeout: float = 5.0
+        self, host: str, port: int, user: str, password: str, prefix: str, timeout: float = 0.5
     ):
+        """``timeout``: how long a fetch, a connect or the AUTH may wait for Redis
+        before the NF takes it as unreachable (the data core waits that long)."""
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         self.prefix = prefix.encode() + b":"
+        self._where = (host, port, user, password, timeout)
         where = {"unix_socket_path": host} if host.startswith("/") else {"host": host, "port": port}
-        self.reader = redis.Redis(username=user, password=password, socket_timeout=timeout, **where)
+        self.reader = redis.Redis(
+            username=user,
+            password=password,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            # no retries of its own (redis-py's default backs off for seconds): on
+            # the data core a failed fetch must come back at once; the runtime
+            # retries every state.retry_s while going on with cached flows
+            retry=Retry(NoBackoff(), 0),
+            **where,
+        )
         self.reader.ping()  # fail early: wrong credentials or no server
-        if host.startswith("/"):  # a Unix socket: reachable from any network namespace
-            self.wsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.wsock.settimeout(timeout)
-            self.wsock.connect(host)
-        else:
-            self.wsock = socket.create_connection((host, port), timeout=timeout)
-            self.wsock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.wsock.sendall(_resp(b"AUTH", user.encode(), password.encode()))
-        reply = self._read_line_blocking()
-        if reply != b"+OK":
-            raise StateStoreError(f"state store: AUTH as {user!r} refused: {reply.decode()}")
-        # Blocking mode from here: send blocks while the kernel buffer is full, and
-        # recv(MSG_DONTWAIT) returns at once (the runtime's C code uses the descriptor).
-        self.wsock.settimeout(None)
+        self.wsock: socket.socket | None = None
+        self._open_write()
         self.round_trips = 0
         self.keys_fetched = 0
+        self.reconnects = 0
+
+    def _open_write(self) -> None:
+        host, port, user, password, timeout = self._where
+        if host.startswith("/"):  # a Unix socket: reachable from any network namespace
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(host)
+            except OSError:
+                sock.close()
+                raise
+            sock.settimeout(timeout)
+        else:
+            sock = socket.create_connection((host, port), timeout=timeout)
+            sock.settimeout(timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.wsock = sock
+        try:
+            sock.sendall(_resp(b"AUTH", user.encode(), password.encode()))
+            reply = self._read_line_blocking()
+        except OSError:
+            self.close_write()
+            raise
+        if reply != b"+OK":
+            self.close_write()
+            raise StateStoreError(
+                f"state store: AUTH as {user!r} refused: {reply.decode(errors='replace')}",
+                transient=reply.startswith(b"-LOADING"),
+            )
+        # Blocking mode from here: send blocks while the kernel buffer is full, and
+        # recv(MSG_DONTWAIT) returns at once (the runtime's C code uses the descriptor).
+        sock.settimeout(None)
+
+    def close_write(self) -> None:
+        """Drop the write connection (Redis lost: :meth:`reconnect` opens another)."""
+        if self.wsock is not None:
+            self.wsock.close()
+            self.wsock = None
+
+    def reconnect(self) -> int:
+        """A new write connection once Redis answers again (the read side reconnects
+        by itself); returns its descriptor.  :class:`StateStoreError`, ``transient``
+        while Redis cannot be reached yet."""
+        self.close_write()
+        try:
+            self.reader.ping()
+            self._open_write()
+        except StateStoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - redis' own classes and OSError: say which
+            raise StateStoreError(
+                f"state store: reconnect failed: {exc}", transient=_transient(exc)
+            ) from exc
+        self.reconnects += 1
+        return self.wsock.fileno()
 
     def _read_line_blocking(self) -> bytes:
         data = b""
@@ -84,7 +160,9 @@ class RedisStore:
         try:
             return self.reader.execute_command("MGET", *[self.name(k) for k in keys])
         except Exception as exc:  # noqa: BLE001 - redis' own classes: say which store
-            raise StateStoreError(f"state store: MGET of {len(keys)} keys failed: {exc}") from exc
+            raise StateStoreError(
+                f"state store: MGET of {len(keys)} keys failed: {exc}", transient=_transient(exc)
+            ) from exc
 
     def fetch_many(self, keys: list[bytes]) -> list[bytes | None]:
         """:meth:`fetch` for any number of keys, in pipelined MGETs of FETCH_CHUNK."""
@@ -99,4 +177,4 @@ class RedisStore:
 
     def close(self) -> None:
         self.reader.close()
-        self.wsock.close()
+        self.close_write()

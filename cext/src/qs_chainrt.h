@@ -462,8 +462,9 @@ static inline int64_t qs_state_turn(struct qs_stage_cfg *c, struct qs_nfctl *me,
                                     uint32_t b)
 {
     struct qs_state_hook *st = c->state;
-    uint32_t offs[QS_MAX_BATCH], n = 0;
-    if (st->failed || (*st->acked < *st->issued && st->poll(st->ctx) != 0)) {
+    uint32_t offs[QS_MAX_BATCH], n = 0, wait;
+    if (st->failed ||
+        ((*st->acked < *st->issued || *st->store_down) && st->poll(st->ctx) != 0)) {
         st->failed = 1;
         return -1;
     }
@@ -481,6 +482,11 @@ static inline int64_t qs_state_turn(struct qs_stage_cfg *c, struct qs_nfctl *me,
         st->released += n;
         me->drops += n - put;
     }
+    /* waiting on Redis (unreachable, or every held slot taken): the monitor's
+     * stall rule must not take this for a hung NF */
+    wait = *st->store_down || st->count + b > st->max_held;
+    if (me->store_wait != wait)
+        __atomic_store_n(&me->store_wait, wait, __ATOMIC_RELEASE);
     if (st->count + b > st->max_held) {
         st->stalls++;
         return st->max_held - st->count;

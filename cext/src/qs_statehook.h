@@ -30,6 +30,7 @@ struct qs_state_hook {
     uint64_t *acked;       /* last write group Redis acknowledged */
     uint64_t *issued;      /* last write group sent */
     uint64_t *unheld;      /* held packets that left the FIFO so far (released or dropped) */
+    const int *store_down; /* non-zero while Redis is unreachable (the NF reconnects) */
     /* this batch: the group each QS_HOLD packet waits for, in packet order */
     uint64_t hseq[QS_HOOK_BATCH];
     uint32_t nh;

@@ -48,25 +48,6 @@ SENDER = textwrap.dedent(
 )
 
 
-def sh(*args):
-    subprocess.run(args, check=True, capture_output=True)
-
-
-@pytest.fixture
-def veth_ns():
-    tag = uuid.uuid4().hex[:6]
-    ns, a, b = f"qd-{tag}", f"qdA{tag}", f"qdB{tag}"
-    sh("ip", "netns", "add", ns)
-    try:
-        sh("ip", "link", "add", a, "netns", ns, "type", "veth", "peer", "name", b, "netns", ns)
-        for dev in (a, b):
-            sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1")
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-        yield ns, a, b
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-
-
 def test_af_packet_veth_roundtrip(tmp_path, veth_ns):
     ns, a, b = veth_ns
     tag = uuid.uuid4().hex[:8]

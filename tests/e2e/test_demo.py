@@ -20,4 +20,5 @@ def test_demo_quick(root_required):
     assert "registered chain1-tunnel-ipforward" in out
     assert "packets arrived (0 lost)" in out
     assert "VLAN 100 on every flow: yes" in out
+    assert "scaling: 2 instances attached at the peak, one again after the ramp" in out
     assert "demo: done" in out

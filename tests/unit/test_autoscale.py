@@ -48,6 +48,26 @@ def test_a_hot_instance_sheds_eq4s_share_of_its_flows_to_a_cool_one():
     assert auto.tick(lab.now + 0.5) == ([], [])  # not before the interval
 
 
+def test_a_stated_max_pps_bounds_what_an_idle_instance_is_sent():
+    lab = Lab()
+    chain = lab.chain({"dst": "10.2.0.0/16", "proto": "tcp"}, scaling={"max_pps": 400})
+    a = lab.instance(chain, "w1", core=0)
+    stats(lab, a, 0, 0.0, 5)
+    [flow(lab, 100 + i, pps) for i, pps in enumerate([300, 200, 100, 300, 100])]
+    b = lab.instance(chain, "w2", core=0)
+    auto = Autoscaler(lab.core, Settings(reclaim_grace=100.0))
+    # 1,000 pps on a stated 400 (load 2.5): it sheds what is above 0.9 * 400 = 360,
+    # the largest flows that fit in 640 pps: 300 + 300
+    stats(lab, a, 1000, 2.5, 5)
+    before = lab.core.metrics.scaling_shortage_pps.value
+    msgs, moves = auto.tick(lab.now)
+    # b has carried nothing: its r_max is the stated 400, not the 1 Mpps default, so it
+    # takes one 300 pps flow (its headroom, 360, has no room for the second)
+    (move,) = moves
+    assert (move.src, move.dst, move.pps) == (a.id, b.id, 300)
+    assert lab.core.metrics.scaling_shortage_pps.value - before == 300
+
+
 def test_migrate_repoints_the_rules_and_the_replies_go_along():
     lab, chain, a, b, recs, auto = setup()
     lab.send(reply(tcp(sport=100)), in_port=2)  # the first flow's reply: on a too

@@ -55,6 +55,18 @@ def test_defaults():
     assert spec.filter.matches(key6("::1", "::2"))
 
 
+def test_max_pps_round_trips_and_is_left_out_when_unset():
+    spec = parse_chain(GOOD)
+    assert spec.scaling.max_pps is None
+    assert "max_pps" not in chains.chain_to_json(spec)["scaling"]
+    body = copy.deepcopy(GOOD)
+    body["scaling"]["max_pps"] = 600
+    spec = parse_chain(body)
+    assert spec.scaling == chains.Scaling(0.6, 0.9, 0.9, 600.0)
+    again = parse_chain(chains.chain_to_json(spec))
+    assert again.scaling.max_pps == 600.0
+
+
 def _with(path, value):
     body = copy.deepcopy(GOOD)
     target = body
@@ -93,6 +105,8 @@ BAD = [
     (_with(["scaling", "alpha"], 0.95), "scaling.alpha", "below scaling.beta"),
     (_with(["scaling", "load_cap"], 1.5), "scaling.load_cap", "(0, 1]"),
     (_with(["scaling", "gamma"], 0.5), "scaling.gamma", "unknown field"),
+    (_with(["scaling", "max_pps"], 0), "scaling.max_pps", "positive rate"),
+    (_with(["scaling", "max_pps"], "fast"), "scaling.max_pps", "number"),
     (_with(["priority"], 5000), "priority", "0..1000"),
     (_with(["priority"], 1.5), "priority", "integer"),
 ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 
+import pytest
+
 from quadrant_app import topology
 from quadrant_app.agents import AgentHub
 from quadrant_app.chains import parse_chain
@@ -27,10 +29,12 @@ def setup(pool_size=1, cores=(1,)):
     return core, hub, orch
 
 
-def chain(core, name="c", port=80):
+def chain(core, name="c", port=80, scaling=None):
     body = {"name": name, "nfs": [{"type": "tunnel", "config": {"vlan": 100}}, {"type": "empty"}],
             "filter": {"dst": "10.2.0.0/16", "proto": "tcp", "dst_ports": str(port)},
             "slo_us": 100}  # fmt: skip
+    if scaling is not None:
+        body["scaling"] = scaling
     return core.add_chain("acme", parse_chain(body), 0.0)
 
 
@@ -126,6 +130,25 @@ def test_stats_only_from_the_instances_own_worker():
     orch.stats(prep.worker, [{"id": prep.instance, "load": 0.7, "p99_us": 50.0}, {"id": 999}], 2.0)
     assert (inst.load, inst.batch_p99_us, inst.p99_us) == (0.7, 50.0, 100.0)  # 2 x p99 batch
     assert c.id == inst.chain_id
+
+
+def test_a_stated_max_pps_sets_the_load_where_the_cycles_miss_the_limit():
+    core, hub, orch = setup()
+    chain(core, scaling={"max_pps": 500})
+    (prep,) = orch.tick(1.0)
+    orch.done(prep, {}, None, 1.0)
+    inst = core.instances.by_id[prep.instance]
+    # the NFs' cycles say 0.1 % of the core; 450 pps of a stated 500 is 0.9
+    orch.stats(prep.worker, [{"id": prep.instance, "load": 0.001, "pps": 450.0}], 2.0)
+    assert inst.load == pytest.approx(0.9) and inst.pps == 450.0
+    # above the stated rate the load passes 1: r_max = pps / load stays 500
+    orch.stats(prep.worker, [{"id": prep.instance, "load": 0.002, "pps": 600.0}], 3.0)
+    assert inst.load == pytest.approx(1.2)
+    # where the cycles show more than the rate does, they win; no rate: the cycles
+    orch.stats(prep.worker, [{"id": prep.instance, "load": 0.5, "pps": 100.0}], 4.0)
+    assert inst.load == 0.5
+    orch.stats(prep.worker, [{"id": prep.instance, "load": 0.3}], 5.0)
+    assert inst.load == 0.3
 
 
 def test_reconcile_after_reregister():

@@ -83,6 +83,11 @@ def test_select_flows_by_rate():
     assert [f.pps for f in s.select_flows(fl, 0.5)] == [1.0]  # none fits: the smallest
     assert s.select_flows(fl, 0.0) == []
     assert s.select_flows([s.FlowRate(1, 1, 0.0)], 3.0) == []  # idle flows do not count
+    # equal rates: the lower flow id first, whatever order they come in
+    tie = [s.FlowRate(3, 1, 2.0), s.FlowRate(1, 1, 2.0), s.FlowRate(2, 1, 5.0)]
+    assert [f.id for f in s.select_flows(tie, 2.5)] == [1]
+    assert [f.id for f in s.select_flows(tie, 4.0)] == [1, 3]  # 5 does not fit
+    assert [f.id for f in s.select_flows(tie, 1.0)] == [3]  # none fits: the last in that order
 
 
 def test_headroom_fluid_batch_model():

@@ -31,7 +31,13 @@ def test_defaults_and_mempool_bound():
         "nat0-a",
     )
     assert s.max_held == 2047 and s.cache_entries == 65536 and s.drain_s == 1.0
+    assert (s.timeout_s, s.retry_s, s.replay_bytes) == (0.5, 0.05, 16 << 20)
     assert parse_config(BASE).state is None
+
+
+def test_outage_settings():
+    s = state(timeout_s=2, retry_s=0.2, replay_bytes=1 << 20)
+    assert (s.timeout_s, s.retry_s, s.replay_bytes) == (2.0, 0.2, 1 << 20)
 
 
 def test_local_store_needs_no_credentials():
@@ -57,6 +63,11 @@ def test_password_file(tmp_path):
         ({"max_held": 16}, "state.max_held"),  # less than a batch
         ({"max_held": 3000}, "state.max_held"),  # more than half the mempool
         ({"cache_entries": 10}, "state.cache_entries"),
+        ({"timeout_s": 0}, "state.timeout_s"),
+        ({"timeout_s": 61}, "state.timeout_s"),
+        ({"retry_s": -1}, "state.retry_s"),
+        ({"retry_s": 120}, "state.retry_s"),
+        ({"replay_bytes": 1000}, "state.replay_bytes"),  # less than 64 KiB
         ({"port": 0}, "state.port"),
         ({"drain_s": -1}, "state.drain_s"),
         ({"password_file": "/nonexistent/pw"}, "state.password_file"),

@@ -101,3 +101,13 @@ def test_sink_finds_each_flows_longest_silence():
     row = sink.summary()["flows"]["1"]
     assert row["max_gap_ms"] == 248.0
     assert row["gaps"] == [[248.0, 250_000_000], [1.0, 251_000_000], [1.0, 2_000_000]]
+
+
+def test_flow_start_and_stop():
+    f = FlowSpec(1, "10.1.0.1", "10.2.0.1", "udp", 1, 1, 100, 1.0, start=2.5, stop=4.0)
+    assert (f.start, f.stop) == (2.5, 4.0)
+    assert FlowSpec(1, "10.1.0.1", "10.2.0.1", "udp", 1, 1, 100, 1.0).stop is None
+    with pytest.raises(FrameError, match="start"):
+        FlowSpec(1, "10.1.0.1", "10.2.0.1", "udp", 1, 1, 100, 1.0, start=-1.0)
+    with pytest.raises(FrameError, match="stop must be after start"):
+        FlowSpec(1, "10.1.0.1", "10.2.0.1", "udp", 1, 1, 100, 1.0, start=3.0, stop=3.0)

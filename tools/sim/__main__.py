@@ -1,11 +1,12 @@
-"""``python -m tools.sim {bench,run,scale,table}``: see docs/scaling.rst."""
+"""``python -m tools.sim {bench,run,scale,table,points,fit}``: see docs/scaling.rst."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
-from tools.sim import bench, profile, traffic
+from tools.sim import bench, fit, profile, traffic
 from tools.sim.cluster import Config
 from tools.sim.runs import Setup, run_chain, run_scale
 
@@ -28,6 +29,7 @@ def main(argv=None) -> int:
     b.add_argument("--json", metavar="PATH")
     b.add_argument("--plots", metavar="DIR", help="write PNG figures there")
     b.add_argument("--slos", type=int, nargs="+")
+    b.add_argument("--chains", nargs="+", choices=profile.CANONICAL, help="default: all three")
     b.add_argument("--alpha", type=float, default=0.6)
     b.add_argument("--beta", type=float, default=0.9)
     b.add_argument("--load-cap", type=float, default=0.9)
@@ -62,15 +64,32 @@ def main(argv=None) -> int:
     s.add_argument("--slo", type=float, default=100.0)
     s.add_argument("--policy", default="quadrant", choices=("quadrant", "metron"))
     s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--dt-ms", type=float, default=4.0, help="time step (default 4 ms)")
 
     sub.add_parser("table", help="the latency tables' summary per chain")
+    ft = sub.add_parser("fit", help="a chain's profile figures from a chain_isolation JSON")
+    ft.add_argument("measured", help="tools.bench.chain_isolation --canonical-only --json output")
+    ft.add_argument("chain", help="canonical chain name in it, e.g. chain3")
+    ft.add_argument(
+        "--batch-cycles",
+        type=float,
+        required=True,
+        help="per-batch cost (NFs x the fitted in-chain switch, 4,038 cycles each here)",
+    )
     pt = sub.add_parser("points", help="Quadrant's and the oracle's steady load per chain and SLO")
     pt.add_argument("--alpha", type=float, default=0.6)
     pt.add_argument("--load-cap", type=float, default=0.9)
+    pt.add_argument(
+        "--metron",
+        metavar="BENCH_JSON",
+        help="instead: Quadrant's floor of cores at SLO = Metron-style's p99, from bench --json",
+    )
     a = ap.parse_args(argv)
 
     if a.cmd == "bench":
         return bench.main(a)
+    if a.cmd == "fit":
+        return fit.main(a)
     if a.cmd == "run":
         setup = Setup.load()
         tab = setup.table(a.chain)
@@ -111,8 +130,14 @@ def main(argv=None) -> int:
             flows=a.flows,
             slo_us=a.slo,
             seed=a.seed,
+            dt=a.dt_ms * 1e-3,
         )
         _print_result(res)
+        return 0
+    if a.cmd == "points" and a.metron:
+        with open(a.metron, encoding="utf-8") as f:
+            rows = bench.metron_points(Setup.load(), json.load(f))
+        print(bench.metron_points_table(rows))
         return 0
     if a.cmd == "points":
         rows = bench.operating_points(Setup.load(), alpha=a.alpha, load_cap=a.load_cap)

@@ -108,7 +108,12 @@ class _FlowsOf(Mapping):
         self.sim = sim
 
     def __getitem__(self, slot):
-        idx = np.flatnonzero(self.sim.flow_inst == slot)
+        sim = self.sim
+        k = sim.chain_of[slot]
+        lo, hi = sim.f_block[k], sim.f_block[k + 1]  # only its chain's flows ...
+        if sim.f_block_sorted[k]:  # ... and of those only the ones started so far
+            hi = lo + int(np.searchsorted(sim.f_start[lo:hi], sim.placed_to, side="left"))
+        idx = lo + np.flatnonzero(sim.flow_inst[lo:hi] == slot)
         pps = self.sim.pps_now[idx]
         order = np.argsort(-pps, kind="stable")  # the core sorts them again: cheap when sorted
         fr = scaling.FlowRate
@@ -156,6 +161,7 @@ class Cluster:
         self.bcyc = np.array([c.prof.batch_cycles for c in chains])
         self.bsize = np.array([c.prof.batch_size for c in chains], dtype=float)
         self.hz = np.array([c.prof.cpu_hz for c in chains])
+        self.per_batch = self.bcyc / self.bsize  # per-batch cycles spread over a full batch
         self.nominal = np.array([c.table.mean_cycles for c in chains])
         self.rho_top = chains[0].table.rho[-1]
         # p99 wait beyond the batch itself at the table's top load (heavy-traffic scaling)
@@ -164,13 +170,17 @@ class Cluster:
         )
         # flows of all chains, one array each
         self.f_chain = np.concatenate([np.full(len(c.flows), k) for k, c in enumerate(chains)])
+        self.f_block = np.cumsum([0] + [len(c.flows) for c in chains])  # chain k: [b[k], b[k+1])
+        self.f_block_sorted = [bool(np.all(np.diff(c.flows.start) >= 0)) for c in chains]
+        self.placed_to = 0.0  # flows that start before this time have been placed
         cat = lambda a: np.concatenate([getattr(c.flows, a) for c in chains])  # noqa: E731
         self.f_start, self.f_end, self.f_pps0 = cat("start"), cat("end"), cat("pps")
         self.f_size, self.f_a0, self.f_a1 = cat("size"), cat("accel_from"), cat("accel_to")
         self.f_fac = np.concatenate([np.full(len(c.flows), c.flows.accel_factor) for c in chains])
         self.f_cyc = np.concatenate([c.prof.cycles(c.flows.size) for c in chains])
         self.pps_now = self.f_pps0.copy()
-        self.flow_inst = np.full(len(self.f_chain), -1, dtype=np.int64)
+        # int32: the per-instance scans (_FlowsOf) read half the bytes of int64
+        self.flow_inst = np.full(len(self.f_chain), -1, dtype=np.int32)
         self.ended = np.zeros(len(self.f_chain), dtype=bool)
         self.ev_start = np.argsort(self.f_start, kind="stable")
         self.s_start = self.f_start[self.ev_start]
@@ -234,21 +244,29 @@ class Cluster:
     def _move(self, idx, dst):
         """Put flows ``idx`` (assigned or not) on instance ``dst`` (or -1: nowhere)."""
         src = self.flow_inst[idx]
-        dst = np.broadcast_to(np.asarray(dst, dtype=np.int64), src.shape)
-        p = self.pps_now[idx]
-        for sign, where in ((-1.0, src), (1.0, dst)):
-            ok = where >= 0
-            if np.any(ok):
-                w = where[ok]
-                np.add.at(self.i_pps, w, sign * p[ok])
-                np.add.at(self.i_cyc, w, sign * p[ok] * self.f_cyc[idx][ok])
-                np.add.at(self.i_bps, w, sign * p[ok] * self.f_size[idx][ok] * 8)
-                np.add.at(self.i_nflows, w, int(sign))
+        dst = np.asarray(dst, dtype=np.int64)
+        if dst.ndim == 0:
+            dst = np.full(len(idx), int(dst), dtype=np.int64)
+        self._carry(src, idx, -1.0)
+        self._carry(dst, idx, 1.0)
         self.flow_inst[idx] = dst
         # rounding residue of many adds and subtracts: an instance without flows carries nothing
         emptied = src[(src >= 0)]
         emptied = emptied[self.i_nflows[emptied] == 0]
         self.i_pps[emptied] = self.i_cyc[emptied] = self.i_bps[emptied] = 0.0
+
+    def _carry(self, where, idx, sign: float):
+        """Add (``sign`` 1) or take off (-1) flows ``idx``'s load on instances ``where``."""
+        ok = where >= 0
+        if not ok.all():
+            if not ok.any():
+                return
+            where, idx = where[ok], idx[ok]
+        p = self.pps_now[idx] * sign
+        np.add.at(self.i_pps, where, p)
+        np.add.at(self.i_cyc, where, p * self.f_cyc[idx])
+        np.add.at(self.i_bps, where, p * self.f_size[idx] * 8)
+        np.add.at(self.i_nflows, where, int(sign))
 
     def _rate(self, idx, delta):
         """Change the rate of flows ``idx`` by ``delta`` pps each."""
@@ -268,6 +286,7 @@ class Cluster:
         j = int(np.searchsorted(self.s_start, t1, side="left"))
         new = self.ev_start[p[0] : j]
         p[0] = j
+        self.placed_to = t1
         if len(new):
             dst = np.empty(len(new), dtype=np.int64)
             for n, f in enumerate(new):
@@ -303,10 +322,10 @@ class Cluster:
         core at 0.999 of its rate would count with the latency of 0.98.
         """
         top = self.rho_top
-        ring_us = self.cfg.ring / rmax * 1e6
         over = rho > top
         if not over.any():
-            return np.zeros_like(rho)
+            return 0.0
+        ring_us = self.cfg.ring / rmax * 1e6
         gap = np.maximum(1.0 - rho, 1e-12)
         extra = self.top_wait[k_of] * ((1.0 - top) / gap - 1.0)
         return np.where(over, np.minimum(np.where(rho >= 1.0, np.inf, extra), ring_us), 0.0)
@@ -457,8 +476,9 @@ class Cluster:
         ora_div = np.where(ora_ok, ora, 1.0)
         step = 0
         while step < steps:
-            t = step * cfg.dt
-            t1 = t + cfg.dt
+            # times from the step count, not sums: t + dt can land a rounding step past
+            # the run's end, which ended every flow whose end is the run's end
+            t1 = (step + 1) * cfg.dt
             self._events(t1)
             att = self.state == ATT
             k_of = np.maximum(self.chain_of, 0)
@@ -468,7 +488,7 @@ class Cluster:
                 self.i_cyc / np.maximum(lam, 1e-12),
                 self.nominal[k_of],
             )
-            rmax = self.hz[k_of] / (cyc + self.bcyc[k_of] / self.bsize[k_of])
+            rmax = self.hz[k_of] / (cyc + self.per_batch[k_of])
             rho = lam / rmax
             # Steps with nothing changing (no flow event, no backlog) are taken at once.
             adv = 1
@@ -479,10 +499,10 @@ class Cluster:
                 to_win = per_win - step % per_win
                 adv = max(1, min(to_ev, to_ctl, to_win, steps - step))
             dt = cfg.dt * adv
-            t1 = t + dt
+            t1 = (step + adv) * cfg.dt
             q = self.q + (lam - rmax) * dt
             drop = np.maximum(q - cfg.ring, 0.0)
-            self.q = np.clip(q, 0.0, cfg.ring)
+            self.q = np.minimum(np.maximum(q, 0.0), cfg.ring)
             gbps = np.bincount(self.worker_of, weights=self.i_bps, minlength=cfg.workers) / 1e9
             nic_keep = np.minimum(1.0, cfg.nic_gbps / np.maximum(gbps, 1e-12))
             net = np.interp(gbps, nx, ny) + slope * np.maximum(gbps - nx[-1], 0.0)
@@ -499,8 +519,9 @@ class Cluster:
             wts.append(served[sl] * (1 - f))
             keys.append(base + MAX_SHIFT)
             wts.append(served[sl] * f)
-            np.add.at(lost, k_of[sl], arrive[sl] - served[sl])
-            placed = np.bincount(k_of[sl], weights=arrive[sl], minlength=nch)
+            ks, ar = k_of[sl], arrive[sl]
+            lost += np.bincount(ks, weights=ar - served[sl], minlength=nch)
+            placed = np.bincount(ks, weights=ar, minlength=nch)
             lost += np.maximum(self.chain_pps * dt - placed, 0.0)
             offered += self.chain_pps * dt
             nc = np.bincount(self.chain_of[att], minlength=nch)[:nch]
@@ -570,9 +591,10 @@ class Cluster:
         dense = np.bincount(np.concatenate(keys), np.concatenate(wts), minlength=len(total))
         keys.clear()
         wts.clear()
-        total += dense
         nz = np.flatnonzero(dense)
-        return nz, dense[nz]
+        w = dense[nz]
+        total[nz] += w
+        return nz, w
 
     def _quantile(self, keys, w, k, q=0.99) -> float:
         G = self.grid

@@ -8,7 +8,10 @@ the chain's packet buffer for chains of two or more NFs), and per NF
 measured ``overhead`` (``cycles``, ``cycles_per_byte``, ``batch_cycles``):
 everything outside its NFs, per packet and per batch, as measured on the
 running chain; it then replaces the framework, poll and switch figures for
-that chain.  Its ``sources`` object says where every number comes from.
+that chain.  A chain may also carry ``nf_cycles``: per NF, the figures
+measured inside that chain, used for it instead of the shared ``nfs`` entry
+(the same NF costs differently next to different neighbours: caches, rule
+sets).  Its ``sources`` object says where every number comes from.
 """
 
 from __future__ import annotations
@@ -93,11 +96,23 @@ def parse(obj) -> dict[str, ChainProfile]:
             base = _num(over, "cycles", f"{where}.overhead")
             per_byte = _num(over, "cycles_per_byte", f"{where}.overhead")
             batch = _num(over, "batch_cycles", f"{where}.overhead")
+        own = c.get("nf_cycles") or {}
+        if not isinstance(own, dict):
+            raise ProfileError(f"{where}.nf_cycles", "must be an object of NF name -> cycles")
+        for n in own:
+            if n not in seq:
+                raise ProfileError(f"{where}.nf_cycles", f"NF {n!r} is not in the chain")
         for n in seq:
-            if n not in nfs:
+            if n in own:  # measured inside this chain: its figure, not the shared one
+                fig, at = own[n], f"{where}.nf_cycles.{n}"
+            elif n in nfs:
+                fig, at = nfs[n], f"nfs.{n}"
+            else:
                 raise ProfileError(f"{where}.nfs", f"unknown NF {n!r} (not in nfs)")
-            base += _num(nfs[n], "cycles", f"nfs.{n}")
-            per_byte += _num(nfs[n], "cycles_per_byte", f"nfs.{n}")
+            if not isinstance(fig, dict):
+                raise ProfileError(at, "must be an object with cycles and cycles_per_byte")
+            base += _num(fig, "cycles", at)
+            per_byte += _num(fig, "cycles_per_byte", at)
         b = c.get("batch_size", 32)
         if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 1024:
             raise ProfileError(f"{where}.batch_size", f"must be an integer in 1..1024, not {b!r}")

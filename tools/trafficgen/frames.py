@@ -43,6 +43,10 @@ class FlowSpec:
     dport: int
     size: int
     pps: float
+    # seconds after the sender starts: the flow's first packet, and when it stops
+    # (None: at the end of the run); a ramp of new flows, and flows that end
+    start: float = 0.0
+    stop: float | None = None
 
     def __post_init__(self):
         if self.proto not in PROTO:
@@ -54,6 +58,10 @@ class FlowSpec:
                 raise FrameError(f"flow {self.flow_id}: {name} {getattr(self, name)} out of range")
         if self.pps <= 0:
             raise FrameError(f"flow {self.flow_id}: pps must be positive")
+        if not 0 <= self.start < float("inf"):
+            raise FrameError(f"flow {self.flow_id}: start must be >= 0 seconds")
+        if self.stop is not None and not self.stop > self.start:
+            raise FrameError(f"flow {self.flow_id}: stop must be after start ({self.start})")
         for name in ("src_ip", "dst_ip"):
             try:
                 ipaddress.IPv4Address(getattr(self, name))

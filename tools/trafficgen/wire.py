@@ -30,7 +30,8 @@ def send(
 
     With ``ramp`` > 0 every rate rises linearly from 10% to 100% over the first
     ``ramp`` seconds.  Pacing is per flow (a heap of due times), so flows stay
-    apart in time rather than bursting one after another.
+    apart in time rather than bursting one after another.  A flow sends from its
+    ``start`` to its ``stop`` (seconds after the sender starts; no ``stop``: to the end).
     """
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     sock.bind((iface, 0))
@@ -38,10 +39,11 @@ def send(
     templates = {f.flow_id: Template(f, src_mac, dst_mac) for f in flows}
     sent = dict.fromkeys(templates, 0)
     start = time.monotonic()
-    due = [(start + i * 1e-5, f.flow_id) for i, f in enumerate(flows)]
+    due = [(start + f.start + i * 1e-5, f.flow_id) for i, f in enumerate(flows)]
     heapq.heapify(due)
     rates = {f.flow_id: f.pps for f in flows}
     end = start + duration
+    stops = {f.flow_id: start + f.stop for f in flows if f.stop is not None}
     next_progress = start + 1.0
     try:
         while due:
@@ -51,6 +53,9 @@ def send(
                 break
             if t > now:
                 time.sleep(min(t - now, 0.001))
+                continue
+            if t >= stops.get(fid, end):
+                heapq.heappop(due)  # this flow has ended
                 continue
             tpl = templates[fid]
             seq = sent[fid]
