@@ -50,7 +50,7 @@ address of ``adopt`` is tracked in B's *adopted* table, for FIN/RST/idle like
 its own, and B deletes both keys when the connection ends.  No timer deletes
 a mapping without asking Redis first: when a mapping's idle or closing timer
 fires, the NF re-reads its ``out`` key (one MGET for every timer fired in a
-sweep).  Keys gone: the port is free again (an adopted entry is dropped).
+sweep; while Redis fails them, one try a second: nothing ends meanwhile).  Keys gone: the port is free again (an adopted entry is dropped).
 Owned by this instance: both keys are deleted as before.  Owned by another
 one: an own port stays reserved (*lent*: never given to a new connection)
 and is checked again every ``lent_check_s``; an adopted entry is dropped
@@ -151,6 +151,7 @@ cdef class NatNF(StatefulNF):
     cdef uint8_t cand_closing[2 * NAT_SWEEP]
     cdef int ncand
     cdef object _fetch                     # the runtime's fetch (restore): timer re-reads
+    cdef uint64_t reread_at                # no re-read before (TSC): the store failed one
     cdef nat_slot *slots
     cdef uint32_t nslots
     cdef uint32_t *freeq        # ring of free slot numbers (2 * nslots: see alloc)
@@ -561,6 +562,8 @@ cdef class NatNF(StatefulNF):
         cdef bytes v
         cdef uint32_t owner
         self.ncand = 0
+        if now < self.reread_at:  # Redis failed the last one: the timers fire again later
+            return
         recs = []
         keys = []
         seen = set()
@@ -589,8 +592,9 @@ cdef class NatNF(StatefulNF):
             try:
                 values = self._fetch(keys)
                 self.timer_reads += 1
-            except Exception:  # noqa: BLE001 - the store is down: ask again next sweep
+            except Exception:  # noqa: BLE001 - the store is down: ask again in a second
                 self.state_errors += 1
+                self.reread_at = now + self.hz
                 return
         for (r, ek, closing), v in zip(recs, values):
             if r < 0:  # an earlier deletion may have shifted it: find it again

@@ -25,6 +25,7 @@ from quadrant_app.chains import DEFAULT_NF_TYPES, ChainSpec
 from quadrant_app.flows import FlowRecord, FlowTable
 from quadrant_app.ingress import Chain, ChainTable, Instance, InstanceRegistry
 from quadrant_app.metrics import Metrics
+from quadrant_app.natmoves import NatMoves
 from quadrant_app.topology import Topology
 
 LOG = logging.getLogger(__name__)
@@ -72,13 +73,7 @@ class Core:
         self._rule_templates: dict[tuple, ofbuild.FlowRuleTemplate] = {}
         self._out_templates: dict[object, ofbuild.PacketOutTemplate] = {}
         self._resync: dict[int, tuple[int, set]] = {}  # dpid -> (xid, keys seen)
-        # moved NAT connections: (dpid, reply key) <-> (dpid, outbound key); a reply's
-        # packet-in goes to the outbound flow's instance, not its address's (migrate)
-        self._nat_reply_of: dict[tuple, object] = {}
-        self._nat_moved: dict[tuple, object] = {}
-        # (dpid, outbound key) -> external address: a moved connection whose instance
-        # went away; its next packet-in goes home, to the address's instance
-        self._nat_home: dict[tuple, int] = {}
+        self.nat_moves = NatMoves()  # NAT connections moved off their address's instance
         # dpid -> [(network, netmask, host)]: where the switch delivers by IPv4 destination
         self._hosts = {
             s.dpid: [
@@ -152,9 +147,8 @@ class Core:
         if fwd is not None:
             return self._reply(fwd, dpid, key, in_port, data, now)
         owner = self._nat_moved_owner(dpid, key) or self._nat_owner(key)
-        if owner is None and self._nat_home:
-            home = self._nat_home.pop((dpid, key), None)
-            owner = self.instances.nat_owner.get(home) if home is not None else None
+        if owner is None and self.nat_moves:
+            owner = self.instances.nat_owner.get(self.nat_moves.take_home(dpid, key))
         if owner is not None:  # towards a NAT's external address: its mappings' replies
             self.metrics.reply_flows.inc("nat")
             return self._assign(self.chains.by_id[owner.chain_id], owner, dpid, key, in_port,
@@ -366,7 +360,7 @@ class Core:
             inst is not None
             and inst.nat_slot is not None
             and self.instances.nat_owner.get(rec.key.dst) is None
-            and (rec.dpid, rec.key) not in self._nat_moved
+            and not self.nat_moves.is_reply(rec.dpid, rec.key)
         )
 
     def migrate(
@@ -514,8 +508,7 @@ class Core:
             rrec = self.flows.add(rec.dpid, rkey, rec.chain_id, src.id, now)
             src.flows += 1
             self.chains.by_id[rec.chain_id].flows += 1
-        self._nat_moved[(rec.dpid, rkey)] = rec.key
-        self._nat_reply_of[(rec.dpid, rec.key)] = rkey
+        self.nat_moves.moved(rec.dpid, rec.key, rkey)
         return rrec
 
     def nat_address(self, inst: Instance) -> str | None:
@@ -526,28 +519,16 @@ class Core:
         return natpools.slots(chain.spec)[inst.nat_slot]["address"]
 
     def _nat_send_home(self, inst: Instance) -> None:
-        """``inst`` is going: the NAT connections moved to it go back to their addresses'
-        instances, which end them from now on (their agents write owner 0), and their
-        next packets are steered there."""
-        home: dict[int, list] = {}
-        for rec in self.flows.of_instance(inst.id) if self._nat_reply_of else ():
-            rkey = self._nat_reply_of.get((rec.dpid, rec.key))
-            owner = self.instances.nat_owner.get(rkey.dst) if rkey is not None else None
-            if owner is None or owner.id == inst.id:
-                continue
-            self._nat_home[(rec.dpid, rec.key)] = rkey.dst
-            home.setdefault(owner.id, []).append(rec.key.to_json())
-        for iid, flows in home.items():
-            owner = self.instances.by_id[iid]
-            for k in range(0, len(flows), natpools.HANDOVER_MAX):
-                self.instances.agent_requests.append(("nat_handover", iid, owner.worker, {
-                    "owner": 0, "flows": flows[k : k + natpools.HANDOVER_MAX]}))  # fmt: skip
+        """``inst`` is going: the NAT connections moved to it go home (natmoves.py)."""
+        if self.nat_moves:
+            recs = [(r.dpid, r.key) for r in self.flows.of_instance(inst.id)]
+            self.instances.agent_requests += self.nat_moves.send_home(
+                recs, self.instances.nat_owner, inst.id
+            )
 
     def _nat_moved_owner(self, dpid, key) -> Instance | None:
         """A moved NAT connection's reply: the instance its outbound flow is on."""
-        if not self._nat_moved:
-            return None
-        out = self._nat_moved.get((dpid, key))
+        out = self.nat_moves.outbound(dpid, key)
         rec = self.flows.get(dpid, out) if out is not None else None
         return self.instances.by_id.get(rec.instance_id) if rec is not None else None
 
@@ -642,10 +623,8 @@ class Core:
         return msgs
 
     def _forget(self, rec: FlowRecord) -> None:
-        if self._nat_reply_of:  # a moved NAT connection's outbound flow ends its steering
-            rkey = self._nat_reply_of.pop((rec.dpid, rec.key), None)
-            if rkey is not None:
-                self._nat_moved.pop((rec.dpid, rkey), None)
+        if self.nat_moves:  # a moved NAT connection's outbound flow ends its steering
+            self.nat_moves.forget(rec.dpid, rec.key)
         inst = self.instances.by_id.get(rec.instance_id)
         if inst is not None:
             inst.flows -= 1

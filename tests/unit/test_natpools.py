@@ -172,7 +172,7 @@ def test_a_moved_nat_connection_takes_its_replies_along_until_it_ends():
     lab.now += 12
     expire(lab, b, fwd.key)
     expire(lab, b, rkey)
-    assert not lab.core._nat_moved and not lab.core._nat_reply_of
+    assert not lab.core.nat_moves
     assert lab.send(reply, in_port=EGRESS) == "controller"
     assert lab.table.packet_outs[-1][1][:6] == _mac(W1_MACS[0])
 
@@ -211,7 +211,7 @@ def test_connections_moved_to_an_instance_that_goes_away_go_home():
     ]
     assert lab.send(out, in_port=UPLINK) == "controller"
     assert lab.table.packet_outs[-1][1][:6] == _mac(W1_MACS[0])  # home: a
-    assert lab.core.flows.get(DPID, key).instance_id == a.id and not lab.core._nat_home
+    assert lab.core.flows.get(DPID, key).instance_id == a.id and not lab.core.nat_moves.home
 
 
 def test_a_nat_chains_rules_idle_out_no_sooner_than_its_mappings():
