@@ -50,8 +50,9 @@ address of ``adopt`` is tracked in B's *adopted* table, for FIN/RST/idle like
 its own, and B deletes both keys when the connection ends.  No timer deletes
 a mapping without asking Redis first: when a mapping's idle or closing timer
 fires, the NF re-reads its ``out`` key (one MGET for every timer fired in a
-sweep; while Redis fails them, one try a second: nothing ends meanwhile).  Keys gone: the port is free again (an adopted entry is dropped).
-Owned by this instance: both keys are deleted as before.  Owned by another
+sweep; while Redis fails them, one try a second: nothing ends meanwhile).
+Keys gone: the port is free again (an adopted entry is dropped).  Owned by
+this instance: both keys are deleted as before.  Owned by another
 one: an own port stays reserved (*lent*: never given to a new connection)
 and is checked again every ``lent_check_s``; an adopted entry is dropped
 without touching the keys.
