@@ -12,6 +12,10 @@ Config (docs/state.rst has the whole picture)::
         tcp_idle_s: 7440                   # RFC 5382: at least 2 h 4 min
         udp_idle_s: 300                    # RFC 4787: at least 2 min, 5 recommended
         closing_s: 240                     # after FIN both ways (2 MSL)
+        instance: 7                        # this instance's id (the agent fills it in)
+        adopt: ["203.0.113.2"]             # the chain's other instances' addresses
+        lent_check_s: 30                   # how often a lent port is checked again
+        adopted_max: 4096                  # moved-in connections it can track at once
 
 *Outbound* (source inside, destination not one of the external addresses):
 the first packet of a connection (for TCP a SYN without ACK) takes a free
@@ -32,6 +36,26 @@ the free queue, so a port is reused only after its connection ended and as
 late as possible.  On start the NF reads its pool's ``in`` keys from Redis
 (``restore``): a restarted or replacing instance with the same key prefix
 keeps every mapping and port.
+
+*Moved connections* (docs/state.rst, *Moving NAT flows*).  The ``out`` value
+is 12 bytes: external address, port, 2 zero bytes, and the *owner*, the id of
+the instance that ends the connection; 0 (as written when the mapping is made,
+and in the 8-byte values of before) is the address's own instance, whoever
+holds it now: a replacement that takes over the address ends its
+connections.  The controller moves a connection from
+instance A (address a) to B by writing B as the owner (the agent does it,
+while B holds the flow's packets) and steering both directions to B.  B
+translates the connection with the mapping it fetches; a mapping to an
+address of ``adopt`` is tracked in B's *adopted* table, for FIN/RST/idle like
+its own, and B deletes both keys when the connection ends.  No timer deletes
+a mapping without asking Redis first: when a mapping's idle or closing timer
+fires, the NF re-reads its ``out`` key (one MGET for every timer fired in a
+sweep; while Redis fails them, one try a second: nothing ends meanwhile).
+Keys gone: the port is free again (an adopted entry is dropped).  Owned by
+this instance: both keys are deleted as before.  Owned by another
+one: an own port stays reserved (*lent*: never given to a new connection)
+and is checked again every ``lent_check_s``; an adopted entry is dropped
+without touching the keys.
 """
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
@@ -63,6 +87,8 @@ cdef enum:
     NAT_MAX_EXTERNAL = 16
     NAT_MAX_SLOTS = 1 << 20
     NAT_SWEEP = 32              # pool slots checked for timeouts per batch
+    NAT_AD_SWEEP = 256          # adopted-table entries looked at per batch (most are empty)
+    NAT_ADOPTED_MAX = 1 << 20   # adopted table entries at most (config.adopted_max)
     KIND_OUT = 1
     KIND_IN = 2
     FIN_OUT = 1
@@ -73,8 +99,10 @@ ctypedef struct nat_slot:
     qd_key okey                 # the connection's outbound key (valid if used)
     uint64_t last               # TSC of its last packet
     uint64_t closing            # TSC when FIN had been seen both ways (0: not yet)
+    uint64_t ekey               # adopted entries: external address, port, protocol
     uint8_t used
     uint8_t fins
+    uint8_t lent                # own slot whose mapping another instance owns now
 
 
 ctypedef struct nat_ext:
@@ -114,18 +142,31 @@ cdef class NatNF(StatefulNF):
     cdef int ninternal
     cdef nat_ext ext[NAT_MAX_EXTERNAL]
     cdef int next_
+    cdef uint32_t adopt[NAT_MAX_EXTERNAL]   # other instances' addresses it may take over
+    cdef int nadopt
+    cdef uint32_t instance                 # its id: the owner it writes and looks for
+    cdef nat_slot *ad                      # adopted connections: open addressing by ekey
+    cdef uint32_t nad, ad_sweep, ad_size   # ad_size: a power of 2
+    cdef uint64_t cand[2 * NAT_SWEEP]      # timers fired this sweep: ekey ...
+    cdef uint8_t cand_ad[2 * NAT_SWEEP]    # ... of an adopted entry (1) or own slot (0)
+    cdef uint8_t cand_closing[2 * NAT_SWEEP]
+    cdef int ncand
+    cdef object _fetch                     # the runtime's fetch (restore): timer re-reads
+    cdef uint64_t reread_at                # no re-read before (TSC): the store failed one
     cdef nat_slot *slots
     cdef uint32_t nslots
     cdef uint32_t *freeq        # ring of free slot numbers (2 * nslots: see alloc)
     cdef uint32_t fq_head, fq_count, fq_size, sweep_at
-    cdef uint64_t tcp_idle, udp_idle, closing_t, hz
+    cdef uint64_t tcp_idle, udp_idle, closing_t, lent_t, hz
     cdef readonly uint64_t out_pkts, in_pkts, new_mappings, ended, expired, no_mapping
     cdef readonly uint64_t filtered, pool_exhausted, unsupported, malformed, passthrough
     cdef readonly uint64_t state_errors, live, restored
+    cdef readonly uint64_t lent, adopted_total, handed_back, returned, adopt_full, timer_reads
 
     def __dealloc__(self):
         PyMem_Free(self.slots)
         PyMem_Free(self.freeq)
+        PyMem_Free(self.ad)
 
     def configure(self, config):
         config = dict(config or {})
@@ -176,10 +217,49 @@ cdef class NatNF(StatefulNF):
         self.tcp_idle = int(_seconds(config.pop("tcp_idle_s", 7440), "config.tcp_idle_s") * hz)
         self.udp_idle = int(_seconds(config.pop("udp_idle_s", 300), "config.udp_idle_s") * hz)
         self.closing_t = int(_seconds(config.pop("closing_s", 240), "config.closing_s") * hz)
+        self.lent_t = int(_seconds(config.pop("lent_check_s", 30), "config.lent_check_s") * hz)
+        inst = config.pop("instance", 0)
+        if isinstance(inst, bool) or not isinstance(inst, int) or not 0 <= inst < 2**32:
+            raise NFConfigError("config.instance", f"must be an instance id >= 0, got {inst!r}")
+        self.instance = inst
+        adopt = config.pop("adopt", [])
+        if isinstance(adopt, str):
+            adopt = [adopt]
+        if not isinstance(adopt, list) or len(adopt) > NAT_MAX_EXTERNAL:
+            raise NFConfigError("config.adopt", f"must be a list of 0..{NAT_MAX_EXTERNAL} "
+                                "IPv4 addresses (the chain's other external addresses)")
+        for i, a in enumerate(adopt):
+            try:
+                addr = ipaddress.IPv4Address(a)
+            except (ValueError, TypeError) as exc:
+                raise NFConfigError(f"config.adopt[{i}]", f"not an IPv4 address: {exc}") from None
+            if addr in seen:
+                raise NFConfigError(f"config.adopt[{i}]", f"{addr} is in config.external")
+            if any(int(addr) & self.imask[j] == self.inet[j] for j in range(self.ninternal)):
+                raise NFConfigError(f"config.adopt[{i}]", f"{addr} is inside config.internal")
+            self.adopt[i] = int(addr)
+        self.nadopt = len(adopt)
+        amax = config.pop("adopted_max", 4096)
+        amax_ok = isinstance(amax, int) and not isinstance(amax, bool)
+        if not amax_ok or not 1 <= amax <= NAT_ADOPTED_MAX * 3 // 4:
+            raise NFConfigError("config.adopted_max",
+                                f"must be 1..{NAT_ADOPTED_MAX * 3 // 4}, got {amax!r}")
+        size = 4
+        while size // 4 * 3 < amax:
+            size *= 2
         if config:
             raise NFConfigError(f"config.{sorted(config)[0]}", "unknown option")
         PyMem_Free(self.slots)
         PyMem_Free(self.freeq)
+        PyMem_Free(self.ad)
+        self.ad_size = size
+        self.ad = <nat_slot *>PyMem_Malloc(size * sizeof(nat_slot))
+        if self.ad == NULL:
+            raise MemoryError()
+        memset(self.ad, 0, size * sizeof(nat_slot))
+        self.nad = 0
+        self.ad_sweep = 0
+        self.ncand = 0
         self.nslots = total
         self.slots = <nat_slot *>PyMem_Malloc(total * sizeof(nat_slot))
         self.fq_size = 2 * total
@@ -208,6 +288,7 @@ cdef class NatNF(StatefulNF):
         cdef const uint8_t *d
         cdef nat_slot *sl
         cdef uint64_t now = rte_rdtsc()
+        self._fetch = fetch
         for proto in (6, 17):
             keys = []
             for x in range(self.next_):
@@ -245,6 +326,9 @@ cdef class NatNF(StatefulNF):
             "unsupported": self.unsupported, "malformed": self.malformed,
             "passthrough": self.passthrough, "state_errors": self.state_errors,
             "live": self.live, "restored": self.restored, "free_ports": self.fq_count,
+            "adopted": self.nad, "adopted_total": self.adopted_total, "lent": self.lent,
+            "handed_back": self.handed_back, "returned": self.returned,
+            "adopt_full": self.adopt_full, "timer_reads": self.timer_reads,
         }
 
     # -- keys ------------------------------------------------------------------------------
@@ -264,6 +348,13 @@ cdef class NatNF(StatefulNF):
                 return x
         return -1
 
+    cdef inline int _adopt_index(self, uint32_t addr) noexcept nogil:
+        cdef int x
+        for x in range(self.nadopt):
+            if self.adopt[x] == addr:
+                return x
+        return -1
+
     cdef inline int _inside(self, uint32_t addr) noexcept nogil:
         cdef int j
         for j in range(self.ninternal):
@@ -277,7 +368,7 @@ cdef class NatNF(StatefulNF):
             return 0
         if f.proto != 6 and f.proto != 17:
             return 0
-        if self._ext_index(f.dst) >= 0:
+        if self._ext_index(f.dst) >= 0 or self._adopt_index(f.dst) >= 0:
             self._in_key(k, f.dst, f.dport, f.proto)
             return 1
         if self._inside(f.src):
@@ -324,44 +415,225 @@ cdef class NatNF(StatefulNF):
                 return <int32_t>j
         return -1
 
-    cdef void _end(self, uint32_t j, uint16_t i) noexcept nogil:
-        """End slot ``j``'s connection: delete both keys (packet ``i`` waits for it)."""
-        cdef nat_slot *sl = &self.slots[j]
+    # -- adopted connections (another instance's address) ---------------------------------
+
+    cdef inline int32_t _ad_find(self, uint64_t ek) noexcept nogil:
+        cdef uint32_t h = _ehash(ek) & (self.ad_size - 1)
+        cdef uint32_t _n
+        for _n in range(self.ad_size):
+            if not self.ad[h].used:
+                return -1
+            if self.ad[h].ekey == ek:
+                return <int32_t>h
+            h = (h + 1) & (self.ad_size - 1)
+        return -1
+
+    cdef int32_t _ad_add(self, uint64_t ek, const qd_key *okey) noexcept nogil:
+        """The adopted entry of ``ek`` (added if new), or -1 when the table is 3/4 full."""
+        cdef int32_t p = self._ad_find(ek)
+        cdef uint32_t h
+        if p >= 0:
+            return p
+        if self.nad >= self.ad_size // 4 * 3:
+            self.adopt_full += 1
+            return -1
+        h = _ehash(ek) & (self.ad_size - 1)
+        while self.ad[h].used:
+            h = (h + 1) & (self.ad_size - 1)
+        memset(&self.ad[h], 0, sizeof(nat_slot))
+        self.ad[h].used = 1
+        self.ad[h].ekey = ek
+        memcpy(&self.ad[h].okey, okey, sizeof(qd_key))
+        self.nad += 1
+        self.adopted_total += 1
+        return <int32_t>h
+
+    cdef void _ad_del(self, uint32_t h) noexcept nogil:
+        """Remove entry ``h``, shifting back the entries its probe sequence let past."""
+        cdef uint32_t j = h, k
+        self.ad[h].used = 0
+        self.nad -= 1
+        while True:
+            j = (j + 1) & (self.ad_size - 1)
+            if not self.ad[j].used:
+                return
+            k = _ehash(self.ad[j].ekey) & (self.ad_size - 1)
+            # entry j stays if its home k lies cyclically in (h, j]
+            if (h < j and h < k <= j) or (h > j and (k > h or k <= j)):
+                continue
+            memcpy(&self.ad[h], &self.ad[j], sizeof(nat_slot))
+            self.ad[j].used = 0
+            h = j
+
+    # -- ending a connection -------------------------------------------------------------
+
+    cdef int _delete_keys(self, const qd_key *okey, uint32_t addr, uint16_t port,
+                          uint16_t i) noexcept nogil:
         cdef qd_key ik
-        cdef uint32_t addr = 0
-        cdef uint16_t port = 0
-        self._slot_endpoint(j, &addr, &port)
-        self._in_key(&ik, addr, port, sl.okey.proto)
-        if qd_state_delete(self.state, i, &sl.okey) or qd_state_delete(self.state, i, &ik):
+        self._in_key(&ik, addr, port, okey.proto)
+        if qd_state_delete(self.state, i, okey) or qd_state_delete(self.state, i, &ik):
             self.state_errors += 1
-            return  # retried by the sweep
+            return -1  # retried by the sweep
+        return 0
+
+    cdef void _free_slot(self, uint32_t j) noexcept nogil:
+        cdef nat_slot *sl = &self.slots[j]
+        if sl.lent:
+            self.lent -= 1
+            self.returned += 1
         sl.used = 0
         sl.fins = 0
         sl.closing = 0
+        sl.lent = 0
         self.live -= 1
         self._push_free(j)
+
+    cdef void _end(self, int32_t r, uint16_t i) noexcept nogil:
+        """End connection ``r`` (>= 0: own slot, < 0: adopted entry -r-1): delete both
+        keys (packet ``i`` waits for it), then free the port or drop the entry."""
+        cdef uint32_t addr = 0
+        cdef uint16_t port = 0
+        cdef nat_slot *sl
+        if r >= 0:
+            sl = &self.slots[r]
+            self._slot_endpoint(<uint32_t>r, &addr, &port)
+            if self._delete_keys(&sl.okey, addr, port, i) == 0:
+                self._free_slot(<uint32_t>r)
+        else:
+            sl = &self.ad[-r - 1]
+            if self._delete_keys(&sl.okey, <uint32_t>(sl.ekey >> 32),
+                                 <uint16_t>(sl.ekey >> 16), i) == 0:
+                self._ad_del(<uint32_t>(-r - 1))
+
+    # -- timers --------------------------------------------------------------------------
+
+    cdef inline int _fired(self, nat_slot *sl, uint64_t now) noexcept nogil:
+        """0: not yet; 1: idle (or a lent port's re-check); 2: closing over."""
+        cdef uint64_t limit
+        if sl.closing:
+            return 2 if now - sl.closing > self.closing_t else 0
+        if sl.lent:
+            limit = self.lent_t
+        else:
+            limit = self.tcp_idle if sl.okey.proto == 6 else self.udp_idle
+        return 1 if now > sl.last and now - sl.last > limit else 0
+
+    cdef void _candidate(self, uint64_t ek, uint8_t adopted, int why,
+                         uint64_t now) noexcept nogil:
+        if self.ncand >= 2 * NAT_SWEEP:
+            self._resolve(now)
+        self.cand[self.ncand] = ek
+        self.cand_ad[self.ncand] = adopted
+        self.cand_closing[self.ncand] = why == 2
+        self.ncand += 1
 
     cdef void _sweep(self, uint64_t now, uint32_t n) noexcept nogil:
         cdef uint32_t _c, j
         cdef nat_slot *sl
-        cdef uint64_t limit
-        if self.nslots == 0:
-            return
-        for _c in range(n):
+        cdef uint32_t addr = 0
+        cdef uint16_t port = 0
+        cdef int why
+        for _c in range(n if self.nslots else 0):
             j = self.sweep_at
             self.sweep_at = (j + 1) % self.nslots
             sl = &self.slots[j]
             if not sl.used:
                 continue
-            if sl.closing:
-                if now - sl.closing > self.closing_t:
-                    self._end(j, QD_NO_PKT)
-                    self.ended += 1
+            why = self._fired(sl, now)
+            if why:
+                self._slot_endpoint(j, &addr, &port)
+                self._candidate(_ekey(addr, port, sl.okey.proto), 0, why, now)
+        for _c in range(min(NAT_AD_SWEEP, self.ad_size) if self.nad else 0):
+            j = self.ad_sweep
+            self.ad_sweep = (j + 1) & (self.ad_size - 1)
+            sl = &self.ad[j]
+            if sl.used:
+                why = self._fired(sl, now)
+                if why:
+                    self._candidate(sl.ekey, 1, why, now)
+        if self.ncand:
+            self._resolve(now)
+
+    cdef void _resolve(self, uint64_t now) noexcept with gil:
+        """The fired timers: re-read their ``out`` keys (one MGET) and end, lend or let go."""
+        cdef int c, n = self.ncand
+        cdef int32_t r
+        cdef nat_slot *sl
+        cdef uint64_t ek
+        cdef bytes v
+        cdef uint32_t owner
+        self.ncand = 0
+        if now < self.reread_at:  # Redis failed the last one: the timers fire again later
+            return
+        recs = []
+        keys = []
+        seen = set()
+        for c in range(n):
+            ek = self.cand[c]
+            if self.cand_ad[c]:
+                r = self._ad_find(ek)
+                r = -r - 1 if r >= 0 else 0x7fffffff
+            else:
+                r = self._slot(<uint32_t>(ek >> 32), <uint16_t>(ek >> 16))
+            if r == 0x7fffffff or (r < 0 and not self.cand_ad[c]):
                 continue
-            limit = self.tcp_idle if sl.okey.proto == 6 else self.udp_idle
-            if now > sl.last and now - sl.last > limit:
-                self._end(j, QD_NO_PKT)
-                self.expired += 1
+            sl = &self.slots[r] if r >= 0 else &self.ad[-r - 1]
+            if not sl.used or self._fired(sl, now) == 0:
+                continue  # ended or woken since
+            if (r, ek) in seen:
+                continue
+            seen.add((r, ek))
+            recs.append((r, ek, self.cand_closing[c]))
+            keys.append((<char *>&sl.okey)[:sizeof(qd_key)])
+        if not keys:
+            return
+        if self._fetch is None:  # never restored (no store to ask): ours to end, as before
+            values = [b""] * len(keys)
+        else:
+            try:
+                values = self._fetch(keys)
+                self.timer_reads += 1
+            except Exception:  # noqa: BLE001 - the store is down: ask again in a second
+                self.state_errors += 1
+                self.reread_at = now + self.hz
+                return
+        for (r, ek, closing), v in zip(recs, values):
+            if r < 0:  # an earlier deletion may have shifted it: find it again
+                r = self._ad_find(ek)
+                if r < 0:
+                    continue
+                r = -r - 1
+            sl = &self.slots[r] if r >= 0 else &self.ad[-r - 1]
+            if not sl.used:
+                continue
+            if v is not None and len(v) == 0:  # (no store) as before owners: end it
+                owner = self.instance
+            elif (v is None or len(v) not in (8, 12)
+                    or _u32(v, 0) != <uint32_t>(ek >> 32)
+                    or _u16(v, 4) != <uint16_t>(ek >> 16)):
+                # its keys are gone (the instance that had it ended it): let it go
+                if r >= 0:
+                    self._free_slot(<uint32_t>r)
+                else:
+                    self._ad_del(<uint32_t>(-r - 1))
+                continue
+            else:
+                owner = _u32(v, 8) if len(v) == 12 else 0
+            if owner == self.instance or (owner == 0 and r >= 0):
+                self._end(r, QD_NO_PKT)
+                if closing:
+                    self.ended += 1
+                else:
+                    self.expired += 1
+            elif r >= 0:  # ours, lent to another instance: keep the port, look again later
+                if not sl.lent:
+                    sl.lent = 1
+                    self.lent += 1
+                sl.closing = 0
+                sl.last = now
+            else:  # adopted, now someone else's: forget it, the keys stay
+                self._ad_del(<uint32_t>(-r - 1))
+                self.handed_back += 1
 
     # -- packets ---------------------------------------------------------------------------
 
@@ -380,7 +652,8 @@ cdef class NatNF(StatefulNF):
                 self.malformed += 1
                 continue
             if pos < 0:
-                if r == QD_PARSE_OK and (self._inside(f.src) or self._ext_index(f.dst) >= 0):
+                if r == QD_PARSE_OK and (self._inside(f.src) or self._ext_index(f.dst) >= 0
+                                         or self._adopt_index(f.dst) >= 0):
                     batch.verdicts[i] = QD_DROP  # ICMP, fragments, ...: not translated
                     self.unsupported += 1
                 else:
@@ -404,29 +677,40 @@ cdef class NatNF(StatefulNF):
         cdef const qd_val *v = qd_state_get(self.state, i)
         cdef uint8_t *d = batch.pkts[i].data
         cdef uint8_t flags = d[f.l4_off + 13] if f.proto == 6 else 0
-        cdef uint8_t val[8]
+        cdef uint8_t val[12]
         cdef uint8_t ival[12]
         cdef uint32_t eaddr
         cdef uint16_t eport
         cdef int32_t j
         cdef qd_key ik
         cdef nat_slot *sl
-        if v != NULL and v.len == 8:
+        if v != NULL and (v.len == 8 or v.len == 12):
             memcpy(&eaddr, v.data, 4)
             memcpy(&eport, v.data + 4, 2)
             j = self._slot(eaddr, eport)
             if j < 0:  # a mapping to an address this instance does not own
-                batch.verdicts[i] = QD_DROP
-                self.no_mapping += 1
-                return
-            sl = &self.slots[j]
-            if not sl.used or not qd_key_eq(&sl.okey, okey):  # adopted (another instance's)
-                if not sl.used:
-                    self.live += 1
-                sl.used = 1
-                sl.fins = 0
-                sl.closing = 0
-                memcpy(&sl.okey, okey, sizeof(qd_key))
+                if self._adopt_index(eaddr) < 0:
+                    batch.verdicts[i] = QD_DROP
+                    self.no_mapping += 1
+                    return
+                j = self._ad_add(_ekey(eaddr, eport, f.proto), okey)
+                if j < 0:
+                    batch.verdicts[i] = QD_DROP
+                    return
+                j = -j - 1
+                sl = &self.ad[-j - 1]
+            else:
+                sl = &self.slots[j]
+                if not sl.used or not qd_key_eq(&sl.okey, okey):  # restored, or an old one's
+                    if not sl.used:
+                        self.live += 1
+                    sl.used = 1
+                    sl.fins = 0
+                    sl.closing = 0
+                    memcpy(&sl.okey, okey, sizeof(qd_key))
+                if sl.lent:  # moved back here
+                    sl.lent = 0
+                    self.lent -= 1
         else:
             if f.proto == 6 and (flags & 0x17) != 0x02:  # TCP: only a SYN opens a mapping
                 batch.verdicts[i] = QD_DROP
@@ -446,14 +730,13 @@ cdef class NatNF(StatefulNF):
             self._slot_endpoint(<uint32_t>j, &eaddr, &eport)
             memcpy(val, &eaddr, 4)
             memcpy(val + 4, &eport, 2)
-            val[6] = 0
-            val[7] = 0
+            memset(val + 6, 0, 6)  # owner 0: this address's instance, whoever it is
             memcpy(ival, &f.src, 4)
             memcpy(ival + 4, &f.sport, 2)
             memcpy(ival + 6, &f.dport, 2)
             memcpy(ival + 8, &f.dst, 4)
             self._in_key(&ik, eaddr, eport, f.proto)
-            if (qd_state_update(self.state, i, okey, val, 8)
+            if (qd_state_update(self.state, i, okey, val, 12)
                     or qd_state_update(self.state, i, &ik, ival, 12)):
                 self._push_free(<uint32_t>j)
                 batch.verdicts[i] = QD_DROP
@@ -462,6 +745,7 @@ cdef class NatNF(StatefulNF):
             sl.used = 1
             sl.fins = 0
             sl.closing = 0
+            sl.lent = 0
             memcpy(&sl.okey, okey, sizeof(qd_key))
             self.live += 1
             self.new_mappings += 1
@@ -469,7 +753,7 @@ cdef class NatNF(StatefulNF):
         # rewrite the source: address (IP and L4 checksums), port (L4 checksum)
         self._rewrite(d, f, f.l3_off + 12, eaddr, f.l4_off, eport)
         self.out_pkts += 1
-        self._tcp_end(<uint32_t>j, i, flags, FIN_OUT, batch.tsc)
+        self._tcp_end(j, sl, i, flags, FIN_OUT, batch.tsc)
 
     cdef void _inbound(self, qd_batch *batch, uint16_t i, qd_flow *f) noexcept nogil:
         cdef const qd_val *v = qd_state_get(self.state, i)
@@ -479,6 +763,7 @@ cdef class NatNF(StatefulNF):
         cdef uint16_t iport, rport
         cdef int32_t j
         cdef nat_slot *sl
+        cdef qd_key okey
         if v == NULL or v.len != 12:
             batch.verdicts[i] = QD_DROP
             self.no_mapping += 1
@@ -491,26 +776,34 @@ cdef class NatNF(StatefulNF):
             batch.verdicts[i] = QD_DROP
             self.filtered += 1
             return
+        qd_key_init(&okey)
+        okey.kind = KIND_OUT
+        okey.proto = f.proto
+        okey.a = iaddr
+        okey.b = raddr
+        okey.pa = iport
+        okey.pb = rport
         j = self._slot(f.dst, f.dport)
-        if j < 0:
-            batch.verdicts[i] = QD_DROP
-            self.no_mapping += 1
-            return
-        sl = &self.slots[j]
-        if not sl.used:  # adopted from Redis
-            qd_key_init(&sl.okey)
-            sl.okey.kind = KIND_OUT
-            sl.okey.proto = f.proto
-            sl.okey.a = iaddr
-            sl.okey.b = raddr
-            sl.okey.pa = iport
-            sl.okey.pb = rport
-            sl.used = 1
-            self.live += 1
+        if j < 0:  # another instance's address (key() only keys those of config.adopt)
+            j = self._ad_add(_ekey(f.dst, f.dport, f.proto), &okey)
+            if j < 0:
+                batch.verdicts[i] = QD_DROP
+                return
+            j = -j - 1
+            sl = &self.ad[-j - 1]
+        else:
+            sl = &self.slots[j]
+            if not sl.used:  # adopted from Redis
+                memcpy(&sl.okey, &okey, sizeof(qd_key))
+                sl.used = 1
+                self.live += 1
+            if sl.lent:  # moved back here
+                sl.lent = 0
+                self.lent -= 1
         sl.last = batch.tsc
         self._rewrite(d, f, f.l3_off + 16, iaddr, f.l4_off + 2, iport)
         self.in_pkts += 1
-        self._tcp_end(<uint32_t>j, i, flags, FIN_IN, batch.tsc)
+        self._tcp_end(j, sl, i, flags, FIN_IN, batch.tsc)
 
     cdef inline void _rewrite(self, uint8_t *d, const qd_flow *f, uint32_t aoff, uint32_t addr,
                               uint32_t poff, uint16_t port) noexcept nogil:
@@ -531,9 +824,8 @@ cdef class NatNF(StatefulNF):
         if f.proto == 17 and qd_rd16(l4ck) == 0:
             put16(l4ck, 0xffff)
 
-    cdef inline void _tcp_end(self, uint32_t j, uint16_t i, uint8_t flags, uint8_t fin,
-                              uint64_t now) noexcept nogil:
-        cdef nat_slot *sl = &self.slots[j]
+    cdef inline void _tcp_end(self, int32_t j, nat_slot *sl, uint16_t i, uint8_t flags,
+                              uint8_t fin, uint64_t now) noexcept nogil:
         if flags & 0x04:  # RST: the connection is over
             self._end(j, i)
             self.ended += 1
@@ -541,6 +833,30 @@ cdef class NatNF(StatefulNF):
             sl.fins |= fin
             if sl.fins == (FIN_OUT | FIN_IN) and not sl.closing:
                 sl.closing = now if now else 1
+
+
+cdef inline uint64_t _ekey(uint32_t addr, uint16_t port, uint8_t proto) noexcept nogil:
+    """An external endpoint as one number (never 0: proto is 6 or 17)."""
+    return (<uint64_t>addr << 32) | (<uint64_t>port << 16) | proto
+
+
+cdef inline uint32_t _ehash(uint64_t k) noexcept nogil:
+    k ^= k >> 33
+    k *= 0xff51afd7ed558ccdULL
+    k ^= k >> 33
+    return <uint32_t>k
+
+
+cdef inline uint32_t _u32(bytes v, int off):
+    cdef uint32_t x
+    memcpy(&x, <const char *>v + off, 4)
+    return x
+
+
+cdef inline uint16_t _u16(bytes v, int off):
+    cdef uint16_t x
+    memcpy(&x, <const char *>v + off, 2)
+    return x
 
 
 def _seconds(value, field):

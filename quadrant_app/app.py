@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import gc
+import ipaddress
 import time
 
 import eventlet
@@ -27,7 +28,7 @@ from os_ken.controller.handler import (
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
 
-from quadrant_app import agents, auth, config, topology
+from quadrant_app import agents, auth, config, natpools, topology
 from quadrant_app.autoscale import Autoscaler
 from quadrant_app.core import Core
 from quadrant_app.jsonrpc import RpcError
@@ -219,7 +220,12 @@ class QuadrantApp(app_manager.OSKenApp):
             src, dst = core.instances.by_id.get(move.src), core.instances.by_id.get(move.dst)
             if src is None or dst is None:
                 return
-            keys = core.flow_keys(move.flow_ids, move.src)
+            nat = None
+            if src.nat_slot is not None:  # NAT connections: their mappings give the replies
+                nat = self._nat_mappings(src, move.flow_ids)
+                if not nat:
+                    return
+            keys = core.flow_keys(move.flow_ids, move.src, nat)
             if not keys:
                 return
             flows = [k.to_json() for k in keys]
@@ -237,7 +243,18 @@ class QuadrantApp(app_manager.OSKenApp):
                                     "failed: %s", len(keys), src.id, dst.id, err)  # fmt: skip
                 return
             try:
-                _moved, msgs = core.migrate(move.flow_ids, move.src, move.dst, _monotonic())
+                if nat is not None:  # the new instance ends them from now on: its own
+                    _, err = self._call(src.worker, "nat_handover", {
+                        "instance": src.id, "owner": dst.id, "home": core.nat_address(dst),
+                        "flows": [k.to_json() for k in nat]})  # fmt: skip
+                    if err is not None:
+                        self.logger.warning("quadrant: move of NAT flows %d -> %d not done: "
+                                            "owner not written: %s",
+                                            src.id, dst.id, err)  # fmt: skip
+                        return
+                _moved, msgs = core.migrate(
+                    move.flow_ids, move.src, move.dst, _monotonic(), nat=nat
+                )
                 if msgs and not self._send_and_wait_barrier(msgs):
                     self.logger.warning("quadrant: no barrier reply from %016x in time", dst.dpid)
                 res, err = self._call(
@@ -261,6 +278,32 @@ class QuadrantApp(app_manager.OSKenApp):
             if self.autoscaler is not None:
                 self.autoscaler.moving.subtract((move.src, move.dst))
                 self.autoscaler.moving += collections.Counter()  # drop the zeros
+
+    def _nat_mappings(self, src, flow_ids) -> dict | None:
+        """``{outbound key: (external address, port)}`` of the NAT connections among
+        ``flow_ids`` (src's agent reads them from the state store); None on failure."""
+        recs = [r for r in map(self.core.flows.by_id, flow_ids)
+                if r is not None and self.core.nat_outbound(r)]  # fmt: skip
+        if not recs:
+            return None
+        if len(recs) > natpools.MOVE_MAX:  # both directions of each are held: 64 at most
+            self.logger.info("quadrant: moving %d of %d NAT connections of instance %d now",
+                             natpools.MOVE_MAX, len(recs), src.id)  # fmt: skip
+            recs = recs[: natpools.MOVE_MAX]
+        res, err = self._call(
+            src.worker,
+            "nat_handover",
+            {"instance": src.id, "flows": [r.key.to_json() for r in recs]},
+        )
+        if err is not None or not isinstance(res, dict):
+            self.logger.warning("quadrant: move of NAT flows of instance %d not started: "
+                                "reading their mappings failed: %s", src.id, err)  # fmt: skip
+            return None
+        out = {}
+        for rec, m in zip(recs, res.get("mappings") or [], strict=False):
+            if isinstance(m, dict):  # null: no mapping (the connection ended)
+                out[rec.key] = (int(ipaddress.IPv4Address(m["address"])), int(m["port"]))
+        return out
 
     def _start_move(self, move):
         if self.autoscaler is not None:

@@ -160,6 +160,7 @@ class Autoscaler:
         groups: dict[tuple[int, int], list] = {}
         m = self.core.metrics
         reqs = self.core.instances.agent_requests
+        nat = natpools.nat_position(chain.spec) is not None
         for d in plan.decisions:
             if isinstance(d, scaling.Attach):
                 inst = self.core.instances.by_id[d.instance_id]
@@ -181,11 +182,9 @@ class Autoscaler:
                     msgs += self.core.remove_instance(inst.id, now)
                 m.reclaims.inc("warm" if d.keep_warm else "torn_down")
             elif isinstance(d, scaling.Migrate):
-                if natpools.nat_position(chain.spec) is not None:
-                    # a NAT flow's replies go to its mapping's external address, whose
-                    # instance stays the one that made it: NAT flows are not moved
-                    m.scaling_shortage_pps.value += int(d.pps)
-                    continue
+                rec = self.core.flows.by_id(d.flow_id) if nat else None
+                if rec is not None and not self.core.nat_outbound(rec):
+                    continue  # a NAT connection's reply: it moves with its outbound flow
                 groups.setdefault((d.src, d.dst), []).append(d)
             elif isinstance(d, scaling.Shortage):
                 LOG.warning("chain %d: %.0f pps could not be shed: no instance to take it",

@@ -25,6 +25,7 @@ from quadrant_app.chains import DEFAULT_NF_TYPES, ChainSpec
 from quadrant_app.flows import FlowRecord, FlowTable
 from quadrant_app.ingress import Chain, ChainTable, Instance, InstanceRegistry
 from quadrant_app.metrics import Metrics
+from quadrant_app.natmoves import NatMoves
 from quadrant_app.topology import Topology
 
 LOG = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class Core:
         self._rule_templates: dict[tuple, ofbuild.FlowRuleTemplate] = {}
         self._out_templates: dict[object, ofbuild.PacketOutTemplate] = {}
         self._resync: dict[int, tuple[int, set]] = {}  # dpid -> (xid, keys seen)
+        self.nat_moves = NatMoves()  # NAT connections moved off their address's instance
         # dpid -> [(network, netmask, host)]: where the switch delivers by IPv4 destination
         self._hosts = {
             s.dpid: [
@@ -144,7 +146,9 @@ class Core:
         fwd = self.flows.get(dpid, key.reverse())
         if fwd is not None:
             return self._reply(fwd, dpid, key, in_port, data, now)
-        owner = self._nat_owner(key)
+        owner = self._nat_moved_owner(dpid, key) or self._nat_owner(key)
+        if owner is None and self.nat_moves:
+            owner = self.instances.nat_owner.get(self.nat_moves.take_home(dpid, key))
         if owner is not None:  # towards a NAT's external address: its mappings' replies
             self.metrics.reply_flows.inc("nat")
             return self._assign(self.chains.by_id[owner.chain_id], owner, dpid, key, in_port,
@@ -304,6 +308,7 @@ class Core:
         inst = self.instances.remove(instance_id)
         if tell_agent:
             self.instances.agent_requests.append(("teardown", inst.id, inst.worker))
+        self._nat_send_home(inst)
         for rec in self.flows.of_instance(instance_id):
             self._forget(rec)
         for k in [k for k in self._rule_templates if k[0] == instance_id]:
@@ -328,20 +333,39 @@ class Core:
         inst = self.instances.set_attached(instance_id, True)
         return self._release(self.chains.by_id[inst.chain_id], now)
 
-    def flow_keys(self, flow_ids, instance_id: int) -> list:
-        """The keys of those flows still on ``instance_id``, with their replies' keys."""
+    def flow_keys(self, flow_ids, instance_id: int, nat=None) -> list:
+        """The keys of those flows still on ``instance_id``, with their replies' keys.
+
+        ``nat`` (a NAT instance's flows): ``{outbound key: (external address, port)}``,
+        their mappings, which give their replies' keys (:func:`natpools.reply_key`)."""
         keys = []
         for fid in flow_ids:
             rec = self.flows.by_id(fid)
             if rec is None or rec.instance_id != instance_id:
                 continue
             keys.append(rec.key)
+            if nat is not None:
+                if rec.key in nat:
+                    keys.append(natpools.reply_key(rec.key, *nat[rec.key]))
+                continue
             rev = self.flows.get(rec.dpid, rec.key.reverse())
             if rev is not None and rev.instance_id == instance_id:
                 keys.append(rev.key)
         return keys
 
-    def migrate(self, flow_ids, src_id: int, dst_id: int, now: float) -> tuple[list, list]:
+    def nat_outbound(self, rec) -> bool:
+        """Is flow ``rec`` a NAT instance's outbound flow (the one a move names)?"""
+        inst = self.instances.by_id.get(rec.instance_id)
+        return (
+            inst is not None
+            and inst.nat_slot is not None
+            and self.instances.nat_owner.get(rec.key.dst) is None
+            and not self.nat_moves.is_reply(rec.dpid, rec.key)
+        )
+
+    def migrate(
+        self, flow_ids, src_id: int, dst_id: int, now: float, nat=None
+    ) -> tuple[list, list]:
         """Move flows of instance ``src_id`` to ``dst_id``: their rules now rewrite to
         ``dst_id``'s VF and port (an add that replaces the entry; the flow's packets
         are never sent to the controller meanwhile).  The reply direction of a
@@ -349,19 +373,33 @@ class Core:
         ending with a barrier: once its reply is in, the switch sends every later
         packet of these flows to ``dst_id``.  Flows gone or no longer on ``src_id``
         are skipped.
+
+        A NAT instance's flows move only with ``nat``, their mappings (as for
+        :meth:`flow_keys`): a moved connection's replies come to its mapping's
+        address, so a per-flow rule steers them to ``dst`` (installed now, its
+        record made if no reply came yet), and until the connection ends a
+        packet-in of them goes to ``dst`` too, not to the address's instance.
+        Flows without a mapping stay.
         """
         src = self.instances.by_id.get(src_id)
         dst = self.instances.by_id.get(dst_id)
         if src is None or dst is None or src.chain_id != dst.chain_id or src.dpid != dst.dpid:
             return [], []
-        if src.nat_slot is not None:  # its replies come to src's external address
+        if src.nat_slot is not None and nat is None:  # replies: to src's external address
             return [], []
         moved, msgs = [], []
         for fid in flow_ids:
             rec = self.flows.by_id(fid)
             if rec is None or rec.instance_id != src_id:
                 continue
-            for r in (rec, self.flows.get(rec.dpid, rec.key.reverse())):
+            if nat is None:
+                pair = (rec, self.flows.get(rec.dpid, rec.key.reverse()))
+            elif rec.key in nat:
+                pair = (rec, self._nat_reply(rec, natpools.reply_key(rec.key, *nat[rec.key]),
+                                             src, now))  # fmt: skip
+            else:
+                continue
+            for r in pair:
                 if r is None or r.instance_id != src_id:
                     continue
                 self.flows.move(r, dst_id, now)
@@ -425,12 +463,15 @@ class Core:
             tkey = (inst.id, key.eth_type, key.proto)
             tpl = self._rule_templates.get(tkey)
             if tpl is None:
+                chain = self.chains.by_id.get(inst.chain_id)
                 tpl = self._rule_templates[tkey] = ofbuild.FlowRuleTemplate(
                     key.eth_type,
                     key.proto,
                     ofbuild.instance_actions(inst.vf_mac, inst.port),
                     ofbuild.flow_cookie(inst.id),
-                    self.settings.idle_timeout,
+                    natpools.rule_idle_s(chain.spec, key.proto, self.settings.idle_timeout)
+                    if chain is not None
+                    else self.settings.idle_timeout,
                 )
             buf += tpl.render(key, xid)
         return [(rec.dpid, buf)]
@@ -458,6 +499,38 @@ class Core:
             return self._assign(chain, inst, dpid, key, in_port, data, now)
         self.metrics.reply_flows.inc("direct")
         return self._unmatched(dpid, key, in_port, data, deliver=True)
+
+    def _nat_reply(self, rec: FlowRecord, rkey, src: Instance, now) -> FlowRecord:
+        """The reply record of NAT connection ``rec`` (on ``src``; made if none yet),
+        remembered as moved: its packet-ins follow ``rec``'s instance."""
+        rrec = self.flows.get(rec.dpid, rkey)
+        if rrec is None:
+            rrec = self.flows.add(rec.dpid, rkey, rec.chain_id, src.id, now)
+            src.flows += 1
+            self.chains.by_id[rec.chain_id].flows += 1
+        self.nat_moves.moved(rec.dpid, rec.key, rkey)
+        return rrec
+
+    def nat_address(self, inst: Instance) -> str | None:
+        """The external address ``inst``'s NAT owns (None: it has no NAT slot)."""
+        chain = self.chains.by_id.get(inst.chain_id)
+        if chain is None or inst.nat_slot is None:
+            return None
+        return natpools.slots(chain.spec)[inst.nat_slot]["address"]
+
+    def _nat_send_home(self, inst: Instance) -> None:
+        """``inst`` is going: the NAT connections moved to it go home (natmoves.py)."""
+        if self.nat_moves:
+            recs = [(r.dpid, r.key) for r in self.flows.of_instance(inst.id)]
+            self.instances.agent_requests += self.nat_moves.send_home(
+                recs, self.instances.nat_owner, inst.id
+            )
+
+    def _nat_moved_owner(self, dpid, key) -> Instance | None:
+        """A moved NAT connection's reply: the instance its outbound flow is on."""
+        out = self.nat_moves.outbound(dpid, key)
+        rec = self.flows.get(dpid, out) if out is not None else None
+        return self.instances.by_id.get(rec.instance_id) if rec is not None else None
 
     def _nat_owner(self, key) -> Instance | None:
         """The instance whose NAT owns ``key``'s destination as an external address."""
@@ -550,6 +623,8 @@ class Core:
         return msgs
 
     def _forget(self, rec: FlowRecord) -> None:
+        if self.nat_moves:  # a moved NAT connection's outbound flow ends its steering
+            self.nat_moves.forget(rec.dpid, rec.key)
         inst = self.instances.by_id.get(rec.instance_id)
         if inst is not None:
             inst.flows -= 1

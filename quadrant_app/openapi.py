@@ -280,7 +280,8 @@ OPERATIONS = {
     "move_flow": (
         "Move a flow (and its reply) to another instance of its chain, keeping its "
         "packets in order; a warm-pool instance is attached first (admin; 202: the move "
-        "runs with the agents).",
+        "runs with the agents).  A NAT connection moves by its outbound flow and keeps "
+        "its mapping; its reply flow alone is refused with 409 (docs/state.rst).",
         "FlowMove",
         202,
         {"type": "object"},

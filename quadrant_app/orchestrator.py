@@ -120,8 +120,9 @@ class Orchestrator:
         cmds = []
         reqs = self.core.instances.agent_requests
         while reqs:
-            method, iid, worker = reqs.pop(0)
-            cmds.append(Command(worker, method, {"instance": iid}, iid))
+            method, iid, worker, *more = reqs.pop(0)
+            cmds.append(Command(worker, method, {"instance": iid, **(more[0] if more else {})},
+                                iid))  # fmt: skip
         return cmds
 
     def _place(self) -> tuple[str, int, str] | None:
@@ -239,7 +240,9 @@ class Orchestrator:
         for inst in insts:
             chain = core.chains.by_id.get(inst.chain_id)
             if chain is not None and inst.nat_slot is not None:
-                continue  # NAT flows stay with their external address: not moved (natpools.py)
+                # its own NAT connections wait for the replacement that takes its address
+                # and restores them; those moved to it go home (core._nat_send_home)
+                continue
             for rec in core.flows.of_instance(inst.id) if chain is not None else ():
                 if rec.instance_id != inst.id:
                     continue  # moved already, as the reply of a flow moved before it

@@ -357,9 +357,10 @@ class RestApi:
             raise HttpError(409, f"flow {id} is on instance {to} already", "to")
         if src is None or dst.chain_id != src.chain_id or dst.dpid != src.dpid:
             raise HttpError(409, "must be an instance of the flow's chain on its switch", "to")
-        if src.nat_slot is not None:
-            raise HttpError(409, f"flow {id} is NATed by instance {src.id}: its replies come "
-                            "to that instance's external address, so it stays there")  # fmt: skip
+        if src.nat_slot is not None and not self.core.nat_outbound(rec):
+            raise HttpError(409, f"flow {id} is the reply of a NAT connection: move the "
+                            "connection by its outbound flow (its reply moves with it)",
+                            "id")  # fmt: skip
         if self.mover is None:
             raise HttpError(409, "flows move through the agents; none are enabled")
         self.mover(Move(src.chain_id, src.id, dst.id, (id,), rec.pps))

@@ -16,6 +16,7 @@ agent's executor threads: one lock serialises them.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -182,7 +183,7 @@ class InstanceManager:
     # -- registration on the agent ------------------------------------------------
     def register(self, dispatcher) -> None:
         for name in ("prepare", "attach", "detach", "set_batch", "teardown", "hold", "release",
-                     "drain"):  # fmt: skip
+                     "drain", "nat_handover"):  # fmt: skip
             dispatcher.add(name, self._guarded(name, getattr(self, name)))
 
     @staticmethod
@@ -255,6 +256,8 @@ class InstanceManager:
                 for i, nf in enumerate(nfs):
                     if nf["type"] in STATEFUL_NF_TYPES:
                         nf["state"] = self.state_access.nf_state(chain_id, i, iid)
+                    if nf["type"] == "nat":  # its identity: the owner it writes and looks for
+                        nf["config"] = {"instance": iid, **(nf.get("config") or {})}
             except StateAccessError as exc:
                 raise refuse(f"params.chain.nfs[{i}]", str(exc)) from None
             try:
@@ -371,6 +374,41 @@ class InstanceManager:
         out = {}
         self._run(e, "drain", lambda: out.update(e.chain.drain(float(timeout))))
         return {"instance": e.id, **out}
+
+    def nat_handover(self, params) -> dict:
+        """The NAT mappings of outbound ``flows`` of an instance's chain (the external
+        address and port of each, or null), and with ``owner`` that instance written as
+        their owner (0 for those on ``home``, the owner's own address, and with owner 0):
+        the controller's part of moving NAT connections (docs/state.rst)."""
+        p = self._params(params)
+        e = self._entry(p)
+        keys = flowhold.parse_flows(p.get("flows"))
+        owner = p.get("owner")
+        if owner is not None and (isinstance(owner, bool) or not isinstance(owner, int)
+                                  or not 0 <= owner < 2**32):  # fmt: skip
+            raise refuse("params.owner", f"must be an instance id (0: the address's), got "
+                         f"{owner!r}")  # fmt: skip
+        home = p.get("home")
+        try:
+            home = None if home is None else int(ipaddress.IPv4Address(home))
+        except (ValueError, TypeError):
+            raise refuse("params.home", f"must be an IPv4 address, got {home!r}") from None
+        nat = next((nf for nf in e.chain.nfs if nf.get("type") == "nat" and "state" in nf), None)
+        if nat is None or self.state_access is None:
+            raise refuse("params.instance", f"instance {e.id} has no NAT with a state store")
+        flows = []
+        for i, (eth, proto, src, dst, sport, dport) in enumerate(keys):
+            if eth != 0x0800:
+                raise refuse(f"params.flows[{i}]", "the NAT translates IPv4 only")
+            flows.append((proto, int.from_bytes(src, "big"), int.from_bytes(dst, "big"),
+                          sport, dport))  # fmt: skip
+        try:
+            got = self.state_access.nat_handover(nat["state"]["prefix"], flows, owner, home)
+        except StateAccessError as exc:
+            raise refuse("params.flows", str(exc)) from None
+        out = [None if m is None else {"address": str(ipaddress.IPv4Address(m[0])), "port": m[1]}
+               for m in got]  # fmt: skip
+        return {"instance": e.id, "mappings": out}
 
     def teardown(self, params) -> dict:
         e = self._entry(params)

@@ -17,6 +17,7 @@ own external addresses (the controller assigns them: docs/state.rst).
 
 from __future__ import annotations
 
+import struct
 import threading
 
 from worker.redis_server import create_nf_user
@@ -88,6 +89,32 @@ class StateAccess:
             raise StateAccessError(msg) from None
         return creds.as_config()
 
+    def nat_handover(self, prefix: str, flows: list[tuple], owner=None, home=None) -> list:
+        """The NAT mappings of outbound ``flows`` (``(proto, src, dst, sport, dport)``,
+        IPv4 addresses as ints): ``(external address, port)`` or None each; with
+        ``owner``, that instance is written as each mapping's owner (docs/state.rst,
+        *Moving NAT flows*), or 0 for a mapping to ``home``, the owner's own address
+        (0: whoever holds the address).  ``SET XX``: a mapping its connection ended
+        meanwhile stays deleted."""
+        names = [nat_out_key(prefix, *f) for f in flows]
+        try:
+            with self._lock:
+                c = self._client()
+                values = c.mget(names)
+                out = []
+                pipe = c.pipeline(transaction=True)  # all owners written, or none
+                for name, v in zip(names, values, strict=True):
+                    m = parse_nat_out(v)
+                    out.append(m)
+                    if m is not None and owner is not None:
+                        who = 0 if m[0] == home else owner
+                        pipe.set(name, nat_out_value(*m, who), xx=True)
+                if owner is not None:
+                    pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - redis' own classes: say where
+            raise StateAccessError(f"state store {self.where}: NAT mappings: {exc}") from None
+        return out
+
     def drop_user(self, chain_id: int, position: int, instance: int) -> None:
         """Remove an instance's NF user once the instance is gone (best effort)."""
         try:
@@ -102,3 +129,26 @@ class StateAccess:
         if self._admin is not None:
             self._admin.close()
             self._admin = None
+
+
+# The NAT's keys and values (cext/nf_nat.pyx): a qd_key is 16 bytes in host (little
+# endian) order: a, b (u32), pa, pb (u16), proto, kind (u8), 2 bytes pad.
+NAT_KIND_OUT = 1
+
+
+def nat_out_key(prefix: str, proto: int, src: int, dst: int, sport: int, dport: int) -> bytes:
+    """The Redis key of a NAT's ``out`` mapping for an outbound 5-tuple."""
+    key = struct.pack("<IIHHBB2x", src, dst, sport, dport, proto, NAT_KIND_OUT)
+    return f"{prefix}:{key.hex()}".encode()
+
+
+def parse_nat_out(value: bytes | None) -> tuple[int, int] | None:
+    """``(external address, port)`` of an ``out`` value (8 or 12 bytes), else None."""
+    if value is None or len(value) not in (8, 12):
+        return None
+    addr, port = struct.unpack_from("<IH", value)
+    return addr, port
+
+
+def nat_out_value(addr: int, port: int, owner: int) -> bytes:
+    return struct.pack("<IH2xI", addr, port, owner)

@@ -12,6 +12,7 @@ external port of its own, and the mappings must be in Redis.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -32,11 +33,13 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 EXTERNAL = "10.2.0.254"
+EXTERNAL2 = "10.2.0.253"  # a second instance's address (test_nat_connections_move...)
 PORT = 5353
 
 
-def chain3(sink) -> dict:
-    """The lab's Chain 3: TCP and UDP to the sink's port 5353, NATed to EXTERNAL."""
+def chain3(sink, external=(EXTERNAL,), ports="20000-20999", **nat_extra) -> dict:
+    """The lab's Chain 3: TCP and UDP to the sink's port 5353, NATed to EXTERNAL (one
+    instance per address of ``external``, each with ``ports``)."""
     out = [
         {
             "action": "allow",
@@ -51,11 +54,12 @@ def chain3(sink) -> dict:
         {
             "action": "allow",
             "src": f"{sink.address}/32",
-            "dst": f"{EXTERNAL}/32",
+            "dst": f"{ext}/32",
             "proto": p,
             "sport": str(PORT),
         }
         for p in ("tcp", "udp")
+        for ext in external
     ]
     return {
         "name": "chain3-lab",
@@ -63,7 +67,8 @@ def chain3(sink) -> dict:
             {"type": "acl", "config": {"rules": out + back, "default": "deny"}},
             {"type": "nat", "config": {
                 "internal": ["10.1.0.0/16"],
-                "external": [{"address": EXTERNAL, "ports": "20000-20999"}]}},
+                "external": [{"address": a, "ports": ports} for a in external],
+                **nat_extra}},
         ],
         "filter": {"dst": f"{sink.address}/32"},
         "slo_us": 5000,
@@ -76,7 +81,8 @@ def setup(root_required, tmp_path):
 
     os.chmod(tmp_path, 0o755)  # the NFs (their own uids) reach the Unix socket inside
     srv = RedisServer(tmp_path / "redis", appendfsync="always", core=0).start()
-    conf = {"idle_timeout": 60, "flow_stats_interval": 1, "scaling_policy": "off"}
+    conf = {"idle_timeout": 60, "flow_stats_interval": 1, "scaling_policy": "off",
+            "warm_pool": 2}  # fmt: skip
     st = Stack(load(LAB_TOPOLOGY), prefix=f"n{lab_prefix()[1:]}", log=lambda m: None,
                controller_conf=conf, state_store=srv)  # fmt: skip
     server = None
@@ -86,9 +92,10 @@ def setup(root_required, tmp_path):
         ns = st.lab.ns("sink")
         # the sink answers the NAT's external address on its own link (a real
         # network's upstream router would know it): a permanent neighbour entry
-        subprocess.run(["ip", "-n", ns, "neigh", "replace", EXTERNAL, "lladdr",
-                        "02:00:00:00:0a:01", "dev", "eth0", "nud", "permanent"],
-                       check=True)  # fmt: skip
+        for ext in (EXTERNAL, EXTERNAL2):
+            subprocess.run(["ip", "-n", ns, "neigh", "replace", ext, "lladdr",
+                            "02:00:00:00:0a:01", "dev", "eth0", "nud", "permanent"],
+                           check=True)  # fmt: skip
         server = subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, "-m", "tools.trafficgen.echo", "serve",
              sink.address, str(PORT)],
@@ -211,3 +218,104 @@ def test_nat_failover_keeps_every_connections_port(setup):
     assert len(ports) == len(reports)
     failures = st.admin.get("/v1/failures")
     assert any(f.get("instance") == old["id"] for f in failures.get("failures", [])), failures
+
+
+def test_nat_connections_move_mid_connection_to_the_other_workers_instance(setup):
+    """Two NAT instances (one per external address, on the two workers); TCP and UDP
+    connections run through whichever took them, and every one is moved mid-connection
+    over REST to the other: every echo comes back in order, none is lost (no UDP
+    retry), each connection keeps its external address and port, no two share one, and
+    once they have ended their mappings are gone from Redis (the new instance deleted
+    them; the old one kept the ports reserved meanwhile)."""
+    import struct
+
+    from worker.state_access import nat_out_key
+
+    st, srv = setup
+    src, sink = hosts(st.topology)
+    spec = chain3(sink, (EXTERNAL, EXTERNAL2), "20000-20063", closing_s=0, udp_idle_s=2,
+                  lent_check_s=1, adopted_max=64)  # fmt: skip
+    chain = st.tenant.post("/v1/chains", spec)
+    insts = wait_until(lambda: len(instances(st, chain["id"])) == 2 and instances(st, chain["id"]),
+                       180, "the agents to prepare both NAT instances")  # fmt: skip
+    assert {i["worker"] for i in insts} == {"w1", "w2"}  # one per worker
+    other = {insts[0]["id"]: insts[1]["id"], insts[1]["id"]: insts[0]["id"]}
+    addr_of = {i["id"]: (EXTERNAL, EXTERNAL2)[i["nat_slot"]] for i in insts}
+
+    def outbound():
+        return [f for f in st.admin.get("/v1/flows")["flows"] if f["dst"] == sink.address]
+
+    def move_all(flows):
+        for f in flows:
+            to = other[f["instance_id"]]
+            assert st.admin.post(f"/v1/flows/{f['id']}/move", {"to": to}) == {
+                "flow": f["id"], "from": f["instance_id"], "to": to,
+            }  # fmt: skip
+
+    n = 4
+    proc = subprocess.Popen(connect_cmd(st, sink, n, 20, "--interval", "0.15"), cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        first = wait_until(lambda: len(outbound()) >= 2 * n and outbound(), 30,
+                           "every connection's outbound flow")  # fmt: skip
+        time.sleep(0.6)  # mid-connection
+        move_all(first)
+        was = {f["id"]: f["instance_id"] for f in first}
+        wait_until(lambda: all(f["instance_id"] == other[was[f["id"]]] for f in outbound()
+                               if f["id"] in was), 10, "the moves")  # fmt: skip
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reports = json.loads(out)
+    assert not [r for r in reports if r.get("error")], reports
+    ports = set()
+    for r in reports:
+        assert r["seqs"] == list(range(20)), r  # every echo, in order, across the move
+        assert r.get("retries", 0) == 0, r  # not one datagram lost
+        assert len(r["peers"]) == 1, r  # the same external endpoint before and after
+        addr, port = r["peers"][0].split(":")
+        ports.add((r["kind"], addr, int(port)))
+    assert len(ports) == len(reports)  # no two connections share a port
+    flows = st.admin.get("/v1/flows")["flows"]
+    by_conn = {(f["proto"], f["sport"]): f for f in flows if f["dst"] == sink.address}
+    for r in reports:
+        f = by_conn[(r["kind"], r["local_port"])]
+        addr, port = r["peers"][0].split(":")
+        assert addr == addr_of[was[f["id"]]]  # the address of the instance it began on
+        assert f["instance_id"] == other[was[f["id"]]]
+        reply = [g for g in flows if g["dst"] == addr and g["dport"] == int(port)
+                 and g["proto"] == r["kind"]]  # fmt: skip
+        assert [g["instance_id"] for g in reply] == [f["instance_id"]]  # replies moved too
+
+    # the connections have ended (TCP: FIN both ways; UDP: idle 2 s): the next sweeps of
+    # both instances end them, so send a little traffic through each
+    time.sleep(2.5)
+    poke = subprocess.Popen(connect_cmd(st, sink, 1, 20, "--interval", "0.1"), cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        pf = wait_until(lambda: [f for f in outbound() if f["id"] not in was], 30, "poke flows")
+        move_all([f for f in pf if f["proto"] == "udp"][:1])
+        poke.communicate(timeout=60)
+    finally:
+        if poke.poll() is None:
+            poke.kill()
+            poke.wait()
+    prefix = f"c{chain['id']}n1"
+    src_ip = int(ipaddress.IPv4Address(src.address))
+    dst_ip = int(ipaddress.IPv4Address(sink.address))
+    names = []
+    for r in reports:
+        proto = 6 if r["kind"] == "tcp" else 17
+        addr, port = r["peers"][0].split(":")
+        names.append(nat_out_key(prefix, proto, src_ip, dst_ip, r["local_port"], PORT))
+        ik = struct.pack("<IIHHBB2x", int(ipaddress.IPv4Address(addr)), 0, int(port), 0,
+                         proto, 2)  # fmt: skip
+        names.append(f"{prefix}:{ik.hex()}".encode())
+    admin = srv.client()
+    try:
+        left = [k for k, v in zip(names, admin.mget(names), strict=True) if v is not None]
+    finally:
+        admin.close()
+    assert not left, f"{len(left)} keys of ended connections still in Redis"

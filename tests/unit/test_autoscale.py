@@ -133,3 +133,39 @@ def test_the_latency_estimate_adds_the_network_at_the_workers_throughput():
     assert auto.latency_us("w1", 10.0) == 2 * 10.0 + 6.0
     assert auto.latency_us("w2", 10.0) == 2 * 10.0 + 4.0
     assert isinstance(Move(1, 1, 2, (1,), 1.0), Move) and W1_MACS and W2_MACS
+
+
+def test_a_nat_chain_sheds_connections_by_their_outbound_flows():
+    """A NAT chain's plan moves connections (outbound flows, which take their replies
+    along through the app's NAT handover), never a reply flow on its own."""
+    from scapy.all import IP, UDP, Ether
+
+    from quadrant_app.chains import parse_chain
+    from tests.unit.test_natpools import nat_chain
+
+    lab = Lab()
+    chain = lab.core.add_chain("acme", parse_chain(nat_chain()), lab.now)
+    a, _ = lab.core.add_instance(chain.id, "w1", W1_MACS[0], 0, True, lab.now, nat_slot=0)
+    stats(lab, a, 0, 0.0, 5)
+    outs = []
+    for i, pps in enumerate([250, 50, 20]):
+        pkt = Ether() / IP(src="10.1.0.5", dst="10.2.0.1") / UDP(sport=4000 + i, dport=5353)
+        lab.send(pkt)
+        rec = lab.core.flows.get(1, flowkey.parse(raw(pkt)))
+        lab.core.flows.pps[rec._slot] = pps
+        outs.append(rec.id)
+    rep = Ether() / IP(src="10.2.0.1", dst="10.2.0.254") / UDP(sport=5353, dport=20000)
+    lab.send(rep, in_port=2)  # the largest flow: a reply to a's address
+    rrec = lab.core.flows.get(1, flowkey.parse(raw(rep)))
+    lab.core.flows.pps[rrec._slot] = 300
+    b, _ = lab.core.add_instance(chain.id, "w2", W2_MACS[0], 0, True, lab.now, nat_slot=1)
+    auto = Autoscaler(lab.core, Settings(reclaim_grace=100.0))
+    stats(lab, a, 1100, 0.55, 500)  # estimate 1000 us > beta 900: hot; r_max 2000
+    stats(lab, b, 100, 0.1, 5)  # a candidate
+    _msgs, moves = auto.tick(lab.now)
+    # eq. 4: 1100 * (1000 - 600) / 1000 * (2000 / 1100 - 1) = 360 pps, largest first:
+    # the reply (300) and the 50 pps connection; the reply is left to go along with its
+    # outbound flow, so the move names the connection alone
+    (move,) = moves
+    assert (move.src, move.dst) == (a.id, b.id)
+    assert move.flow_ids == (outs[1],)

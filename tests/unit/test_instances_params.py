@@ -61,9 +61,10 @@ def test_commands_on_unknown_instances_and_registration(manager):
     d = Dispatcher()
     manager.register(d)
     assert set(d.methods) == {
-        "prepare", "attach", "detach", "set_batch", "teardown", "hold", "release", "drain"
+        "prepare", "attach", "detach", "set_batch", "teardown", "hold", "release", "drain",
+        "nat_handover",
     }  # fmt: skip
-    for method in ("attach", "detach", "teardown", "hold", "release", "drain"):
+    for method in ("attach", "detach", "teardown", "hold", "release", "drain", "nat_handover"):
         with pytest.raises(RpcError, match="params.instance: no instance 4"):
             getattr(manager, method)({"instance": 4})
     with pytest.raises(RpcError) as e:

@@ -427,3 +427,32 @@ def test_admins_see_the_events_a_workers_agent_reported(api):
     api.instance(1, "w1")
     (mine,) = api.call("GET", "/v1/workers", ACME)[1]["workers"]
     assert "events" not in mine  # a tenant's view: its workers' names and instances only
+
+
+def test_a_nat_connection_moves_by_its_outbound_flow_and_its_reply_alone_is_refused(api):
+    from scapy.all import UDP
+
+    from tests.unit.test_natpools import nat_chain
+
+    moves = []
+    api.app.mover = moves.append
+    status, chain = api.call("POST", "/v1/chains", ACME, nat_chain())
+    assert status == 201, chain
+    a, _ = api.core.add_instance(chain["id"], "w1", "02:00:00:00:01:01", 0, True, api.now,
+                                 nat_slot=0)  # fmt: skip
+    b, _ = api.core.add_instance(chain["id"], "w2", "02:00:00:00:02:01", 0, True, api.now,
+                                 nat_slot=1)  # fmt: skip
+    api.core.instances.update_stats(b.id, api.now, p99_us=float("inf"))
+    out = Ether() / IP(src="10.1.0.5", dst="10.2.0.1") / UDP(sport=4000, dport=5353)
+    rep = Ether() / IP(src="10.2.0.1", dst="10.2.0.254") / UDP(sport=5353, dport=20000)
+    api._send(api.core.packet_in(1, 1, raw(out), api.now))
+    api._send(api.core.packet_in(1, 2, raw(rep), api.now))
+    flows = {f["dst"]: f for f in api.call("GET", "/v1/flows", ADMIN)[1]["flows"]}
+    fwd, back = flows["10.2.0.1"], flows["10.2.0.254"]
+    assert fwd["instance_id"] == back["instance_id"] == a.id
+    status, data = api.call("POST", f"/v1/flows/{back['id']}/move", ADMIN, {"to": b.id})
+    assert status == 409 and "by its outbound flow" in data["error"]["reason"]
+    assert moves == []
+    status, data = api.call("POST", f"/v1/flows/{fwd['id']}/move", ADMIN, {"to": b.id})
+    assert status == 202 and data == {"flow": fwd["id"], "from": a.id, "to": b.id}
+    assert [(m.src, m.dst, m.flow_ids) for m in moves] == [(a.id, b.id, (fwd["id"],))]
