@@ -563,8 +563,8 @@ cdef class NatNF(StatefulNF):
         cdef bytes v
         cdef uint32_t owner
         self.ncand = 0
-        if now < self.reread_at:  # Redis failed the last one: the timers fire again later
-            return
+        if now < self.reread_at or (self.state != NULL and self.state.store_down):
+            return  # Redis failed the last one, or is away: the timers fire again later
         recs = []
         keys = []
         seen = set()

@@ -114,6 +114,9 @@ ctypedef struct qd_state:
     uint64_t fetched
     uint64_t updates
     uint64_t cache_full
+    # 1 while Redis cannot be reached (the runtime reconnects; docs/state.rst): an NF
+    # that asks the store itself (the NAT's timer re-reads) waits for it to be back
+    int store_down
 
 
 cdef inline void qd_key_init(qd_key *k) noexcept nogil:

@@ -178,6 +178,7 @@ cdef class StateCore:
         if self.resp.lost and self.resp.error[0]:
             self.last_outage = (<char *>self.resp.error).decode(errors="replace")
         self.down = 1
+        self.s.store_down = 1
         self.outages += 1
         self.down_since = now
         self.retry_at = now + self.retry_cycles
@@ -205,6 +206,7 @@ cdef class StateCore:
         qd_resp_reset(self.resp, fd)
         self.groups_resent += s.issued - s.acked
         self.down = 0
+        self.s.store_down = 0
         self.reconnects += 1
         self.down_cycles += now - self.down_since
         qd_resp_flush(self.resp)
