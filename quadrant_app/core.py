@@ -146,13 +146,17 @@ class Core:
         fwd = self.flows.get(dpid, key.reverse())
         if fwd is not None:
             return self._reply(fwd, dpid, key, in_port, data, now)
-        owner = self._nat_moved_owner(dpid, key) or self._nat_owner(key)
+        owner = self._nat_moved_owner(dpid, key) or self._nat_owner(key, attach=True)
         if owner is None and self.nat_moves:
             owner = self.instances.nat_owner.get(self.nat_moves.take_home(dpid, key))
         if owner is not None:  # towards a NAT's external address: its mappings' replies
             self.metrics.reply_flows.inc("nat")
             return self._assign(self.chains.by_id[owner.chain_id], owner, dpid, key, in_port,
                                 data, now)  # fmt: skip
+        nat = self._nat_vacant(key)
+        if nat is not None:  # a NAT address whose instance is gone: wait for its successor
+            why = f"no instance for its NAT address {ipaddress.IPv4Address(key.dst)}"
+            return self._hold(nat, dpid, in_port, key, data, now, why)
         chain = self.chains.match(key)
         if chain is None:
             return self._unmatched(dpid, key, in_port, data)
@@ -532,11 +536,29 @@ class Core:
         rec = self.flows.get(dpid, out) if out is not None else None
         return self.instances.by_id.get(rec.instance_id) if rec is not None else None
 
-    def _nat_owner(self, key) -> Instance | None:
-        """The instance whose NAT owns ``key``'s destination as an external address."""
+    def _nat_vacant(self, key) -> Chain | None:
+        """The chain whose NAT has ``key``'s destination as an external address that no
+        instance holds now (its instance failed or went; the orchestrator prepares the
+        next): a packet to it is held for that one, bounded as new flows are.  A
+        default rule instead would blackhole the connection's replies for the rule's
+        idle time, past the moment the successor restored its mapping."""
+        if not self.chains.nat_addresses or key.eth_type != flowkey.ETH_IPV4:
+            return None
+        chain = self.chains.nat_addresses.get(key.dst)
+        if chain is None or key.dst in self.instances.nat_owner:
+            return None
+        return chain
+
+    def _nat_owner(self, key, attach=False) -> Instance | None:
+        """The instance whose NAT owns ``key``'s destination as an external address;
+        ``attach``: from the warm pool if it is there (a successor that restored the
+        address's mappings: the replies to them are its to translate)."""
         if not self.instances.nat_owner or key.eth_type != flowkey.ETH_IPV4:
             return None
-        return self.instances.nat_owner.get(key.dst)
+        inst = self.instances.nat_owner.get(key.dst)
+        if attach and inst is not None and not inst.attached:
+            self.instances.attach_from_pool(inst)
+        return inst
 
     def _host_of(self, dpid: int, key) -> object | None:
         if key.eth_type != flowkey.ETH_IPV4:
@@ -572,15 +594,15 @@ class Core:
         buf += tpl.render(key, xid)  # after the packet-out, as in _install
         return [(dpid, buf)]
 
-    def _hold(self, chain: Chain, dpid, in_port, key, data, now) -> list:
+    def _hold(self, chain: Chain, dpid, in_port, key, data, now, why=None) -> list:
         if chain.shortage_since is None:
             chain.shortage_since = now
             self.metrics.shortages.value += 1
             LOG.warning(
-                "chain %d %r has no instance to take new flows (no candidate, warm pool empty); "
-                "holding up to %d packets for %.1f s",
+                "chain %d %r has %s; holding up to %d packets for %.1f s",
                 chain.id,
                 chain.spec.name,
+                why or "no instance to take new flows (no candidate, warm pool empty)",
                 self.settings.hold_queue_len,
                 self.settings.hold_timeout,
             )
@@ -596,7 +618,7 @@ class Core:
         Every released packet of a flow goes out before that flow's rule: a packet
         the rule forwards can never overtake one held for it.
         """
-        msgs, rules = [], []
+        msgs, rules, kept = [], [], []
         held = chain.held
         while held:
             dpid, in_port, key, data, _t = held[0]
@@ -608,7 +630,10 @@ class Core:
                 )
                 self.metrics.held_released.value += 1
                 continue
-            inst = self.instances.pick(chain, dpid)
+            if self._nat_vacant(key) is not None:  # its address's instance is not back yet
+                kept.append(held.popleft())
+                continue
+            inst = self._nat_owner(key, attach=True) or self.instances.pick(chain, dpid)
             if inst is None:
                 break
             held.popleft()
@@ -618,6 +643,7 @@ class Core:
             self.metrics.held_released.value += 1
         for rec, inst in rules:
             msgs += self._install(rec, inst, None, None)
+        held.extendleft(reversed(kept))
         if not held:
             chain.shortage_since = None
         return msgs

@@ -46,6 +46,8 @@ class ChainTable:
     def __init__(self):
         self.by_id: dict[int, Chain] = {}
         self._ordered: list[Chain] = []
+        # every NAT external address (int) -> its chain, held by an instance or not
+        self.nat_addresses: dict[int, Chain] = {}
         self._next_id = 1
         self._next_seq = 0
 
@@ -80,6 +82,8 @@ class ChainTable:
 
     def _insert(self, chain: Chain) -> Chain:
         self.by_id[chain.id] = chain
+        for addr in natpools.addresses(chain.spec):
+            self.nat_addresses[addr] = chain
         bisect.insort(self._ordered, chain, key=lambda c: c.sort_key)
         return chain
 
@@ -103,6 +107,8 @@ class ChainTable:
     def remove(self, chain_id: int) -> Chain:
         chain = self.by_id.pop(chain_id)
         self._ordered.remove(chain)
+        for addr in natpools.addresses(chain.spec):
+            self.nat_addresses.pop(addr, None)
         return chain
 
     def match(self, key) -> Chain | None:
@@ -303,8 +309,12 @@ class InstanceRegistry:
         if not pool:
             return None
         inst = min(pool, key=lambda i: i.id)
+        self.attach_from_pool(inst)
+        return inst if self.eligible(inst, chain) else None
+
+    def attach_from_pool(self, inst: Instance) -> None:
+        """Attach warm instance ``inst`` now (an ``attach`` request queued for its agent)."""
         self.set_attached(inst.id, True)
         self.agent_requests.append(("attach", inst.id, inst.worker))
         if self.on_pool_attach is not None:
             self.on_pool_attach(inst)
-        return inst if self.eligible(inst, chain) else None

@@ -235,3 +235,34 @@ def test_a_nat_chains_rules_idle_out_no_sooner_than_its_mappings():
              in_port=EGRESS)  # fmt: skip
     rules = lab.table.entries(ofbuild.TABLE_FLOWS, ofbuild.COOKIE_FLOW)
     assert len(rules) == 2 and {r.idle_timeout for r in rules} == {300}
+
+
+def test_replies_to_an_address_whose_instance_is_gone_wait_for_its_successor():
+    """a (slot 0) fails and is removed: a reply to a's address gets no default rule
+    (which would drop the connection's replies for the rule's idle time after a's
+    successor restored its mapping) and does not go to b (another address: b has no
+    mapping for it).  It is held, and released to the instance that takes slot 0."""
+    lab = Lab()
+    chain = lab.core.add_chain("acme", parse_chain(nat_chain()), lab.now)
+    a, _ = lab.core.add_instance(chain.id, "w1", W1_MACS[0], 0, True, lab.now, nat_slot=0)
+    b, _ = lab.core.add_instance(chain.id, "w2", W2_MACS[0], 0, True, lab.now, nat_slot=1)
+    lab.apply(lab.core.remove_instance(a.id, lab.now))
+    reply = Ether() / IP(src="10.2.0.1", dst="10.2.0.254") / UDP(sport=5353, dport=20001)
+    outs = len(lab.table.packet_outs)
+    assert lab.send(reply, in_port=EGRESS) == "controller"
+    assert lab.send(reply, in_port=EGRESS) == "controller"  # no rule: asked again
+    assert len(lab.table.packet_outs) == outs and len(chain.held) == 2
+    assert lab.core.metrics.unmatched_flows.value == 0 and b.flows == 0
+    # new flows of the chain still go to b meanwhile, past the held replies
+    out = Ether() / IP(src="10.1.0.5", dst="10.2.0.1") / UDP(sport=4000, dport=5353)
+    lab.send(out, in_port=UPLINK)
+    lab.apply(lab.core.tick(lab.now))
+    assert b.flows == 1 and len(chain.held) == 2
+    # a's successor takes slot 0 into the warm pool: the replies are released to it, in
+    # order, and it is attached for them (its agent asked to)
+    c, msgs = lab.core.add_instance(chain.id, "w1", W1_MACS[1], 1, False, lab.now, nat_slot=0)
+    lab.apply(msgs)
+    assert not chain.held and c.flows == 1 and c.attached
+    assert lab.core.instances.agent_requests[-1] == ("attach", c.id, "w1")
+    assert [d[:6] for _, d in lab.table.packet_outs[-2:]] == [_mac(W1_MACS[1])] * 2
+    assert lab.send(reply, in_port=EGRESS)[0][0] == W1_PORT  # its rule now
