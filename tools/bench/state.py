@@ -114,7 +114,11 @@ def state_row(st: dict, nf: dict, batches: int) -> dict:
         "keys_fetched": st["fetched"],
         "evictions": st["evictions"],
         "held_dropped": st["held_dropped"],
+        # Redis unreachable during the run (a fetch past state.timeout_s counts too)
+        "outages": st.get("outages", 0),
+        "unknown_dropped": st.get("unknown_dropped", 0),
         "pool_exhausted": nf.get("pool_exhausted"),
+        "timer_reads": nf.get("timer_reads", 0),
         "batches": batches,
     }
 
