@@ -379,7 +379,7 @@ cdef class ChainBuffer:
             "state": NF_STATES.get(s.state, str(s.state)), "tid": s.tid,
             "batches": s.batches, "pkts": s.pkts, "tx": s.tx, "bad": s.bad,
             "drops": s.drops, "cycles": s.cycles, "park_gen": s.park_gen,
-            "store_wait": bool(s.store_wait),
+            "store_wait": bool(s.store_wait), "store_down": bool(s.store_wait & 1),
         }
 
     def bridge_stats(self, int i):

@@ -517,7 +517,8 @@ class ChainInstance:
         ``own`` (packets it took), ``input`` (NF 0: the kernel's RX count of its VF
         netdev, when it is one), ``queued`` (its input ring; NF 0: the ring the last NF
         returns slots on), ``running`` (attached and the NF's runtime running, and not a
-        stateful stage waiting on Redis: unreachable, or every held slot taken), ``skip``
+        stateful stage waiting on Redis: unreachable, or every held slot taken),
+        ``store_down`` (a stateful stage finds Redis unreachable), ``skip``
         (a third-party position: its bridge's health judges it), ``alive`` (False once
         the NF's process is gone or a zombie: before its parent has reaped it, neither
         ``poll()`` nor the watchdog sees it)."""
@@ -535,7 +536,7 @@ class ChainInstance:
             # a stateful stage waiting on Redis is not hung: the rule starts over
             out.append({"own": s["pkts"], "input": None, "queued": queued,
                         "running": attached and s["state"] == "running"
-                        and not s["store_wait"],
+                        and not s["store_wait"], "store_down": s["store_down"],
                         "skip": i in self.thirdparty, "alive": alive})  # fmt: skip
         if out and self.pids:
             out[0]["input"] = self._port_rx_count(self.pids[0])

@@ -232,6 +232,7 @@ class Monitor:
         self.significance = significance
         self.liveness = liveness  # worker.liveness.ChainLiveness, or None
         self.latest: list[dict] = []
+        self._store_down: set[tuple[int, int]] = set()  # (instance, NF) finding Redis away
 
     def resync(self) -> None:
         """A new session: the next tick reports every instance."""
@@ -242,24 +243,41 @@ class Monitor:
         exited, chains a core's watchdog ended, third-party NFs found failed, and (with
         a liveness tracker) native NFs that stalled.  Each event carries ``cause``
         (exited, stalled, watchdog, thirdparty) and ``at``: this host's monotonic clock
-        when it was found."""
+        when it was found.  Then ``state_store`` events (:meth:`_store_changes`)."""
         now = time.monotonic() if now is None else now
-        if self.liveness is not None:
-            seen = []
-            for iid, chain in self.manager.snapshot():
-                seen.append(iid)
-                try:
-                    readings = chain.progress()
-                except Exception:  # torn down between the snapshot and the read
-                    continue
+        seen, store = [], []
+        for iid, chain in self.manager.snapshot():
+            seen.append(iid)
+            try:
+                readings = chain.progress()
+            except Exception:  # torn down between the snapshot and the read
+                continue
+            if self.liveness is not None:
                 for i, reason in self.liveness.update(iid, readings, now):
                     chain.note_stall(i, reason)
+            store += self._store_changes(iid, readings, now)
+        if self.liveness is not None:
             self.liveness.forget_others(seen)
+        self._store_down = {k for k in self._store_down if k[0] in seen}
         events = self.manager.check_alive()
         for ev in events:
             ev.setdefault("cause", _cause(ev))
             ev.setdefault("at", round(now, 6))
-        return events
+        return events + store
+
+    def _store_changes(self, iid: int, readings: list[dict], now: float) -> list[dict]:
+        """``state_store`` events: a stateful NF of instance ``iid`` found Redis
+        unreachable (``down`` true: it rides the outage out, docs/state.rst) or reached
+        it again (``down`` false); once per change."""
+        out = []
+        for i, r in enumerate(readings):
+            down, was = bool(r.get("store_down")), (iid, i) in self._store_down
+            if down == was:
+                continue
+            (self._store_down.add if down else self._store_down.discard)((iid, i))
+            out.append({"kind": "state_store", "instance": iid, "nf": i, "down": down,
+                        "at": round(now, 6)})  # fmt: skip
+        return out
 
     def tick(self, now: float | None = None, report: bool = True, check: bool = True):
         """Returns ``(rows to send as stats, nf_failed events)``; with ``report`` False

@@ -79,7 +79,8 @@ struct qs_nfctl {
     volatile uint64_t drops;
     volatile uint64_t cycles; /* TSC cycles spent inside the NF's process call */
     volatile uint32_t park_gen; /* control generation (futex) it last parked/drained under */
-    volatile uint32_t store_wait; /* a stateful stage waiting on Redis (qs_state_turn) */
+    volatile uint32_t store_wait; /* a stateful stage waiting on Redis: 1 unreachable,
+                                   * 2 every held slot taken (qs_state_turn) */
 } __attribute__((aligned(QS_CACHE)));
 
 struct qs_cbhdr {

@@ -482,9 +482,9 @@ static inline int64_t qs_state_turn(struct qs_stage_cfg *c, struct qs_nfctl *me,
         st->released += n;
         me->drops += n - put;
     }
-    /* waiting on Redis (unreachable, or every held slot taken): the monitor's
+    /* waiting on Redis (1: unreachable, 2: every held slot taken): the monitor's
      * stall rule must not take this for a hung NF */
-    wait = *st->store_down || st->count + b > st->max_held;
+    wait = (*st->store_down ? 1u : 0u) | (st->count + b > st->max_held ? 2u : 0u);
     if (me->store_wait != wait)
         __atomic_store_n(&me->store_wait, wait, __ATOMIC_RELEASE);
     if (st->count + b > st->max_held) {

@@ -160,10 +160,12 @@ def test_nat_rides_out_a_redis_restart(nat_chain, redis_server):
     assert not missing, f"cached connections stopped while Redis was away: {missing}"
     assert wait_for(lambda: inst.stats()[1]["store_wait"], 5), "the stage never saw it"
     assert not inst.progress()[1]["running"]  # the stall rule leaves it alone meanwhile
+    assert inst.progress()[1]["store_down"]  # what the monitor reports as state_store
     assert wire.collect(0, timeout=0.5) == []  # the RSTs are held, the new ones dropped
 
     redis_server.start()
     assert wait_for(lambda: not inst.stats()[1]["store_wait"], 10), "never reconnected"
+    assert not inst.stats()[1]["store_down"]
     released = wire.collect(len(rst), timeout=10)
     assert sorted(Ether(f)[TCP].sport for f in released) == sorted(
         ext[(c[0], c[2])][1] for c in ended

@@ -211,3 +211,35 @@ def test_monitor_check_reports_a_stalled_nf_with_cause_and_time():
     (ev,) = mon.check(10.35)
     assert ev["cause"] == "stalled" and ev["at"] == 10.35 and ev["nfs"] == [1]
     assert "NF 1 stalled" in ev["reason"]
+
+
+class _OutageChain(_StallingChain):
+    """progress() of a chain whose stateful NF 1 finds Redis away, then back."""
+
+    def __init__(self, down):
+        super().__init__()
+        self.down = down
+
+    def progress(self):
+        rows = super().progress()
+        rows[1].update(running=not self.down[0], store_down=self.down[0])
+        return rows
+
+
+def test_monitor_reports_a_state_store_outage_once_each_way():
+    from worker.liveness import ChainLiveness
+    from worker.monitor import Monitor, Rates, Significance
+
+    down = [False]
+    mon = Monitor(_Manager(_OutageChain(down)), Rates(1e9), Significance(),
+                  liveness=ChainLiveness(0.3))  # fmt: skip
+    assert mon.check(1.0) == []
+    down[0] = True
+    assert mon.check(1.1) == [
+        {"kind": "state_store", "instance": 4, "nf": 1, "down": True, "at": 1.1}
+    ]
+    assert mon.check(1.2) == [] and mon.check(5.0) == []  # waiting on Redis: no stall
+    down[0] = False
+    assert mon.check(5.1) == [
+        {"kind": "state_store", "instance": 4, "nf": 1, "down": False, "at": 5.1}
+    ]
