@@ -32,6 +32,7 @@ import threading
 import time
 from pathlib import Path
 
+from tools.bench.lab_capacity import lossless_pps
 from tools.trafficgen.exchange import exchange
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,14 +112,10 @@ def main(argv=None) -> int:
     finally:
         stack.down()
 
-    def capacity(rows):
-        ok = [r["achieved_pps"] for r in rows if r["loss"] <= 0.001]
-        return max(ok) if ok else 0.0
-
     r_maxes = [r["r_max_from_cycles"] for r in results["chain"] if r.get("r_max_from_cycles")]
     summary = {
-        "chain_pps": capacity(results["chain"]),
-        "switch_pps": capacity(results["switch"]),
+        "chain_pps": lossless_pps(results["chain"]),
+        "switch_pps": lossless_pps(results["switch"]),
         "r_max_from_cycles_pps": statistics.median(r_maxes) if r_maxes else None,
         "runs": results,
     }
