@@ -44,7 +44,9 @@ cdef extern from "src/qs_flowhold.h" nogil:
     struct qs_hold_region:
         uint64_t magic
         uint32_t max_hold_ms
+        uint32_t mark
         uint64_t active
+        uint64_t marked
         uint64_t short_polls
         uint64_t rx_at_short
         qs_hold_entry e[64]
@@ -158,16 +160,20 @@ cdef class FlowHold:
         """Where the region is mapped in this process (for ``chainbuf.run_first``)."""
         return <uintptr_t>self._r()
 
-    def hold(self, keys):
+    def hold(self, keys, marked=False):
         """Hold every key (those already held stay held): the entry indices.
 
         All or nothing: if the region has no room for them all, the ones this
         call claimed are released again and :class:`FlowHoldError` is raised.
+        ``marked``: the controller sends packets of these flows with the marker
+        tag, which the first NF strips and lets through (from now on, for good).
         """
         cdef qs_hold_region *r = self._r()
         cdef qs_hold_key k
         cdef int i
         out, claimed = [], []
+        if marked:
+            r.mark = 1  # before any entry: no marked packet may be set aside
         for key in keys:
             _key(tuple(key), &k)
             i = self._find(&k, QS_HOLD_ON)
@@ -219,7 +225,7 @@ cdef class FlowHold:
         """Counters summed over every entry, free ones included (they keep theirs)."""
         cdef qs_hold_region *r = self._r()
         cdef uint32_t i
-        t = {"held": 0, "released": 0, "dropped": 0, "expired": 0}
+        t = {"held": 0, "released": 0, "dropped": 0, "expired": 0, "marked": r.marked}
         for i in range(QS_HOLD_MAX):
             t["held"] += r.e[i].held
             t["released"] += r.e[i].released

@@ -31,6 +31,7 @@ from os_ken.ofproto import ofproto_v1_3
 from quadrant_app import agents, auth, config, natpools, topology
 from quadrant_app.autoscale import Autoscaler
 from quadrant_app.core import Core
+from quadrant_app.heldrelease import Handover
 from quadrant_app.jsonrpc import RpcError
 from quadrant_app.latency_profile import ProfileError
 from quadrant_app.orchestrator import Orchestrator
@@ -279,6 +280,36 @@ class QuadrantApp(app_manager.OSKenApp):
                 self.autoscaler.moving.subtract((move.src, move.dst))
                 self.autoscaler.moving += collections.Counter()  # drop the zeros
 
+    def _hand_over(self, h: Handover):
+        """Release flows the controller held to their new instance in order
+        (quadrant_app/heldrelease.py): hold them there, marked; the marked packets,
+        the rules and a barrier; a second barrier once its reply is in; release.
+        A green thread of its own."""
+        core = self.core
+        inst = core.instances.by_id.get(h.instance_id)
+        flows = [k.to_json() for k in h.keys]
+        if inst is None:
+            err = "the instance is gone"
+        else:
+            _, err = self._call(inst.worker, "hold",
+                                {"instance": inst.id, "flows": flows, "marked": True})  # fmt: skip
+        if err is not None:
+            self.send(core.handover_failed(h, err))
+            return
+        try:
+            if not self._send_and_wait_barrier(core.handover_held(h)):
+                self.logger.warning("quadrant: no barrier reply from %016x in time", h.dpid)
+            # the packet-ins read before that reply went out marked: wait until they left
+            self._send_and_wait_barrier(core.handover_flush(h))
+        finally:
+            core.handover_done(h)
+            _, err = self._call(inst.worker, "release",
+                                {"instance": inst.id, "flows": flows, "after_rx": 0.2})  # fmt: skip
+            if err is not None:
+                self.logger.warning("quadrant: release at instance %d failed: %s (its "
+                                    "runtime releases by itself after its hold limit)",
+                                    inst.id, err)  # fmt: skip
+
     def _nat_mappings(self, src, flow_ids) -> dict | None:
         """``{outbound key: (external address, port)}`` of the NAT connections among
         ``flow_ids`` (src's agent reads them from the state store); None on failure."""
@@ -328,11 +359,14 @@ class QuadrantApp(app_manager.OSKenApp):
         """Bind each ``(dpid, msg)`` to its datapath and send it.
 
         ``msg`` is an os-ken message, or ready wire bytes (the packet-in fast
-        path: one buffer may hold several OpenFlow messages).
+        path: one buffer may hold several OpenFlow messages), or a
+        :class:`Handover` to run (:meth:`_hand_over`).
         """
         for dpid, msg in msgs:
             dp = self.datapaths.get(dpid)
-            if dp is None:
+            if type(msg) is Handover:
+                hub.spawn(self._hand_over, msg)
+            elif dp is None:
                 self.logger.warning("dropping a message for disconnected switch %016x", dpid)
             elif type(msg) is bytearray or type(msg) is bytes:
                 dp.send(msg)

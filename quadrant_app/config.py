@@ -77,6 +77,13 @@ OPTS = [
         help="A packet-in of an assigned flow older than this (s) means its rule went "
         "missing: install it again (younger: the rule is on its way, only packet-out).",
     ),
+    cfg.BoolOpt(
+        "ordered_release",
+        default=True,
+        help="When a chain that had no instance gets one, release the flows it held "
+        "through the instance's hold, so none of their packets is reordered "
+        "(docs/reliability.rst, Held packets); false: send them plainly.",
+    ),
     cfg.FloatOpt(
         "tick_interval",
         default=0.5,
@@ -236,5 +243,6 @@ def settings(opts):
         hold_timeout=opts.hold_timeout,
         flow_stats_interval=opts.flow_stats_interval,
         reinstall_after=opts.reinstall_after,
+        ordered_release=opts.ordered_release,
         nf_types=tuple(opts.nf_types),
     )

@@ -3,7 +3,9 @@
 Nothing here touches a socket, reads the clock or knows os-ken's app state:
 each method takes ``now`` (seconds, monotonic) and returns ``[(dpid, msg),
 ...]`` for the shim to send, where ``msg`` is an os-ken message object or, on
-the packet-in fast path, ready wire bytes.  Unit tests and the simulator
+the packet-in fast path, ready wire bytes, or a
+:class:`~quadrant_app.heldrelease.Handover` for the shim to run (held packets
+released in order, with the instance's agent).  Unit tests and the simulator
 drive it directly.
 
 Internal API for instances (the REST admin endpoint uses it now; the worker
@@ -23,6 +25,7 @@ import logging
 from quadrant_app import flowkey, natpools, ofbuild
 from quadrant_app.chains import DEFAULT_NF_TYPES, ChainSpec
 from quadrant_app.flows import FlowRecord, FlowTable
+from quadrant_app.heldrelease import HeldRelease
 from quadrant_app.ingress import Chain, ChainTable, Instance, InstanceRegistry
 from quadrant_app.metrics import Metrics
 from quadrant_app.natmoves import NatMoves
@@ -46,6 +49,7 @@ class Settings:
     hold_timeout: float = 2.0
     flow_stats_interval: float = 10.0  # 0: no periodic flow stats
     reinstall_after: float = 1.0
+    ordered_release: bool = True  # held packets go on in order (heldrelease.py)
     nf_types: tuple[str, ...] = DEFAULT_NF_TYPES
 
 
@@ -61,7 +65,7 @@ class SwitchState:
     ports_down: set = dataclasses.field(default_factory=set)
 
 
-class Core(NatSteering):
+class Core(NatSteering, HeldRelease):
     def __init__(self, topology: Topology, settings: Settings | None = None):
         self.topology = topology
         self.settings = settings or Settings()
@@ -75,6 +79,7 @@ class Core(NatSteering):
         self._out_templates: dict[object, ofbuild.PacketOutTemplate] = {}
         self._resync: dict[int, tuple[int, set]] = {}  # dpid -> (xid, keys seen)
         self.nat_moves = NatMoves()  # NAT connections moved off their address's instance
+        self.handing = {}  # (dpid, key) -> Handover: held flows being released in order
         # dpid -> [(network, netmask, host)]: where the switch delivers by IPv4 destination
         self._hosts = {
             s.dpid: [
@@ -474,6 +479,10 @@ class Core(NatSteering):
     def _repeat(self, rec: FlowRecord, in_port, data, now) -> list:
         """Another packet-in of an assigned flow (its rule is not in place yet)."""
         self.metrics.repeat_packet_ins.value += 1
+        if self.handing:
+            out = self._handing_packet(rec, in_port, data)
+            if out is not None:
+                return out
         inst = self.instances.by_id[rec.instance_id]
         if now - rec.installed_at < self.settings.reinstall_after:
             return self._install(rec, inst, in_port, data, rule=False)  # rule on its way
@@ -550,20 +559,27 @@ class Core(NatSteering):
     def _release(self, chain: Chain, now: float) -> list:
         """Send held packets of ``chain`` on, now that it may have an instance.
 
-        Every released packet of a flow goes out before that flow's rule: a packet
-        the rule forwards can never overtake one held for it.
+        The flows this assigns are handed over in order (heldrelease.py): no
+        packet their rules forward reaches the NFs before one the controller had.
         """
-        msgs, rules, kept = [], [], []
+        msgs, kept = [], []
+        fresh: dict[int, list] = {}  # instance id -> [(rec, in_port, data)] assigned now
+        made = set()
         held = chain.held
         while held:
             dpid, in_port, key, data, _t = held[0]
             rec = self.flows.get(dpid, key)
             if rec is not None:
                 held.popleft()
-                msgs += self._install(
-                    rec, self.instances.by_id[rec.instance_id], in_port, data, False
-                )
                 self.metrics.held_released.value += 1
+                if rec in made:
+                    fresh[rec.instance_id].append((rec, in_port, data))
+                    continue
+                out = self._handing_packet(rec, in_port, data) if self.handing else None
+                if out is None:
+                    inst = self.instances.by_id[rec.instance_id]
+                    out = self._install(rec, inst, in_port, data, False)
+                msgs += out
                 continue
             if self._nat_vacant(key) is not None:  # its address's instance is not back yet
                 kept.append(held.popleft())
@@ -573,11 +589,11 @@ class Core(NatSteering):
                 break
             held.popleft()
             rec = self._record(chain, inst, dpid, key, now)
-            msgs += self._install(rec, inst, in_port, data, False)
-            rules.append((rec, inst))
+            made.add(rec)
+            fresh.setdefault(inst.id, []).append((rec, in_port, data))
             self.metrics.held_released.value += 1
-        for rec, inst in rules:
-            msgs += self._install(rec, inst, None, None)
+        for iid, items in fresh.items():
+            msgs += self._hand_over(self.instances.by_id[iid], items)
         held.extendleft(reversed(kept))
         if not held:
             chain.shortage_since = None

@@ -169,8 +169,18 @@ class Metrics:
         self.held_dropped = LabeledCounter(
             "quadrant_held_dropped_total",
             "Packets of unassigned flows dropped: reason=full (hold queue full), "
-            "timeout (waited longer than hold_timeout), chain_deleted.",
+            "timeout (waited longer than hold_timeout), chain_deleted, instance_gone.",
             "reason",
+        )
+        self.ordered_releases = LabeledCounter(
+            "quadrant_ordered_releases_total",
+            "Releases of held flows to a new instance: result=started, held (its agent "
+            "holds them: in order), refused (no hold: sent plainly, may reorder).",
+            "result",
+        )
+        self.marked_packet_outs = Counter(
+            "quadrant_marked_packet_outs_total",
+            "Packet-outs with the marker tag: held flows' packets during an ordered release.",
         )
         self.held_released = Counter(
             "quadrant_held_released_total", "Held packets sent on once an instance was available."

@@ -19,9 +19,22 @@
  *                 RELEASE -> FREE   NF1, once the flow's queue is empty
  *   active        bit i set while entry i is not FREE (agent sets, NF1 clears)
  *
- * NF1 looks at packets only while `active` is non-zero: a stateless instance
- * with nothing held pays one load per burst.  Keys are the controller's flow
- * keys (quadrant_app/flowkey.py): Ethernet, at most one 802.1Q tag, IPv4
+ * NF1 looks at packets only while `active` or `mark` is non-zero: a stateless
+ * instance with nothing held pays one load per burst.
+ *
+ * Marked packets.  When a chain that had no instance gets one, the controller
+ * has packets of the flows it held (and more may still be on their way to it
+ * as packet-ins) that are older than anything the flows' new rules forward.
+ * It holds the flows here, sends its own packets with a marker 802.1Q tag in
+ * front (VID 4095, which 802.1Q reserves for implementation use and no link
+ * carries), installs the rules, and releases once the last of them is out.
+ * NF1 strips the marker and processes a marked packet at once, while the
+ * rule-forwarded packets of the same flows wait in their queues: so every
+ * packet of a flow reaches the NFs in the order the switch first saw them.
+ * The agent sets `mark` the first time a hold asks for it; a NIC that strips
+ * VLAN tags itself is handled too (the mbuf's stripped TCI).
+ *
+ * Keys are the controller's flow keys (quadrant_app/flowkey.py): Ethernet, at most one 802.1Q tag, IPv4
  * (non-first fragments carry no ports and match no held flow) or IPv6 with the
  * transport header right after the fixed header; ports 0 for protocols other
  * than TCP, UDP and SCTP.
@@ -40,6 +53,8 @@
 #define QS_HOLD_MAGIC 0x31444c4851ULL /* "QHLD1" */
 #define QS_HOLD_MAX 64u               /* flows held at once per instance */
 #define QS_HOLD_QUEUE 4096u           /* packets held per flow; more are dropped, counted */
+
+#define QS_HOLD_MARK_VID 0x0fffu      /* the marker tag's VID (see above) */
 
 #define QS_HOLD_FREE 0u
 #define QS_HOLD_ON 1u
@@ -67,9 +82,10 @@ struct qs_hold_entry {
 struct qs_hold_region {
     uint64_t magic;
     uint32_t max_hold_ms; /* agent */
-    uint32_t _pad;
+    volatile uint32_t mark; /* agent: strip marker tags (packets the controller sent) */
     volatile uint64_t active;
-    uint8_t _p0[64 - 24];
+    volatile uint64_t marked; /* NF1: marked packets received (tag stripped) */
+    uint8_t _p0[64 - 32];
     /* NF1's progress, for the agent's drain: a poll that returned fewer packets
      * than it asked for emptied the port's queue, so everything that arrived
      * before it has been received; rx_at_short is NF1's received count then. */
@@ -203,19 +219,47 @@ static inline int qs_hold_key_of(const uint8_t *d, uint32_t len, struct qs_hold_
     return 0;
 }
 
+/* A marked packet (see the top of this file): strip the marker, 1; else 0. */
+static inline int qs_hold_unmark(struct rte_mbuf *m)
+{
+    uint8_t *d = rte_pktmbuf_mtod(m, uint8_t *);
+    if ((m->ol_flags & RTE_MBUF_F_RX_VLAN_STRIPPED) &&
+        (m->vlan_tci & 0x0fffu) == QS_HOLD_MARK_VID) {
+        m->ol_flags &= ~(RTE_MBUF_F_RX_VLAN | RTE_MBUF_F_RX_VLAN_STRIPPED);
+        m->vlan_tci = 0;
+        return 1;
+    }
+    if (m->data_len < 18 || d[12] != 0x81 || d[13] != 0x00 ||
+        (((uint32_t)(d[14] & 0x0f) << 8) | d[15]) != QS_HOLD_MARK_VID)
+        return 0;
+    memmove(d + 4, d, 12);
+    rte_pktmbuf_adj(m, 4);
+    return 1;
+}
+
 /* Set aside the packets of held flows: returns how many of rx[0..n) remain,
- * compacted in order. */
+ * compacted in order.  Marked packets stay, their marker stripped. */
 static inline uint32_t qs_hold_filter(struct qs_hold_local *h, struct rte_mbuf **rx, uint32_t n)
 {
     uint64_t active = __atomic_load_n(&h->r->active, __ATOMIC_ACQUIRE);
+    uint32_t mark = __atomic_load_n(&h->r->mark, __ATOMIC_RELAXED);
     uint32_t i, keep = 0;
-    if (active == 0)
+    if (active == 0 && mark == 0)
         return n;
     for (i = 0; i < n; i++) {
         struct rte_mbuf *m = rx[i];
         struct qs_hold_key k;
         uint64_t bits = active;
         int hit = -1;
+        if (mark && qs_hold_unmark(m)) {
+            h->r->marked++;
+            rx[keep++] = m;
+            continue;
+        }
+        if (active == 0) {
+            rx[keep++] = m;
+            continue;
+        }
         if (qs_hold_key_of(rte_pktmbuf_mtod(m, const uint8_t *), m->data_len, &k) == 0) {
             while (bits) {
                 uint32_t e = (uint32_t)__builtin_ctzll(bits);

@@ -19,6 +19,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from quadrant_app import flowkey, ofbuild
+from quadrant_app.heldrelease import Handover
 
 
 class _Dp:
@@ -143,15 +144,23 @@ def _matches(fields: dict, k: str, v) -> bool:
 
 
 class FakeOFTable:
-    def __init__(self, n_tables: int = 2):
+    def __init__(self, n_tables: int = 2, core=None):
+        self.core = core  # runs the Handovers it is given
         self.tables: list[list[Entry]] = [[] for _ in range(n_tables)]
         self.packet_outs: list[tuple[int, bytes]] = []  # (port, packet after actions)
         self.other: list = []  # barriers, stats requests, ...
         self.flow_mods = 0
 
     def apply(self, msgs) -> None:
-        """Apply ``[(dpid, msg)]`` as the core returns them (one switch)."""
+        """Apply ``[(dpid, msg)]`` as the core returns them (one switch).  A
+        :class:`Handover` (held flows released in order) runs at once on ``self.core``,
+        as the app runs it when the instance's agent holds the flows."""
         for _dpid, msg in msgs:
+            if isinstance(msg, Handover):
+                assert self.core is not None, "a Handover: set the table's core to run it"
+                self.apply(self.core.handover_held(msg))
+                self.core.handover_done(msg)
+                continue
             for m in parse_wire(to_wire(msg)):
                 self._apply_one(m)
 

@@ -33,7 +33,7 @@ CHAIN = {
 class Api:
     def __init__(self, max_body=4096):
         self.core = Core(topology.load(LAB), Settings())
-        self.table = FakeOFTable()
+        self.table = FakeOFTable(core=self.core)
         self.sent = []
         self.now = 10.0
         tokens = auth.parse(
