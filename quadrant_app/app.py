@@ -28,7 +28,7 @@ from os_ken.controller.handler import (
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
 
-from quadrant_app import agents, auth, config, natpools, topology
+from quadrant_app import agents, auth, config, natpools, ofbuild, topology
 from quadrant_app.autoscale import Autoscaler
 from quadrant_app.core import Core
 from quadrant_app.heldrelease import Handover
@@ -38,6 +38,7 @@ from quadrant_app.orchestrator import Orchestrator
 from quadrant_app.rest import RestApi
 
 _monotonic = time.monotonic
+_RELEASE_POLL_S = 0.005  # how often an ordered release sends on what came meanwhile
 
 
 class QuadrantApp(app_manager.OSKenApp):
@@ -297,18 +298,30 @@ class QuadrantApp(app_manager.OSKenApp):
             self.send(core.handover_failed(h, err))
             return
         try:
-            if not self._send_and_wait_barrier(core.handover_held(h)):
+            t0 = _monotonic()
+            if not self._send_and_wait_barrier(core.handover_held(h), joined=True):
                 self.logger.warning("quadrant: no barrier reply from %016x in time", h.dpid)
-            # the packet-ins read before that reply went out marked: wait until they left
-            self._send_and_wait_barrier(core.handover_flush(h))
+            # packet-ins of the flows may still come (the switch's cached flows are
+            # revalidated after its reply): send them on, marked, until they stop
+            ruled, end = _monotonic(), t0 + self.opts.release_wait_s
+            while True:
+                quiet_at = max(ruled, h.last_in or ruled) + self.opts.release_quiet_s
+                if _monotonic() >= min(quiet_at, end):
+                    break
+                hub.sleep(_RELEASE_POLL_S)
+                self._send_joined(core.handover_take(h))
+            self._send_and_wait_barrier(core.handover_flush(h), joined=True)
         finally:
             core.handover_done(h)
-            _, err = self._call(inst.worker, "release",
-                                {"instance": inst.id, "flows": flows, "after_rx": 0.2})  # fmt: skip
+            res, err = self._call(inst.worker, "release",
+                                  {"instance": inst.id, "flows": flows})  # fmt: skip
             if err is not None:
                 self.logger.warning("quadrant: release at instance %d failed: %s (its "
                                     "runtime releases by itself after its hold limit)",
                                     inst.id, err)  # fmt: skip
+            else:
+                self.logger.info("quadrant: %d held flows released in order to instance %d "
+                                 "(%s)", len(flows), inst.id, res)  # fmt: skip
 
     def _nat_mappings(self, src, flow_ids) -> dict | None:
         """``{outbound key: (external address, port)}`` of the NAT connections among
@@ -341,19 +354,30 @@ class QuadrantApp(app_manager.OSKenApp):
             self.autoscaler.moving.update((move.src, move.dst))
         hub.spawn(self._move, move)
 
-    def _send_and_wait_barrier(self, msgs, timeout=1.0) -> bool:
-        """Send ``msgs`` (the last one a barrier) and wait for the barrier's reply."""
+    def _send_and_wait_barrier(self, msgs, timeout=1.0, joined=False) -> bool:
+        """Send ``msgs`` (the last one a barrier; ``joined``: in one buffer) and wait
+        for the barrier's reply."""
         dpid, barrier = msgs[-1]
         key = (dpid, barrier.xid)
         ev = self._barriers[key] = eventlet.event.Event()  # before the reply can come
         try:
-            self.send(msgs)
+            self._send_joined(msgs) if joined else self.send(msgs)
             with eventlet.Timeout(timeout, False):
                 ev.wait()
                 return True
             return False
         finally:
             self._barriers.pop(key, None)
+
+    def _send_joined(self, msgs) -> None:
+        """Send ``msgs`` (all for one switch) as one buffer: one place in os-ken's send
+        queue, so no other green thread's message lands between them."""
+        if not msgs:
+            return
+        buf = bytearray()
+        for _dpid, msg in msgs:
+            buf += msg if type(msg) is bytearray or type(msg) is bytes else ofbuild.serialize(msg)
+        self.send([(msgs[0][0], buf)])
 
     def send(self, msgs) -> None:
         """Bind each ``(dpid, msg)`` to its datapath and send it.

@@ -85,6 +85,21 @@ OPTS = [
         "(docs/reliability.rst, Held packets); false: send them plainly.",
     ),
     cfg.FloatOpt(
+        "release_quiet_s",
+        default=0.1,
+        min=0.0,
+        help="Ordered release: the held flows go to their instance once none of them has "
+        "come to the controller for this long since their rules were in place (the "
+        "switch's cached flows send a few after its barrier reply).",
+    ),
+    cfg.FloatOpt(
+        "release_wait_s",
+        default=0.6,
+        min=0.0,
+        help="Ordered release: the longest the instance holds the flows (s), from the hold "
+        "on; below the instance's own hold limit (1 s).",
+    ),
+    cfg.FloatOpt(
         "tick_interval",
         default=0.5,
         min=0.05,

@@ -480,7 +480,7 @@ class Core(NatSteering, HeldRelease):
         """Another packet-in of an assigned flow (its rule is not in place yet)."""
         self.metrics.repeat_packet_ins.value += 1
         if self.handing:
-            out = self._handing_packet(rec, in_port, data)
+            out = self._handing_packet(rec, in_port, data, now)
             if out is not None:
                 return out
         inst = self.instances.by_id[rec.instance_id]
@@ -575,7 +575,7 @@ class Core(NatSteering, HeldRelease):
                 if rec in made:
                     fresh[rec.instance_id].append((rec, in_port, data))
                     continue
-                out = self._handing_packet(rec, in_port, data) if self.handing else None
+                out = self._handing_packet(rec, in_port, data, now) if self.handing else None
                 if out is None:
                     inst = self.instances.by_id[rec.instance_id]
                     out = self._install(rec, inst, in_port, data, False)

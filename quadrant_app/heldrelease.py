@@ -3,22 +3,35 @@
 While a chain has no instance, its new flows' packets wait at the controller
 (``Core._hold``).  When an instance comes, each such flow gets its rule; but
 its packets are not all with the controller yet: the switch has sent more as
-packet-ins that the controller has not read.  Sent on as packet-outs, those
-would reach the instance after newer packets the rule already forwarded.
+packet-ins that the controller has not read, and goes on sending some for a
+while after it has the rule.  Sent on as packet-outs, those would reach the
+instance after newer packets the rule already forwarded.
 
-So the release runs as a flow move does (docs/reliability.rst, *Held
-packets*), with the controller in the old instance's place:
+So the release runs as a flow move does (docs/reliability.rst, *Packets
+held at the controller and the flow's rule*), with the controller in the old
+instance's place:
 
 1. The new instance's agent *holds* the flows, ``marked`` (worker/flowhold.py):
    its first NF sets aside every packet of them except those that carry the
    marker tag, 802.1Q VID 4095 (cext/src/qs_flowhold.h).
 2. The controller sends what it held, marked, then the flows' rules and a
-   barrier.  A packet-in of these flows read meanwhile goes on marked too.
-3. Once the barrier's reply is in, every packet-in the switch made before the
-   rules were in place has been read (they came before the reply), and a
-   second barrier's reply says the last marked packet-out has left the switch.
-4. The agent *releases* the flows once the first NF has received what its
-   port had queued (``after_rx``): the marked packets, all older, went first.
+   barrier.
+3. A barrier's reply says the switch has the rules.  It may still send
+   packet-ins of these flows for a while: Open vSwitch revalidates the
+   datapath's cached flows after it replies (10 to 20 ms on this loaded
+   machine), and a cached miss goes on sending packets to the controller
+   meanwhile.  Those queue here too and go on marked, in order, every few
+   milliseconds, until the flows have had no packet-in for
+   ``release_quiet_s`` (at most ``release_wait_s``); then a last barrier's
+   reply says the last marked packet-out has left the switch.
+4. The agent *releases* the flows.  The release takes effect in the first NF
+   once it has set aside what of them its port had queued then (it may have
+   been parked until now): the marked packets, all older, went first.
+
+Only the app's handover thread sends marked packets, each batch in one
+buffer: a packet-in handler sending one of its own could overtake a batch
+still waiting for room in os-ken's send queue (seen: a flow's 153rd packet
+reached the instance between its 66th and 67th).
 
 If the hold fails (no agent, no room, an old agent), the release falls back
 to sending the packets plainly, as before: it may then reorder, never lose.
@@ -52,12 +65,12 @@ def mark(data) -> bytes:
 class Handover:
     """One release to one instance: its flows and, until the hold is on, their packets.
 
-    ``marking`` is false while the instance's hold is being set up (packets
-    queue here, in arrival order) and true from then on (they go out marked).
-    Flows are named by key: a record may be gone (and its slot reused) by then.
+    Its flows' packets queue here, in arrival order, until the app's thread
+    sends them (:meth:`HeldRelease.handover_take`).  Flows are named by key: a
+    record may be gone (and its slot reused) by then.
     """
 
-    __slots__ = ("id", "dpid", "instance_id", "keys", "packets", "marking")
+    __slots__ = ("id", "dpid", "instance_id", "keys", "packets", "held", "last_in")
     _ids = itertools.count(1)
 
     def __init__(self, dpid: int, instance_id: int, keys: list, packets: list):
@@ -65,12 +78,13 @@ class Handover:
         self.dpid, self.instance_id = dpid, instance_id
         self.keys = keys  # flow keys, in the order their records were made
         self.packets = packets  # [(key, in_port, data)], in arrival order
-        self.marking = False
+        self.held = False  # the instance holds the flows: packets go marked
+        self.last_in: float | None = None  # when the last packet-in of its flows came
 
     def __repr__(self):
         return (
             f"Handover({self.id}, instance={self.instance_id}, {len(self.keys)} flows, "
-            f"{len(self.packets)} packets queued, marking={self.marking})"
+            f"{len(self.packets)} packets queued, held={self.held})"
         )
 
 
@@ -105,21 +119,18 @@ class HeldRelease:
             msgs += self._install(rec, inst, None, None)
         return msgs
 
-    def _handing_packet(self, rec: FlowRecord, in_port, data) -> list | None:
-        """A packet of a flow in a running handover: queued, or sent on marked.
+    def _handing_packet(self, rec: FlowRecord, in_port, data, now: float) -> list | None:
+        """A packet of a flow in a running handover: queued for the app's thread.
         None: the flow is in none."""
         h = self.handing.get((rec.dpid, rec.key))
         if h is None or h.instance_id != rec.instance_id:
             return None
-        if not h.marking:
-            if len(h.packets) >= self.settings.hold_queue_len:
-                self.metrics.held_dropped.inc("full")
-            else:
-                h.packets.append((rec.key, in_port, bytes(data)))
-            return []
-        self.metrics.marked_packet_outs.value += 1
-        return self._install(rec, self.instances.by_id[rec.instance_id], in_port, mark(data),
-                             False)  # fmt: skip
+        h.last_in = now
+        if len(h.packets) >= self.settings.hold_queue_len:
+            self.metrics.held_dropped.inc("full")
+        else:
+            h.packets.append((rec.key, in_port, bytes(data)))
+        return []
 
     def _live(self, h: Handover) -> tuple[Instance | None, dict]:
         """``h``'s instance and ``{key: record}`` of its flows still assigned to it."""
@@ -143,18 +154,31 @@ class HeldRelease:
 
     def handover_held(self, h: Handover) -> list:
         """The instance holds ``h``'s flows: the queued packets marked, the rules, a
-        barrier (the app waits for its reply, then :meth:`handover_flush`)."""
+        barrier (the app waits for its reply, then sends :meth:`handover_take` until
+        the flows are quiet, then :meth:`handover_flush`)."""
         inst, live = self._live(h)
         queued = self._queued(h, live)
-        h.marking = True
+        h.held = True
         if inst is None:
-            return self.handover_flush(h)
+            return self._barrier(h)
         self.metrics.ordered_releases.inc("held")
         self.metrics.marked_packet_outs.value += len(queued)
-        return self._plain(inst, queued, list(live.values()), mark) + self.handover_flush(h)
+        return self._plain(inst, queued, list(live.values()), mark) + self._barrier(h)
+
+    def handover_take(self, h: Handover) -> list:
+        """The packets queued since, marked, in order."""
+        inst, live = self._live(h)
+        queued = self._queued(h, live)
+        if inst is None or not queued:
+            return []
+        self.metrics.marked_packet_outs.value += len(queued)
+        return self._plain(inst, queued, [], mark)
 
     def handover_flush(self, h: Handover) -> list:
-        """A barrier on ``h``'s switch: its reply follows every message sent before."""
+        """The last queued packets and a barrier: its reply follows all of them."""
+        return self.handover_take(h) + self._barrier(h)
+
+    def _barrier(self, h: Handover) -> list:
         return [(h.dpid, self._xid(ofbuild.barrier()))]
 
     def handover_failed(self, h: Handover, why: str) -> list:

@@ -459,33 +459,22 @@ class ChainInstance:
             raise ChainError(f"hold: instance {self.name} is {self.state}")
         return self.hold.hold(keys, marked)
 
-    def release_flows(self, keys: list[tuple], after_rx: float | None = None) -> dict:
-        """Release held flows: ``{"released": n}``.  ``after_rx`` (seconds): first wait,
-        that long at most, until NF1 has received what its port has queued now (the
-        controller's last marked packets), adding ``"received": bool, "waited_ms"``."""
+    def release_flows(self, keys: list[tuple]) -> int:
         if self.state not in ("detached", "attached") or self.hold is None:
             raise ChainError(f"release: instance {self.name} is {self.state}")
-        out = {}
-        if after_rx is not None:
-            out = self._wait(after_rx, emitted=False)
-            out["received"] = out.pop("drained")
-        out["released"] = self.hold.release(keys)
-        return out
+        return self.hold.release(keys)
 
     def drain(self, timeout: float) -> dict:
         """Wait until this instance has emitted what its port had queued now."""
         if self.state not in ("detached", "attached") or self.hold is None:
             raise ChainError(f"drain: instance {self.name} is {self.state}")
-        return self._wait(timeout)
-
-    def _wait(self, timeout: float, emitted: bool = True) -> dict:
         ctl, hold = self.ctl, self.hold
 
         def counters():
             s = ctl.nf_stats(0)
             return s["pkts"], s["tx"] + s["drops"]
 
-        return holds.drain(hold.progress, counters, timeout, emitted=emitted)
+        return holds.drain(hold.progress, counters, timeout)
 
     def stats(self) -> list[dict]:
         """Per NF process: its counters and its cycles-per-batch histogram (``hist``)

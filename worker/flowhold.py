@@ -7,10 +7,11 @@ agent to ``drain`` A (wait until A has emitted every packet it had received
 before the rules changed) and then B's agent to ``release`` the flows.
 
 The controller's own packets take the same way when a chain that had no
-instance gets one (docs/reliability.rst, *Held packets*): it holds the flows
-``marked``, sends what it held with the marker tag (let through at once),
-installs the rules and asks for ``release`` with ``after_rx``: the agent first
-waits until B's first NF has received every packet queued at its port then.
+instance gets one (docs/reliability.rst, *Packets held at the controller and
+the flow's rule*): it holds the flows ``marked``, sends what it held with the
+marker tag (let through at once), installs the rules and releases.  A release
+takes effect in B once its first NF has set aside whatever of the flows its
+port had queued then (the instance may have been parked until now).
 
 Pure except for the clock and the counters passed in: :func:`parse_flows`
 turns the controller's JSON flow keys into the region's keys, :func:`drain`
@@ -81,10 +82,8 @@ def drain(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     bound: int = RX_QUEUE_BOUND,
-    emitted: bool = True,
 ) -> dict:
-    """Wait until the instance has emitted every packet queued at its port now
-    (with ``emitted`` false: until its first NF has received them all).
+    """Wait until the instance has emitted every packet queued at its port now.
 
     ``progress()``: ``(short_polls, rx_at_short)`` of its first NF (polls that
     emptied the port's queue; the received count at the last one);
@@ -106,7 +105,7 @@ def drain(
                 mark = at_short
             elif received - rx0 >= bound:
                 mark = rx0 + bound
-        if mark is not None and (done >= mark or not emitted):
+        if mark is not None and done >= mark:
             return {"drained": True, "waited_ms": round((clock() - t0) * 1e3, 3)}
         if clock() - t0 >= timeout:
             return {"drained": False, "waited_ms": round((clock() - t0) * 1e3, 3)}

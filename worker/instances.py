@@ -355,22 +355,12 @@ class InstanceManager:
         return {"instance": e.id, "held": len(keys)}
 
     def release(self, params) -> dict:
-        """Process the held flows' packets, then let the flows run; with ``after_rx``
-        (seconds, at most 1) only once the first NF has received what its port has
-        queued now, or that time has passed (``received: false``)."""
         p = self._params(params)
-        after_rx = p.get("after_rx")
-        if after_rx is not None and (
-            isinstance(after_rx, bool)
-            or not isinstance(after_rx, int | float)
-            or not (0 < after_rx <= 1)
-        ):
-            raise RpcError(jsonrpc.INVALID_PARAMS, "params.after_rx: seconds in (0, 1]")
         e = self._entry(p)
         keys = flowhold.parse_flows(p.get("flows"))
         out = {}
-        self._run(e, "release", lambda: out.update(e.chain.release_flows(keys, after_rx)))
-        return {"instance": e.id, **out}
+        self._run(e, "release", lambda: out.update(n=e.chain.release_flows(keys)))
+        return {"instance": e.id, "released": out["n"]}
 
     def drain(self, params) -> dict:
         """Return once the instance has emitted what its port had queued (the old

@@ -142,6 +142,11 @@ struct qs_hold_local {
     struct rte_mbuf **q[QS_HOLD_MAX];
     uint32_t head[QS_HOLD_MAX], tail[QS_HOLD_MAX];
     uint64_t since[QS_HOLD_MAX]; /* TSC when NF1 first saw the hold */
+    /* a released entry's queue goes only once every packet that had reached the
+     * port when NF1 saw the release is set aside too: after a poll that emptied
+     * the port's queue (short_polls reaches settle) or QS_HOLD_QUEUE received */
+    uint64_t settle[QS_HOLD_MAX], settle_rx[QS_HOLD_MAX];
+    uint64_t rx; /* packets qs_hold_filter has seen */
     uint64_t max_cycles;
 };
 
@@ -246,6 +251,7 @@ static inline uint32_t qs_hold_filter(struct qs_hold_local *h, struct rte_mbuf *
     uint32_t i, keep = 0;
     if (active == 0 && mark == 0)
         return n;
+    h->rx += n;
     for (i = 0; i < n; i++) {
         struct rte_mbuf *m = rx[i];
         struct qs_hold_key k;
@@ -287,7 +293,14 @@ static inline uint32_t qs_hold_filter(struct qs_hold_local *h, struct rte_mbuf *
 
 /* Housekeeping before a poll: expire old holds, finish released ones whose queue
  * is empty, and take up to `max` packets of released queues into rx (these go
- * before anything newer).  Returns how many it took. */
+ * before anything newer).  Returns how many it took.
+ *
+ * A release takes effect once what the port had queued when NF1 first saw it
+ * is set aside too (settle): the instance may have been parked meanwhile, its
+ * port's queue holding packets of the flow that arrived before the release,
+ * which would otherwise go after ones that arrived later (the controller's
+ * marked packets).  Packets of a released flow keep queuing until its queue
+ * is empty. */
 static inline uint32_t qs_hold_take(struct qs_hold_local *h, struct rte_mbuf **rx, uint32_t max)
 {
     uint64_t active = __atomic_load_n(&h->r->active, __ATOMIC_ACQUIRE), bits = active;
@@ -313,12 +326,20 @@ static inline uint32_t qs_hold_take(struct qs_hold_local *h, struct rte_mbuf **r
         }
         if (st != QS_HOLD_RELEASE)
             continue;
+        if (h->settle[e] == 0) {
+            h->settle[e] = h->r->short_polls + 1;
+            h->settle_rx[e] = h->rx;
+            continue;
+        }
+        if (h->r->short_polls < h->settle[e] && h->rx - h->settle_rx[e] < QS_HOLD_QUEUE)
+            continue;
         while (n < max && h->head[e] != h->tail[e]) {
             rx[n++] = h->q[e][h->head[e]++ % QS_HOLD_QUEUE];
             en->released++;
         }
         if (h->head[e] == h->tail[e]) {
             h->since[e] = 0;
+            h->settle[e] = 0;
             __atomic_store_n(&en->state, QS_HOLD_FREE, __ATOMIC_RELEASE);
             __atomic_fetch_and(&h->r->active, ~(1ULL << e), __ATOMIC_RELEASE);
         }

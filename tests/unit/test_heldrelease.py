@@ -41,7 +41,7 @@ def test_release_waits_for_the_hold_then_sends_marked_packets_rules_and_a_barrie
                      tcp(sport=2, payload=b"b1")])  # fmt: skip
     # nothing reaches the switch before the instance holds the flows
     assert lab.table.packet_outs == [] and lab.table.flow_mods == lab.base_mods
-    assert isinstance(h, Handover) and h.instance_id == inst.id and not h.marking
+    assert isinstance(h, Handover) and h.instance_id == inst.id and not h.held
     assert [k.sport for k in h.keys] == [1, 2] and inst.flows == 2 and not chain.held
     # a packet-in read meanwhile (its flow has no rule yet) queues behind the others
     assert lab.send(tcp(sport=1, payload=b"a3")) == "controller"
@@ -58,19 +58,28 @@ def test_release_waits_for_the_hold_then_sends_marked_packets_rules_and_a_barrie
     # the rules are in place: later packets go by them, unmarked, to the VF
     ((port, fwd),) = lab.send(tcp(sport=1, payload=b"a4"))
     assert port == W1_PORT and fwd[12:14] == b"\x08\x00"
-    # a packet-in read before the barrier's reply (made before the rule was in place)
-    # is older than anything the rule forwards: it goes on marked, at once
+    # a packet-in after the barrier's reply (a switch's cached flow made before the
+    # rule was in place) is older than anything the rule forwards: it queues for the
+    # app's thread, which sends it on marked
+    lab.now += 0.01
     lab.apply(lab.core.packet_in(1, 1, raw(tcp(sport=2, payload=b"b2")), lab.now))
+    assert h.last_in == lab.now and len(lab.table.packet_outs) == 4  # the app waits for quiet
+    lab.apply(lab.core.handover_take(h))
     assert payloads(lab.table.packet_outs[-1:]) == [b"b2"]
     assert lab.table.packet_outs[-1][1][12:16] == MARK_TAG
-    assert lab.core.handover_flush(h)[0][1].__class__.__name__ == "OFPBarrierRequest"
+    assert lab.core.handover_take(h) == []
+    lab.apply(lab.core.packet_in(1, 1, raw(tcp(sport=2, payload=b"b3")), lab.now))
+    flush = lab.core.handover_flush(h)  # the last of them, and a barrier
+    assert [type(m).__name__ for _d, m in flush] == ["bytearray", "OFPBarrierRequest"]
+    lab.apply(flush)
+    assert payloads(lab.table.packet_outs[-1:]) == [b"b3"]
     lab.core.handover_done(h)  # the last marked packet has left: release at the agent
     assert not lab.core.handing
-    lab.apply(lab.core.packet_in(1, 1, raw(tcp(sport=2, payload=b"b3")), lab.now))
+    lab.apply(lab.core.packet_in(1, 1, raw(tcp(sport=2, payload=b"b4")), lab.now))
     assert lab.table.packet_outs[-1][1][12:14] == b"\x08\x00"  # plain again
     m = lab.core.metrics
     assert m.ordered_releases.values == {"started": 1, "held": 1}
-    assert m.marked_packet_outs.value == 5 and m.held_released.value == 3
+    assert m.marked_packet_outs.value == 6 and m.held_released.value == 3
 
 
 def test_a_refused_hold_sends_the_packets_plainly_in_order():

@@ -126,7 +126,9 @@ COLUMNS = ("fault", "down_ms", "detect_ms", "control_ms", "recover_ms", "outage_
 TUNNEL_DST = "10.2.0.2"  # the tunnel chain's traffic: the sink's network, not its address
 REDIS_DOWN_S = 1.0
 COUNTERS = ("quadrant_packet_ins_total", "quadrant_repeat_packet_ins_total",
-            "quadrant_held_released_total")  # fmt: skip
+            "quadrant_held_released_total", "quadrant_marked_packet_outs_total",
+            'quadrant_ordered_releases_total{result="held"}',
+            'quadrant_ordered_releases_total{result="refused"}')  # fmt: skip
 NAT_QUIET_MS = 250.0  # an echo this much later than its round interval: a silence
 
 
