@@ -123,9 +123,9 @@ def test_nft_firewall_chain_in_the_lab_and_its_program_killed(stack):
     wait_until(lambda: len(instances(stack, chain["id"])) == 2, 180,
                "the agents to prepare two instances")  # fmt: skip
 
-    # a first flow has the controller attach an instance from the warm pool: it holds the
-    # flow's packets meanwhile and may let a new one overtake those it releases (the rule
-    # goes out before the held packets), which is the controller's business, not this test's
+    # a first flow has the controller attach an instance from the warm pool: its first
+    # packets (packet-outs while the rule is on its way) may be overtaken by the ones
+    # after them, which is the controller's business, not this test's
     warm, warm_at = Traffic(stack, specs=[WARMUP], seconds=0.5, idle=1.0).start().join()
     assert warm_at["9"]["received"] == warm[9] > 0  # nothing lost (the order not checked)
     wait_until(lambda: any(i["attached"] for i in instances(stack, chain["id"])), 10,
@@ -221,9 +221,8 @@ def test_nft_firewall_chain_in_the_lab_and_its_program_killed(stack):
         row = report[str(20 + k)]
         # what reached the dead (fenced) firewall is lost, nothing else: the flow goes on
         # through the other instance to its last packet, nothing duplicated or changed.
-        # (The other instance is attached from the warm pool while the controller holds
-        # the flow's packets; releasing them it sends the rule first, so a new packet can
-        # overtake a held one: a reordering at the switch, not in the chain.)
+        # (The flow starts again on the other instance, attached from the warm pool: its
+        # first packets may be overtaken by the ones after them, at the switch.)
         assert row["duplicates"] == row["corrupted"] == 0 and row["reordered"] <= 3, row
         assert 0 < sent[20 + k] - row["received"] <= 150 * 3.0, row
         assert row["last_seq"] == sent[20 + k] - 1, row
