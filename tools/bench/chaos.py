@@ -86,7 +86,7 @@ shared by many flows (``silences``), the NF processes' start and end
 the NAT's replies (``blackholed``) and, for ``redis``, how new connections fared.
 
     python -m tools.bench.chaos [--quick] [--json PATH] [--faults nf,agent,...]
-        [--prefix NAME] [--logs DIR]
+        [--prefix NAME] [--logs DIR] [--plain-release]
 
 Needs root (the lab).
 """
@@ -513,7 +513,8 @@ class ChaosStack:
     ``with ChaosStack(...) as chaos: chaos.run("nf")``.  Cleans up what it started."""
 
     def __init__(self, topology, prefix: str, flows: int, pps: float, seconds: float,
-                 conns: int, lab_wait: float = 900.0, log=print, logs=None):  # fmt: skip
+                 conns: int, lab_wait: float = 900.0, log=print, logs=None,
+                 controller_conf=None):  # fmt: skip
         from worker.redis_server import RedisServer
 
         self.logs = Path(logs) if logs else None  # keep the agents' and controller's logs
@@ -522,6 +523,7 @@ class ChaosStack:
         self.redis = RedisServer(self.tmp / "redis", appendfsync="always", core=0)
         self.topology, self.prefix, self.lab_wait, self.log = topology, prefix, lab_wait, log
         self.args = (flows, pps, seconds, conns)
+        self.controller_conf = controller_conf or {}  # on top of the suite's own
         self.stack: Stack | None = None
         self.chaos: Chaos | None = None
 
@@ -530,7 +532,8 @@ class ChaosStack:
             self.redis.start()
             url = f"redis://admin:{self.redis.admin_password}@{self.redis.host}:{self.redis.port}/0"
             conf = {"idle_timeout": 60, "flow_stats_interval": 1, "warm_pool": 1,
-                    "scaling_policy": "off", "tick_interval": 0.1, "state_redis": url}  # fmt: skip
+                    "scaling_policy": "off", "tick_interval": 0.1, "state_redis": url,
+                    **self.controller_conf}  # fmt: skip
             self.stack = Stack(self.topology, prefix=self.prefix, controller_conf=conf,
                                heartbeat_s=0.2, state_store=self.redis,
                                log=lambda m: None)  # fmt: skip
@@ -575,6 +578,9 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"comma list, in order (default {','.join(FAULTS)})")  # fmt: skip
     ap.add_argument("--prefix", default="qchs", help="the lab's names (namespaces, links)")
     ap.add_argument("--logs", help="copy the agents', controller's and Redis's logs here")
+    ap.add_argument("--plain-release", action="store_true",
+                    help="the controller's ordered_release off: held flows' packets sent on "
+                    "plainly (the comparison for docs/reliability.rst)")  # fmt: skip
     args = ap.parse_args(argv)
     faults = [f for f in args.faults.split(",") if f]
     bad = [f for f in faults if f not in FAULTS]
@@ -587,8 +593,9 @@ def main(argv: list[str] | None = None) -> int:
     from quadrant_app.topology import load
 
     rows = []
+    conf = {"ordered_release": False} if args.plain_release else None
     with ChaosStack(load(ROOT / "topologies" / "lab.yaml"), args.prefix, flows, pps, seconds,
-                    conns, logs=args.logs) as chaos:  # fmt: skip
+                    conns, logs=args.logs, controller_conf=conf) as chaos:  # fmt: skip
         for fault in faults:
             rows.append(chaos.run(fault))
     print(table(rows))
@@ -596,7 +603,8 @@ def main(argv: list[str] | None = None) -> int:
         doc = {"command": "python -m tools.bench.chaos " + " ".join(argv or sys.argv[1:]),
                "flows": flows, "pps": pps, "seconds": seconds, "connections": 2 * conns,
                "echo_interval_s": 0.1, "redis_down_s": REDIS_DOWN_S, "heartbeat_s": 0.2,
-               "stall_timeout_s": 0.3, "rows": rows}  # fmt: skip
+               "stall_timeout_s": 0.3, "ordered_release": not args.plain_release,
+               "rows": rows}  # fmt: skip
         Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
     return 0
 
