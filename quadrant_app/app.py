@@ -284,8 +284,8 @@ class QuadrantApp(app_manager.OSKenApp):
     def _hand_over(self, h: Handover):
         """Release flows the controller held to their new instance in order
         (quadrant_app/heldrelease.py): hold them there, marked; the marked packets,
-        the rules and a barrier; a second barrier once its reply is in; release.
-        A green thread of its own."""
+        the rules and a barrier; what still comes as packet-ins, marked, until the
+        flows are quiet; a last barrier; release.  A green thread of its own."""
         core = self.core
         inst = core.instances.by_id.get(h.instance_id)
         flows = [k.to_json() for k in h.keys]

@@ -593,7 +593,7 @@ class Core(NatSteering, HeldRelease):
             fresh.setdefault(inst.id, []).append((rec, in_port, data))
             self.metrics.held_released.value += 1
         for iid, items in fresh.items():
-            msgs += self._hand_over(self.instances.by_id[iid], items)
+            msgs += self._handover_start(self.instances.by_id[iid], items)
         held.extendleft(reversed(kept))
         if not held:
             chain.shortage_since = None

@@ -93,7 +93,7 @@ class HeldRelease:
 
     handing: dict  # (dpid, key) -> Handover, while one runs
 
-    def _hand_over(self, inst: Instance, items: list) -> list:
+    def _handover_start(self, inst: Instance, items: list) -> list:
         """Messages that release ``items`` (``(record, in_port, data)`` of flows just
         assigned to ``inst``, in arrival order): a :class:`Handover` for the app to run,
         and for flows past the hold's room or with ordering off, the plain sending."""

@@ -34,10 +34,10 @@
  * The agent sets `mark` the first time a hold asks for it; a NIC that strips
  * VLAN tags itself is handled too (the mbuf's stripped TCI).
  *
- * Keys are the controller's flow keys (quadrant_app/flowkey.py): Ethernet, at most one 802.1Q tag, IPv4
- * (non-first fragments carry no ports and match no held flow) or IPv6 with the
- * transport header right after the fixed header; ports 0 for protocols other
- * than TCP, UDP and SCTP.
+ * Keys are the controller's flow keys (quadrant_app/flowkey.py): Ethernet, at
+ * most one 802.1Q tag, IPv4 (non-first fragments carry no ports and match no
+ * held flow) or IPv6 with the transport header right after the fixed header;
+ * ports 0 for protocols other than TCP, UDP and SCTP.
  */
 #ifndef QS_FLOWHOLD_H
 #define QS_FLOWHOLD_H
