@@ -64,13 +64,14 @@ def test_sink_counts_loss_reorder_duplicates():
     flow = FlowSpec(1, "10.1.0.1", "10.2.0.1", "udp", 10001, 80, 100, 1.0)
     tpl = Template(flow, SRC_MAC, DST_MAC)
     sink = Sink()
-    for seq in (0, 1, 3, 2, 3, 5):  # 4 lost, 2 reordered, 3 duplicated
-        sink.add(parse(bytes(tpl.stamp(seq, 1000))), 3000)
+    for n, seq in enumerate((0, 1, 3, 2, 3, 5)):  # 4 lost, 2 reordered, 3 duplicated
+        sink.add(parse(bytes(tpl.stamp(seq, 1000 + n))), 3000 + n)
     sink.add(None, 0)
     out = sink.summary({1: 6, 2: 4})
     row = out["flows"]["1"]
     assert (row["received"], row["lost"], row["reordered"], row["duplicates"]) == (5, 1, 1, 1)
     assert row["last_seq"] == 5
+    assert row["late"] == [[2, 3, 3003]] and row["missing"] == [4]
     assert row["latency_p50_us"] == 2.0 and row["untagged"] and row["ttls"] == [64]
     assert out["flows"]["2"] == {"sent": 4, "received": 0, "lost": 4}
     assert (out["sent"], out["received"], out["lost"], out["foreign_packets"]) == (10, 5, 5, 1)

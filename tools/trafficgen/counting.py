@@ -11,6 +11,7 @@ from tools.trafficgen.frames import MIN_FRAME, FlowSpec, Parsed
 
 MAX_LATENCY_SAMPLES = 100_000
 GAPS_KEPT = 4  # per flow, its longest silences
+EVENTS_KEPT = 8  # per flow, its first out-of-order arrivals and its first missing numbers
 
 
 @dataclasses.dataclass
@@ -29,7 +30,21 @@ class FlowStats:
     # namespace of the host), longest first
     last_ns: int = 0
     gaps: list = dataclasses.field(default_factory=list)
+    # the first out-of-order arrivals, each (seq, the higher seq seen before it, rx_ns):
+    # where in the flow, and when, the order broke
+    late: list = dataclasses.field(default_factory=list)
     _seen: bytearray = dataclasses.field(default_factory=bytearray, repr=False)
+
+    def missing(self, limit: int = EVENTS_KEPT) -> list[int]:
+        """The first sequence numbers below the highest seen that never arrived."""
+        out = []
+        for seq in range(self.max_seq):
+            byte, bit = divmod(seq, 8)
+            if not self._seen[byte] & (1 << bit):
+                out.append(seq)
+                if len(out) == limit:
+                    break
+        return out
 
     def add(self, p: Parsed, rx_ns: int) -> None:
         byte, bit = divmod(p.seq, 8)
@@ -46,6 +61,8 @@ class FlowStats:
         self.last_ns = rx_ns
         if p.seq < self.max_seq:
             self.reordered += 1
+            if len(self.late) < EVENTS_KEPT:
+                self.late.append((p.seq, self.max_seq, rx_ns))
         else:
             self.max_seq = p.seq
         if not p.payload_ok:
@@ -99,6 +116,8 @@ class Sink:
                 "latency_p99_us": percentile(st.latencies_us, 99),
                 "max_gap_ms": round(st.gaps[0][0] / 1e6, 3) if st.gaps else 0.0,
                 "gaps": [[round(g / 1e6, 3), end] for g, end in st.gaps],
+                "late": [list(e) for e in st.late],
+                "missing": st.missing(),
             }
             if sent is not None:
                 row["sent"] = sent.get(fid, 0)
