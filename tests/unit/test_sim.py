@@ -296,6 +296,10 @@ def test_bench_goals_compare_with_metron_at_its_p99_as_slo():
     assert got[0].startswith("met")
     assert got[1].startswith("NOT MET") and "c@50: 1.16x" in got[1]
     assert got[2].startswith("NOT MET") and "24.00 vs 24.00 (best at that p99: 22.00)" in got[2]
+    row["at_metron_p99"]["quadrant"]["oracle_cores_avg"] = 23.5  # said, when known
+    assert got[2].endswith("22.00)") and bench.goals({"c": row})[2].endswith(
+        "(best at that p99: 22.00) (the oracle at that p99: 23.50)"
+    )
     # ... and so is meeting it on fewer cores but above that SLO
     row["at_metron_p99"]["quadrant"].update(cores_avg=20.0, p99_us=31.0)
     assert bench.goals({"c": row})[2].startswith("NOT MET")
@@ -307,10 +311,13 @@ def test_metron_points_bound_quadrants_cores_at_metrons_p99():
     setup = Setup.load()
     m = {"p99_us": 72.5, "cores_avg": 24.21}
     res = {"meta": {"quick": True, "seed": 1}, "chains": {}}
-    res["chains"]["chain2"] = {"at_metron_p99": {"metron": m, "quadrant": {}}}
+    res["chains"]["chain2"] = {
+        "at_metron_p99": {"metron": m, "quadrant": {"oracle_cores_avg": 24.18}}
+    }
     res["chains"]["chain1"] = {"at_metron_p99": {"metron": dict(m, p99_us=21.0)}}
     rows = {r[0]: r for r in bench.metron_points(setup, res)}
-    _, slo, mc, m_load, rho_s, qmin, need = rows["chain2"]
+    _, slo, mc, m_load, rho_s, qmin, need, oracle_at_s = rows["chain2"]
+    assert oracle_at_s == 24.18 and rows["chain1"][7] is None  # read from the file, if there
     tab = setup.table("chain2")
     est = 2 * tab.batch_p99_us + setup.network.latency_us(0.0)
     assert np.interp(rho_s, tab.rho, est) == pytest.approx(72.5, abs=0.5)  # est reaches S

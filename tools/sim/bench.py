@@ -72,7 +72,8 @@ def bench(
                 f"oracle={c.oracle_cores_avg:6.2f}  metron p99={m.p99_us:6.1f} "
                 f"cores={m.cores_avg:6.2f}  ({q.wall_s:.1f}s)"
             )
-        # The issue's comparison: Quadrant asked for the p99 Metron-style achieved.
+        # The issue's comparison: Quadrant asked for the p99 Metron-style achieved; the
+        # oracle at that p99 bounds what any policy could do there.
         qd = run_chain(
             setup,
             name,
@@ -82,14 +83,13 @@ def bench(
             cfg,
             alpha,
             beta,
-            with_oracle=False,
             load_cap=load_cap,
             consolidate=consolidate,
         ).chains[name]
         row["at_metron_p99"] = {"quadrant": qd.to_json(), "metron": m.to_json()}
         log(
             f"{name} SLO = Metron-style's p99 {m.p99_us:.1f}us: quadrant p99={qd.p99_us:.1f} "
-            f"cores={qd.cores_avg:.2f} vs {m.cores_avg:.2f}"
+            f"cores={qd.cores_avg:.2f} vs {m.cores_avg:.2f} (oracle {qd.oracle_cores_avg:.2f})"
         )
         # Quadrant's best at that latency: the loosest SLO whose achieved p99 is no worse.
         qm = match_p99(
@@ -163,8 +163,8 @@ def table(res) -> str:
             )
     lines.append(
         "Q = Quadrant's policy, M = Metron-style; '=N' rows: Quadrant with its SLO set to M's "
-        "p99 N; '~N' rows: Quadrant with the loosest SLO N (bisection) at which its p99 is no "
-        "worse than M's"
+        "p99 N, and the oracle's cores at that SLO; '~N' rows: Quadrant with the loosest SLO N "
+        "(bisection) at which its p99 is no worse than M's"
     )
     return "\n".join(lines)
 
@@ -188,6 +188,8 @@ def goals(res) -> list[str]:
         if q["cores_avg"] >= m["cores_avg"] or q["p99_us"] > q["slo_us"]:
             best = row.get("best_at_metron_p99", {}).get("quadrant", {}).get("cores_avg")
             extra = f" (best at that p99: {best:.2f})" if best is not None else ""
+            if q.get("oracle_cores_avg"):
+                extra += f" (the oracle at that p99: {q['oracle_cores_avg']:.2f})"
             worse.append(f"{name}: {q['cores_avg']:.2f} vs {m['cores_avg']:.2f}{extra}")
 
     def say(ok, text, bad):
@@ -361,8 +363,10 @@ def metron_points(setup, bench_json: dict, cores_at_peak=24.0, load_cap=0.9) -> 
     below ``rho_S``, where the estimate reaches ``S`` (and below ``load_cap``); the chain
     then needs at least ``offered / (rho_S * r_max)`` cores on time average.  Rows:
     chain, ``S``, Metron-style's cores and mean load (offered over cores), ``rho_S``,
-    that bound, and the ``alpha`` below which Quadrant's instances cannot even reach
-    Metron-style's mean load (the estimate there over ``S``; above 1: no ``alpha``).
+    that bound, the ``alpha`` below which Quadrant's instances cannot even reach
+    Metron-style's mean load (the estimate there over ``S``; above 1: no ``alpha``), and
+    the oracle's cores at ``S`` (what any policy could do there; None in a file written
+    before the benchmark ran the oracle at ``S``).
     """
     meta = bench_json.get("meta", {})
     quick = bool(meta.get("quick"))
@@ -382,17 +386,20 @@ def metron_points(setup, bench_json: dict, cores_at_peak=24.0, load_cap=0.9) -> 
         rho_s = min(rho_s, load_cap)
         m_load = offered / m["cores_avg"]
         need = float(np.interp(min(m_load, t.rho[-1]), t.rho, est)) / slo
-        rows.append((name, slo, m["cores_avg"], m_load, rho_s, offered / rho_s, need))
+        oracle_at_s = row["at_metron_p99"].get("quadrant", {}).get("oracle_cores_avg")
+        rows.append((name, slo, m["cores_avg"], m_load, rho_s, offered / rho_s, need, oracle_at_s))
     return rows
 
 
 def metron_points_table(rows) -> str:
     lines = [
         f"{'chain':<7} {'M p99':>6} | {'M cores':>7} {'M load':>6} | "
-        f"{'Q load max':>10} {'Q cores min':>11} {'alpha needed':>12}"
+        f"{'Q load max':>10} {'Q cores min':>11} {'alpha needed':>12} | {'oracle':>6}"
     ]
-    for name, slo, mc, ml, rho_s, qmin, need in rows:
+    for name, slo, mc, ml, rho_s, qmin, need, orc in rows:
+        o = "   n/a" if orc is None else f"{orc:6.2f}"
         lines.append(
             f"{name:<7} {slo:6.1f} | {mc:7.2f} {ml:6.3f} | {rho_s:10.3f} {qmin:11.2f} {need:12.2f}"
+            f" | {o}"
         )
     return "\n".join(lines)
