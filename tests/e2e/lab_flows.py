@@ -112,6 +112,8 @@ class Traffic:
         if self.tmp is not None:
             self.tmp.cleanup()
         assert not self.thread.is_alive(), "the traffic did not end"
+        # frames the sink's socket had no room for (a starved receiver): said with a loss
+        self.socket_drops = self.out["report"].get("socket_drops")
         return self.out["sent"], self.out["report"]["flows"]
 
 

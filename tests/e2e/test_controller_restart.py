@@ -61,14 +61,21 @@ def test_a_restarted_controller_carries_on_without_reassigning(stack):
         insts = {i["id"] for i in stack.admin.get("/v1/instances")["instances"]}
         time.sleep(1.0)
         ctl = stack.controller
+        # when each step ended, on the sink's clock (monotonic, shared by the namespaces):
+        # a failure says which step a row's "jumps", "late" or "gaps" fall in
+        at: dict[str, int] = {}
         ctl.proc.kill()
         ctl.proc.wait()
+        at["killed"] = time.monotonic_ns()
         time.sleep(1.5)  # down: the switch forwards on its own
         ctl.start()
         ctl.wait_connected()
+        at["switch back"] = time.monotonic_ns()
         wait_until(stack.admin.up, 15, "the REST API")
         wait_until(stack.agents_connected, 30, "the agents to register again")
+        at["agents back"] = time.monotonic_ns()
         wait_until(lambda: len(stack.admin.get("/v1/flows")["flows"]) >= 8, 15, "the re-sync")
+        at["re-synced"] = time.monotonic_ns()
     finally:
         sent, report = traffic.join()
     assert stack.admin.get(f"/v1/chains/{chain['id']}")["name"] == "restart"
@@ -80,8 +87,9 @@ def test_a_restarted_controller_carries_on_without_reassigning(stack):
     assert metric(stack, "quadrant_flow_setups_total") == 0
     assert metric(stack, "quadrant_resync_adopted_total") >= 8
     for fid, row in report.items():
-        assert row["received"] == sent[int(fid)], f"flow {fid} lost packets: {row}"
-        assert row["reordered"] == 0 and row["duplicates"] == 0
+        why = f"flow {fid}: {row}; steps {at}; sink socket drops {traffic.socket_drops}"
+        assert row["received"] == sent[int(fid)], f"lost packets: {why}"
+        assert row["reordered"] == 0 and row["duplicates"] == 0, why
     # no instance the controller knew was torn down (one it was preparing when it died
     # is: the new controller does not know it, reconciliation removes it)
     for w in topo.workers:

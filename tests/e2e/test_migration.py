@@ -83,7 +83,10 @@ def test_flows_move_under_traffic_without_loss_or_reordering(stack):
     assert sum(sent.values()) > 3000
     ids = {f["id"]: f.get("sport") for f in flows}  # the generator numbers flow k from 10000
     for fid, row in report.items():
-        why = f"flow {fid}: {row}; moves {moves_ns} of {moved} (id: sport {ids})"
+        why = (
+            f"flow {fid}: {row}; moves {moves_ns} of {moved} (id: sport {ids}); "
+            f"sink socket drops {traffic.socket_drops}"
+        )
         assert row["received"] == sent[int(fid)], f"lost packets: {why}"
         assert row["reordered"] == 0 and row["duplicates"] == 0, why
         assert row["ttls"] == [63] and row["vlans"]

@@ -22,6 +22,7 @@ def test_flows_cross_the_switch_without_loss(lab):
     )  # fmt: skip
     assert sum(sent.values()) >= 3000  # about 4000 at 2000 pps for 2 s
     assert len(report["flows"]) == 20
+    assert report["socket_drops"] == 0  # read from the sink's socket (PACKET_STATISTICS)
     for fid, row in report["flows"].items():
         assert row["received"] == sent[int(fid)], f"flow {fid} lost packets"
         assert row["reordered"] == 0 and row["duplicates"] == 0 and row["corrupted"] == 0

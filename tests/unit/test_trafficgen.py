@@ -72,9 +72,11 @@ def test_sink_counts_loss_reorder_duplicates():
     assert (row["received"], row["lost"], row["reordered"], row["duplicates"]) == (5, 1, 1, 1)
     assert row["last_seq"] == 5
     assert row["late"] == [[2, 3, 3003]] and row["missing"] == [4]
+    assert row["jumps"] == [[2, 3, 3002], [4, 5, 3005]]
     assert row["latency_p50_us"] == 2.0 and row["untagged"] and row["ttls"] == [64]
     assert out["flows"]["2"] == {"sent": 4, "received": 0, "lost": 4}
     assert (out["sent"], out["received"], out["lost"], out["foreign_packets"]) == (10, 5, 5, 1)
+    assert out["socket_drops"] == 0  # the receiver sets it from its socket's statistics
 
 
 def test_make_flows_is_deterministic_with_median_size():

@@ -33,6 +33,9 @@ class FlowStats:
     # the first out-of-order arrivals, each (seq, the higher seq seen before it, rx_ns):
     # where in the flow, and when, the order broke
     late: list = dataclasses.field(default_factory=list)
+    # the first jumps ahead, each (the next seq expected, the seq that came, rx_ns): when a
+    # hole opened (filled later by a late packet, or one of the missing)
+    jumps: list = dataclasses.field(default_factory=list)
     _seen: bytearray = dataclasses.field(default_factory=bytearray, repr=False)
 
     def missing(self, limit: int = EVENTS_KEPT) -> list[int]:
@@ -64,6 +67,8 @@ class FlowStats:
             if len(self.late) < EVENTS_KEPT:
                 self.late.append((p.seq, self.max_seq, rx_ns))
         else:
+            if p.seq > self.max_seq + 1 and len(self.jumps) < EVENTS_KEPT:
+                self.jumps.append((self.max_seq + 1, p.seq, rx_ns))
             self.max_seq = p.seq
         if not p.payload_ok:
             self.corrupted += 1
@@ -88,6 +93,7 @@ class Sink:
     def __init__(self):
         self.flows: dict[int, FlowStats] = {}
         self.foreign = 0
+        self.socket_drops = 0  # set by the receiver: frames its socket had no room for
 
     def add(self, parsed: Parsed | None, rx_ns: int) -> None:
         if parsed is None:
@@ -117,13 +123,14 @@ class Sink:
                 "max_gap_ms": round(st.gaps[0][0] / 1e6, 3) if st.gaps else 0.0,
                 "gaps": [[round(g / 1e6, 3), end] for g, end in st.gaps],
                 "late": [list(e) for e in st.late],
+                "jumps": [list(e) for e in st.jumps],
                 "missing": st.missing(),
             }
             if sent is not None:
                 row["sent"] = sent.get(fid, 0)
                 row["lost"] = row["sent"] - st.received
             flows[str(fid)] = row
-        out = {"flows": flows, "foreign_packets": self.foreign}
+        out = {"flows": flows, "foreign_packets": self.foreign, "socket_drops": self.socket_drops}
         if sent is not None:
             for fid, n in sent.items():
                 if fid not in self.flows:

@@ -12,6 +12,7 @@ from tools.trafficgen.frames import FlowSpec, Template, parse
 
 SOL_PACKET = 263
 PACKET_AUXDATA = 8
+PACKET_STATISTICS = 6  # struct tpacket_stats: packets, drops (since the last read)
 TP_STATUS_VLAN_VALID = 0x10
 ETH_P_ALL = 0x0003
 AUXDATA = struct.Struct("IIIHHHH")
@@ -112,6 +113,11 @@ def receive(iface: str, duration: float, idle: float = 1.0, ready=None) -> Sink:
             sink.add(parsed, time.monotonic_ns())
             if parsed is not None:
                 last = time.monotonic()
+        # frames the kernel dropped for want of room in this socket's buffer: a loss at
+        # the sink (the receiver starved), not on the way
+        _packets, sink.socket_drops = struct.unpack(
+            "II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
+        )
     finally:
         sock.close()
     return sink
