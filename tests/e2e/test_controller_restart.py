@@ -53,6 +53,10 @@ def test_a_restarted_controller_carries_on_without_reassigning(stack):
     _src, sink = hosts(topo)
     chain = stack.tenant.post("/v1/chains", tunnel_ipforward("restart", sink))
     wait_until(lambda: instances(stack, chain["id"]), 120, "an instance")
+    # the flows set up first, apart (a flow's first packet-outs may be overtaken by the
+    # packets after it, flow setup's order at the switch): what is asserted is the
+    # order across the restart
+    Traffic(stack, seconds=1.0, idle=1.0).start().join()
     traffic = Traffic(stack, seconds=10).start()
     try:
         wait_until(lambda: len(stack.admin.get("/v1/flows")["flows"]) >= 8, 30, "8 flows")
