@@ -117,7 +117,11 @@ def test_round_trip_every_payload_size(run_nf, mode):
             assert after == before  # nothing to encrypt: untouched
             continue
         assert len(sealed) == len(plain) + t and len(after) == len(before) + t
-        assert sealed[: len(plain)] != plain
+        # a keystream byte is 0 once in 256: a short body may equal its plaintext (one
+        # byte did in a CI run); from 8 bytes on that is a 2**-64 chance.  The decryption
+        # below checks every body, short ones included.
+        if len(plain) >= 8:
+            assert sealed[: len(plain)] != plain
         body, nonce = sealed[: len(plain)], sealed[len(plain) : len(plain) + NONCE_BYTES]
         if mode == "aead":
             assert open_aead(KEY, nonce, body, sealed[len(plain) + NONCE_BYTES :]) == plain
