@@ -219,12 +219,15 @@ def test_nft_firewall_chain_in_the_lab_and_its_program_killed(stack):
            "program exited with status -9)" in log, log[-3000:]  # fmt: skip
     for k in range(3):
         row = report[str(20 + k)]
-        # what reached the dead (fenced) firewall is lost, nothing else: the flow goes on
-        # through the other instance to its last packet, nothing duplicated or changed.
-        # (The flow starts again on the other instance, attached from the warm pool: its
-        # first packets may be overtaken by the ones after them, at the switch.)
+        # what reached the dead firewall once it was fenced is lost, nothing else: the flow
+        # goes on through the other instance to its last packet, nothing duplicated or
+        # changed.  Until the fence the kernel forwards by the dead program's rules, so if
+        # the rules change within a packet's time of the fence nothing is lost (one clean-
+        # clone CI run).  (The flow starts again on the other instance, attached from the
+        # warm pool: its first packets may be overtaken by the ones after them, at the
+        # switch.)
         assert row["duplicates"] == row["corrupted"] == 0 and row["reordered"] <= 3, row
-        assert 0 < sent[20 + k] - row["received"] <= 150 * 3.0, row
+        assert 0 <= sent[20 + k] - row["received"] <= 150 * 3.0, row
         assert row["last_seq"] == sent[20 + k] - 1, row
     # the failed instance is gone from its worker: its firewall's namespace too
     wait_until(lambda: ns_a not in subprocess.run(["ip", "netns", "list"], capture_output=True,
